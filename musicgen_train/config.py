@@ -1,0 +1,128 @@
+"""Compose the Hydra config tree: recipe, config groups, command-line overrides, validation.
+
+Configs and recipes are found in a checkout (``configs/``, ``recipes/`` at the top) and in an
+installed wheel (packaged as ``musicgen_train.configs`` / ``musicgen_train.recipes``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from musicgen_train.errors import ConfigError
+
+DEFAULT_RECIPE = "demo"
+# Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
+STAGE_PACKAGES = ("model", "data", "training", "evaluation", "registry", "serve")
+
+
+def _resource_dir(name: str) -> Path:
+    checkout = Path(__file__).resolve().parent.parent / name
+    if checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec(f"musicgen_train.{name}")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"cannot find the {name}/ folder of musicgen-train")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def configs_dir() -> Path:
+    return _resource_dir("configs")
+
+
+def recipes_dir() -> Path:
+    return _resource_dir("recipes")
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / group).glob("*.yaml"))
+
+
+def _rewrite_model_override(override: str) -> list[str]:
+    """``model=facebook/musicgen-small`` (not a config name) becomes ``model=custom model.id=...``."""
+    value = override.split("=", 1)[1]
+    if value in group_options("model"):
+        return [override]
+    return ["model=custom", f"model.id={value}"]
+
+
+def split_overrides(overrides: Iterable[str]) -> tuple[str, list[str]]:
+    """Take ``recipe=NAME`` out of the overrides and rewrite free-form ``model=`` values."""
+    recipe, rest = DEFAULT_RECIPE, []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        if item.startswith("recipe="):
+            recipe = item.split("=", 1)[1]
+        elif item.startswith("model="):
+            rest.extend(_rewrite_model_override(item))
+        else:
+            rest.append(item)
+    return recipe, rest
+
+
+def load_config(overrides: Sequence[str] = (), *, validate: bool = True) -> DictConfig:
+    """The composed, resolved and validated config for ``recipe=...`` plus overrides."""
+    recipe, rest = split_overrides(overrides)
+    if recipe not in available_recipes():
+        raise ConfigError(
+            f"recipe={recipe!r} is not a shipped recipe: choose one of {available_recipes()}"
+        )
+    searchpath = f"hydra.searchpath=[file://{configs_dir()}]"
+    try:
+        with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+            cfg = compose(config_name=recipe, overrides=[searchpath, *rest])
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from err
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).split("Config search path")[0].strip().splitlines()
+    return " ".join(line.strip() for line in text if line.strip() and "full_key" not in line)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    for package in STAGE_PACKAGES:
+        name = f"musicgen_train.{package}.config"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).validate(cfg)
+
+
+# --- small checks the stage validators share -------------------------------------------------
+
+
+def check_choice(cfg: DictConfig, key: str, allowed: Sequence) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {list(allowed)}")
+
+
+def check_range(
+    cfg: DictConfig, key: str, low: float | None = None, high: float | None = None, *,
+    allow_none: bool = False,
+) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a number {bounds}")

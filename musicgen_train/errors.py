@@ -1,0 +1,9 @@
+"""Errors meant for the user: the CLI prints their message as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Something the user can fix: a bad config value, a missing file, a missing checkpoint."""
+
+
+class ConfigError(UserError):
+    """A config key holds a value that is not allowed; the message names key, value and choices."""

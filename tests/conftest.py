@@ -1,0 +1,49 @@
+"""Test setup: no network, offline W&B, every cache in a temporary folder, one tiny model."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Set before anything imports transformers, huggingface_hub or wandb.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="musicgen-train-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+os.environ["MUSICGEN_TRAIN_CACHE"] = str(_SESSION_DIR / "cache")
+os.environ["MUSICGEN_TRAIN_HOME"] = str(_SESSION_DIR / "home")
+os.environ["MLFLOW_TRACKING_URI"] = ""
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("HF_TOKEN", None)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny MusicGen saved once per test session, loaded by the real from_pretrained path."""
+    from musicgen_train.model.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir):
+    from musicgen_train.model import load_musicgen
+
+    return load_musicgen(str(tiny_model_dir))
+
+
+@pytest.fixture
+def work_home(tmp_path, monkeypatch) -> Path:
+    """A fresh MUSICGEN_TRAIN_HOME for tests that run whole stages."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MUSICGEN_TRAIN_HOME", str(home))
+    return home
