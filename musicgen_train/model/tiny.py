@@ -95,6 +95,7 @@ def build_tiny_model(seed: int = 0, **sizes) -> MusicgenForConditionalGeneration
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config)
+        init_codebooks(model.audio_encoder)
     model.generation_config.decoder_start_token_id = config.decoder_start_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     model.generation_config.max_length = 1500
@@ -102,6 +103,28 @@ def build_tiny_model(seed: int = 0, **sizes) -> MusicgenForConditionalGeneration
     model.generation_config.guidance_scale = 3.0
     model.generation_config.top_k = 50
     return model
+
+
+@torch.no_grad()
+def init_codebooks(codec, seconds: float = 4.0) -> None:
+    """Give a randomly initialised EnCodec usable codebooks.
+
+    transformers leaves the codebooks of a fresh EnCodec at zero, so every frame would quantise
+    to code 0 and decode to the same sound. Like EnCodec's own k-means initialisation (one step),
+    each residual codebook takes its entries from encoder frames of a noise-and-tones signal.
+    """
+    rate = codec.config.sampling_rate
+    t = torch.arange(int(seconds * rate)) / rate
+    tones = sum(torch.sin(2 * torch.pi * f * t) for f in (110.0, 440.0, 1760.0)) / 3
+    signal = (0.5 * tones + 0.3 * torch.randn_like(t)).reshape(1, 1, -1)
+    residual = codec.encoder(signal)[0].T  # [frames, dim]
+    for layer in codec.quantizer.layers:
+        book = layer.codebook
+        picks = torch.randint(0, residual.shape[0], (book.embed.shape[0],))
+        book.embed.copy_(residual[picks])
+        book.embed_avg.copy_(residual[picks])
+        book.cluster_size.fill_(1.0)
+        residual = residual - book.embed[torch.cdist(residual, book.embed).argmin(dim=1)]
 
 
 def build_tiny_processor() -> MusicgenProcessor:
