@@ -1,0 +1,142 @@
+"""The model card (README.md of an exported model): what it is, what it learnt from, how it scored.
+
+Hugging Face reads the YAML block at the top (library, pipeline, base model); people read the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+# The parts of the training config a reader needs to reproduce the run.
+TRAINING_SECTIONS = ("seed", "model", "finetune", "optim", "trainer", "strategy", "data")
+
+LIMITS = """\
+- The model continues the style of its fine-tuning data; it knows nothing that data and the base
+  model did not show it. Check the training data's licence before publishing what it generates.
+- MusicGen generates at most about 30 s per call, mono or stereo at 32 kHz; vocals are not
+  intelligible; prompts in languages other than English work poorly.
+- Metrics below were measured on the prompt set and reference audio named with them, with the
+  embedders named with them; they are not comparable with numbers computed differently.
+- Not intended for generating audio that imitates a living artist's identifiable work."""
+
+
+def flatten(mapping: Mapping, prefix: str = "") -> dict[str, object]:
+    """Nested dicts -> ``{"a.b": value}`` for the scalar leaves (lists are left out)."""
+    flat: dict[str, object] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, str | int | float | bool) or value is None:
+            flat[name] = value
+    return flat
+
+
+def _table(rows: Mapping[str, object], header=("", "")) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {key} | {_cell(value)} |" for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|")
+
+
+def _front_matter(name: str, base_model: str) -> str:
+    meta = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-to-audio",
+        "tags": ["musicgen", "text-to-audio", "musicgen-train"],
+    }
+    if "/" in base_model and not Path(base_model).exists():  # a hub id, not a local path
+        meta["base_model"] = base_model
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _usage(name: str, adapter: bool) -> str:
+    code = [
+        "from transformers import AutoProcessor, MusicgenForConditionalGeneration",
+        "",
+        f'model = MusicgenForConditionalGeneration.from_pretrained("{name}")',
+        f'processor = AutoProcessor.from_pretrained("{name}")',
+    ]
+    if adapter:
+        code += [
+            "# this export keeps its LoRA adapter apart: apply it with peft",
+            "from peft import PeftModel",
+            f'model.decoder = PeftModel.from_pretrained(model.decoder, "{name}/adapter")',
+        ]
+    code += [
+        'inputs = processor(text=["warm lo-fi piano"], padding=True, return_tensors="pt")',
+        "audio = model.generate(**inputs)  # defaults: generation_config.json",
+        "sample_rate = model.config.audio_encoder.sampling_rate",
+    ]
+    return "```python\n" + "\n".join(code) + "\n```"
+
+
+def _data_section(report: Mapping | None) -> str:
+    if not report:
+        return "No prepare report was found next to the token cache, so the data is not described."
+    totals = report.get("totals", {})
+    rows = {
+        "source": report.get("source"),
+        "files used": report.get("files_ok"),
+        "files skipped": report.get("files_skipped"),
+        "hours of audio": totals.get("hours"),
+        "segments": totals.get("segments"),
+        "tokens": totals.get("tokens"),
+    }
+    for split, counts in (report.get("splits") or {}).items():
+        rows[f"{split} split"] = ", ".join(f"{v} {k}" for k, v in counts.items())
+    return _table({k: v for k, v in rows.items() if v is not None}, ("data", "value"))
+
+
+def _evaluation_section(report: Mapping | None) -> str:
+    if not report:
+        return "This model was exported without an evaluation report."
+    rows = {k: v for k, v in flatten(report).items() if k != "report_dir"}
+    return _table(rows, ("measure", "value"))
+
+
+def render_model_card(
+    *,
+    name: str,
+    base_model: str,
+    train_cfg: Mapping,
+    prepare_report: Mapping | None,
+    eval_report: Mapping | None,
+    export_info: Mapping,
+) -> str:
+    """The whole README.md of an exported model folder."""
+    training = {k: train_cfg[k] for k in TRAINING_SECTIONS if k in train_cfg}
+    adapter = not export_info.get("merge_lora", True) and export_info.get("lora", False)
+    parts = [
+        _front_matter(name, base_model),
+        f"# {name}\n",
+        f"MusicGen fine-tuned with musicgen-train from **{base_model}**. The folder is a plain "
+        "Hugging Face transformers model: loading it needs no musicgen-train code.\n",
+        "## How to use\n",
+        _usage(name, adapter) + "\n",
+        "Every file's sha256 is listed in `checksums.json`; musicgen-train refuses a folder "
+        "whose files do not match it.\n",
+        "## Base model\n",
+        f"`{base_model}`\n",
+        "## Training data\n",
+        _data_section(prepare_report) + "\n",
+        "## Training\n",
+        "```yaml\n" + yaml.safe_dump(training, sort_keys=False) + "```\n",
+        "## Evaluation\n",
+        _evaluation_section(eval_report) + "\n",
+        "## Export\n",
+        _table(flatten(export_info), ("setting", "value")) + "\n",
+        "## Intended use and limits\n",
+        "Text-to-music generation in the style of the fine-tuning data, for research, "
+        "prototyping and creative work.\n",
+        LIMITS + "\n",
+    ]
+    return "\n".join(parts)

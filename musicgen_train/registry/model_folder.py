@@ -1,0 +1,81 @@
+"""Write a Hugging Face model folder all at once or not at all.
+
+The folder is filled under a hidden temporary name next to its destination and renamed into
+place only when every file and its checksum are written, so a crash half-way never leaves a
+half-written model where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from musicgen_train.registry.checksums import verify_checksums, write_checksums
+
+ADAPTER_DIR = "adapter"  # the LoRA adapter of an export with export.merge_lora=false
+
+
+@contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``dest`` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield tmp
+        _replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace(new: Path, dest: Path) -> None:
+    # rename() is atomic within one file system; an older folder is moved aside first and only
+    # deleted once the new one is in place.
+    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+    if dest.exists():
+        dest.rename(old)
+    try:
+        new.rename(dest)
+    except BaseException:
+        if old.exists():
+            old.rename(dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def set_generation_defaults(model, defaults: Mapping) -> None:
+    """Store guidance and sampling defaults in the model's generation config.
+
+    transformers' ``generate`` then uses them when a caller passes nothing else.
+    """
+    config = model.generation_config
+    frames = round(float(defaults["duration"]) * float(model.config.audio_encoder.frame_rate))
+    config.do_sample = True
+    config.guidance_scale = float(defaults["guidance_scale"])
+    config.temperature = float(defaults["temperature"])
+    config.top_k = int(defaults["top_k"])
+    config.top_p = float(defaults["top_p"]) if defaults["top_p"] > 0 else 1.0
+    # One start token plus the delay pattern's num_codebooks - 1 steps come on top of the frames.
+    config.max_length = frames + int(model.config.decoder.num_codebooks)
+    config.decoder_start_token_id = model.config.decoder.decoder_start_token_id
+    config.pad_token_id = model.config.decoder.pad_token_id
+
+
+def save_model_folder(
+    folder: Path, model, processor, *, adapter=None, readme: str | None = None
+) -> None:
+    """Model (safetensors), processor, optional LoRA adapter and model card, then checksums."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if adapter is not None:
+        adapter.save_pretrained(folder / ADAPTER_DIR)
+    if readme is not None:
+        (folder / "README.md").write_text(readme)
+    write_checksums(folder)
+    verify_checksums(folder)  # proves the record matches what is on disk before anyone uses it

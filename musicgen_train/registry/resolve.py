@@ -1,0 +1,51 @@
+"""``models:/name@alias`` and ``models:/name/version`` -> a verified local model folder.
+
+A version is downloaded once into the cache (``$MUSICGEN_TRAIN_CACHE/registry``) and its
+checksums are verified on every resolve, so a copy damaged after download is refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from musicgen_train.errors import UserError
+from musicgen_train.model.tiny import cache_root
+from musicgen_train.registry.checksums import verify_checksums
+from musicgen_train.registry.location import current_tracking_uri
+from musicgen_train.registry.model_folder import atomic_folder
+from musicgen_train.registry.store import Registry, VersionRef
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
+
+
+def parse_registry_uri(uri: str) -> VersionRef:
+    match = _URI.match(uri.strip())
+    if not match:
+        raise UserError(
+            f"{uri!r} is not a registry URI: write models:/NAME@ALIAS, models:/NAME/VERSION "
+            "or models:/NAME/latest"
+        )
+    return VersionRef(match["name"], alias=match["alias"], version=match["version"])
+
+
+def _cache_folder(registry: Registry, version) -> Path:
+    # The same name and number can mean different models in two registries (or in a registry
+    # that was deleted and created again): the key includes the registry and the logged source.
+    key = f"{registry.uri}|{version.name}|{version.version}|{version.source}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_root() / "registry" / f"{version.name}-v{version.version}-{digest}"
+
+
+def download_registry_model(uri: str, tracking_uri: str | None = None) -> Path:
+    """The verified model folder of the version ``uri`` names (downloaded once, then cached)."""
+    registry = Registry(tracking_uri or current_tracking_uri())
+    version = registry.resolve(parse_registry_uri(uri))
+    folder = _cache_folder(registry, version)
+    if not folder.is_dir():
+        with atomic_folder(folder) as tmp:
+            registry.download(version, tmp)
+            verify_checksums(tmp)
+    verify_checksums(folder)
+    return folder

@@ -1,0 +1,279 @@
+"""The MLflow Model Registry: a local SQLite store by default, any tracking server when configured.
+
+Each export is a new version of a registered model, logged as an MLflow pyfunc model whose one
+artifact is the Hugging Face model folder. Registration happens last and is rolled back if any
+step of it fails, so a failed export never leaves a version behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# A registry that cannot be reached should fail in seconds, not after MLflow's default of
+# several retries with back-off; no progress bars in logs. Set before mlflow reads them.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from musicgen_train.errors import UserError  # noqa: E402
+from musicgen_train.registry.location import local_artifact_root  # noqa: E402
+from musicgen_train.registry.pyfunc import ARTIFACT_KEY, MusicgenPyfunc, signature  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "musicgen-train"
+COMPLETE_TAG = "musicgen_train.export"  # set on a version whose export finished
+
+
+class RegistryError(UserError):
+    """The registry cannot be reached, or the model, alias or version does not exist."""
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """``models:/name@alias``, ``models:/name/3`` or ``models:/name/latest``."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None  # a number or "latest"
+
+    @property
+    def uri(self) -> str:
+        if self.alias:
+            return f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.version}"
+
+
+def _short(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+class Registry:
+    def __init__(self, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT):
+        self.uri = tracking_uri
+        self.experiment = experiment
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _call(self, what: str, function, *args, **kwargs):
+        """Run one MLflow call; turn an unreachable registry into one clear line."""
+        try:
+            return function(*args, **kwargs)
+        except MlflowException as err:
+            if "API request to" in str(err) or "Max retries" in str(err):
+                raise RegistryError(
+                    f"cannot reach the MLflow registry at {self.uri} ({what}): "
+                    "check registry.uri / MLFLOW_TRACKING_URI and that the server is running"
+                ) from err
+            raise
+        except OSError as err:
+            raise RegistryError(f"cannot open the MLflow registry at {self.uri}: {err}") from err
+
+    def models(self) -> list:
+        return self._call("listing models", self.client.search_registered_models)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        self.model(name)
+        found = self._call(
+            "listing versions", self.client.search_model_versions, f"name = '{name}'"
+        )
+        return sorted(found, key=lambda v: int(v.version))
+
+    def model(self, name: str):
+        try:
+            return self._call("reading a model", self.client.get_registered_model, name)
+        except MlflowException as err:
+            names = sorted(m.name for m in self.models())
+            raise RegistryError(
+                f"no registered model {name!r} in the registry at {self.uri} "
+                f"(registered: {names or 'none'})"
+            ) from err
+
+    def resolve(self, ref: VersionRef) -> ModelVersion:
+        """The version ``ref`` names, or a RegistryError that says what exists instead."""
+        model = self.model(ref.name)
+        aliases = dict(model.aliases or {})
+        if ref.alias:
+            if ref.alias not in aliases:
+                raise RegistryError(
+                    f"registered model {ref.name!r} has no alias {ref.alias!r} "
+                    f"(aliases: {aliases or 'none'}; registry {self.uri})"
+                )
+            version = str(aliases[ref.alias])
+        else:
+            version = ref.version
+        numbers = [v.version for v in self.versions(ref.name)]
+        if version == "latest" and numbers:
+            version = str(max(int(n) for n in numbers))
+        if str(version) not in {str(n) for n in numbers}:
+            raise RegistryError(
+                f"registered model {ref.name!r} has no version {version} "
+                f"(versions: {numbers or 'none'}; registry {self.uri})"
+            )
+        found = self._call("reading a version", self.client.get_model_version, ref.name, version)
+        if (found.tags or {}).get(COMPLETE_TAG) != "complete":
+            # Registration tags a version complete as its very last step (see register).
+            raise RegistryError(
+                f"version {version} of {ref.name!r} is an export that did not finish or was not "
+                "made by musicgen-train export: export the checkpoint again"
+            )
+        return found
+
+    def aliases_of(self, version: ModelVersion) -> list[str]:
+        model = self.model(version.name)
+        return sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(version.version))
+
+    def download(self, version: ModelVersion, dest: Path) -> Path:
+        """Copy the version's model folder into the empty folder ``dest``; return ``dest``."""
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+            pyfunc_dir = Path(
+                self._call(
+                    "downloading a model",
+                    mlflow.artifacts.download_artifacts,
+                    artifact_uri=f"models:/{version.name}/{version.version}",
+                    dst_path=tmp,
+                    tracking_uri=self.uri,
+                    registry_uri=self.uri,
+                )
+            )
+            folder = _model_folder_in(pyfunc_dir, version)
+            for item in folder.iterdir():
+                shutil.move(str(item), dest / item.name)
+        return dest
+
+    # --- writing -------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        self._call(
+            "setting an alias", self.client.set_registered_model_alias, name, alias, str(version)
+        )
+
+    def _experiment_id(self) -> str:
+        found = self._call(
+            "reading the experiment", self.client.get_experiment_by_name, self.experiment
+        )
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(
+            self.experiment, artifact_location=local_artifact_root(self.uri)
+        )
+
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        # mlflow.pyfunc.log_model works on the global tracking URI: point it here for the call.
+        before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before[0])
+            mlflow.set_registry_uri(before[1])
+
+    def register(
+        self,
+        folder: Path,
+        name: str,
+        *,
+        alias: str | None = None,
+        tags: Mapping[str, str] = (),
+        metrics: Mapping[str, float] = (),
+        params: Mapping[str, str] = (),
+        generation_defaults: Mapping,
+        requirements: list[str],
+    ) -> ModelVersion:
+        """Log ``folder`` as a pyfunc model and make it the next version of ``name``.
+
+        Any failure on the way deletes what was created: the version, a registered model this
+        call created, the logged model and the run.
+        """
+        tags = {k: str(v) for k, v in dict(tags).items()}
+        experiment_id = self._experiment_id()
+        created_model = version = logged = None
+        with self._active():
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{name}")
+            try:
+                mlflow.set_tags(tags)
+                mlflow.log_params(dict(params))
+                if metrics:
+                    mlflow.log_metrics(dict(metrics))
+                logged = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=MusicgenPyfunc(),
+                    artifacts={ARTIFACT_KEY: str(folder)},
+                    signature=signature(generation_defaults),
+                    pip_requirements=requirements,
+                )
+                if not self._exists(name):
+                    created_model = self.client.create_registered_model(name)
+                version = self.client.create_model_version(
+                    name,
+                    source=logged.model_uri,
+                    run_id=run.info.run_id,
+                    tags=tags,
+                    model_id=logged.model_id,
+                )
+                if alias:
+                    self.set_alias(name, alias, version.version)
+                self.client.set_model_version_tag(name, version.version, COMPLETE_TAG, "complete")
+            except BaseException:
+                self._roll_back(run.info.run_id, name, created_model, version, logged)
+                raise
+            mlflow.end_run()
+        return self.client.get_model_version(name, version.version)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            return False
+        return True
+
+    def _roll_back(self, run_id, name, created_model, version, logged) -> None:
+        steps = []
+        if version is not None:
+            steps.append(lambda: self.client.delete_model_version(name, version.version))
+        if created_model is not None:
+            steps.append(lambda: self.client.delete_registered_model(name))
+        if logged is not None:
+            steps.append(lambda: self.client.delete_logged_model(logged.model_id))
+        steps.append(lambda: mlflow.end_run("FAILED"))
+        steps.append(lambda: self.client.delete_run(run_id))
+        for step in steps:
+            try:
+                step()
+            except Exception as err:  # keep rolling back; the original error is what matters
+                log.warning("could not undo part of a failed registration: %s", _short(err))
+
+
+def _model_folder_in(pyfunc_dir: Path, version: ModelVersion) -> Path:
+    """The HF model folder inside a downloaded pyfunc model, as its MLmodel file records."""
+    from mlflow.models import Model
+
+    try:
+        flavor = Model.load(str(pyfunc_dir)).flavors["python_function"]
+        folder = pyfunc_dir / flavor["artifacts"][ARTIFACT_KEY]["path"]
+    except (MlflowException, OSError, KeyError) as err:
+        raise RegistryError(
+            f"version {version.version} of {version.name!r} is not a musicgen-train export "
+            f"(no {ARTIFACT_KEY!r} artifact in its MLmodel): {_short(err)}"
+        ) from err
+    if not folder.is_dir():
+        raise RegistryError(f"version {version.version} of {version.name!r} has no model folder")
+    return folder
