@@ -1,0 +1,349 @@
+"""``musicgen-train prepare``: a source of audio -> validated, captioned, segmented token cache.
+
+For each item of the source: hash its bytes; if the cache already holds every segment of that
+content (cut with the same settings), reuse them; otherwise decode and validate it, caption it,
+resample, cut it into segments and encode the missing ones with the model's EnCodec in batches
+of equal length. Finished shards are journaled as they land, so an interrupted prepare resumes
+where it stopped. At the end the files are split into train/valid, the manifest is written
+atomically and a report lists every skipped file with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from musicgen_train.data.cache import TokenCache, atomic_write_json
+from musicgen_train.data.encode import CodecEncoder
+from musicgen_train.data.items import AudioItem, SkippedItem
+from musicgen_train.data.segment import Segment, SegmentPlan, conform, cut_segments, frames_for
+from musicgen_train.data.validate import DecodedItem, content_hash, read_bytes, validate
+from musicgen_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    """The CLI stage: prepare (incrementally) and print where the cache is."""
+    report = prepare(cfg)
+    print(f"token cache: {report['cache']}  (report: {report['cache']}/prepare_report.json)")
+    return Path(report["cache"])
+
+
+def ensure_token_cache(cfg: DictConfig) -> Path:
+    """Prepare only what is missing from ``data.output`` and return the cache folder."""
+    return Path(prepare(cfg)["cache"])
+
+
+def prepare(cfg: DictConfig, encoder: CodecEncoder | None = None) -> dict:
+    """Run the whole stage on ``cfg.data.source``; returns the report (also written to disk)."""
+    from musicgen_train.data.sources import iter_source
+
+    items = iter_source(cfg.data, Path(cfg.work_dir))
+    return prepare_items(cfg, items, encoder=encoder)
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+@dataclass
+class _FileResult:
+    key: str
+    source: str
+    duration: float
+    entries: list[dict] = field(default_factory=list)
+
+
+def settings_hash(plan: SegmentPlan, encoder: CodecEncoder) -> str:
+    """Segments cut with other settings are other segments: this is part of their identity."""
+    settings = {**plan.__dict__, "sample_rate": encoder.sample_rate, "channels": encoder.channels}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_items(
+    cfg: DictConfig, items: Iterable[AudioItem | SkippedItem], encoder: CodecEncoder | None = None
+) -> dict:
+    data = cfg.data
+    encoder = encoder or CodecEncoder.from_config(cfg)
+    cache = TokenCache(data.output)
+    cache.open_for(encoder.identity(), overwrite=bool(data.get("overwrite", False)))
+    known = cache.known_entries()
+    cache.remove_unreferenced_shards(known)
+    previous_keys = {e["key"]: e["source"] for e in cache.manifest()}
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for entry in known:
+        by_key[entry["key"]].append(entry)
+
+    plan = SegmentPlan.from_config(data)
+    settings = settings_hash(plan, encoder)
+    writer = _ShardWriter(cache, encoder, cache.next_shard_number(known), data)
+    caption_cfg = OmegaConf.to_container(data.get("caption") or {}, resolve=True)
+    files: list[_FileResult] = []
+    skipped: list[dict] = []
+    counts = {"encoded": 0, "reused": 0}
+
+    bar = tqdm(items, desc="prepare", unit="file", disable=not data.get("progress", True))
+    try:
+        for item in bar:
+            result = _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data)
+            if isinstance(result, SkippedItem):
+                skipped.append({"path": result.source, "reason": result.reason})
+                continue
+            result, reused = result
+            files.append(result)
+            counts["reused" if reused else "encoded"] += 1
+            bar.set_postfix(ok=len(files), skipped=len(skipped), refresh=False)
+        writer.finish()
+    except KeyboardInterrupt:
+        # Keep every batch already encoded; the next run starts from there.
+        writer.flush()
+        log.warning("prepare interrupted: finished shards are kept, re-run to resume")
+        raise
+    finally:
+        bar.close()
+
+    entries = _final_entries(files, writer, cfg)
+    cache.commit(entries)
+    kept = {f.key for f in files}
+    now_skipped = {s["path"] for s in skipped}
+    removed = [
+        {
+            "path": source,
+            "reason": "now skipped (see skipped): dropped from the manifest"
+            if source in now_skipped
+            else "no longer in the source: dropped from the manifest",
+        }
+        for key, source in sorted(previous_keys.items())
+        if key not in kept
+    ]
+    report = _report(cfg, cache, encoder, files, skipped, removed, entries, counts)
+    atomic_write_json(cache.report_path, report)
+    _log_summary(report)
+    if not files:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        raise UserError(
+            f"no usable audio in data.source={data.source}: {len(skipped)} file(s) skipped"
+            + (f" ({reasons}{', ...' if len(skipped) > 3 else ''})" if skipped else "")
+            + f"; see {cache.report_path}"
+        )
+    return report
+
+
+def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data):
+    """Reuse, or decode + validate + segment + queue for encoding. Returns a SkippedItem or
+    ``(_FileResult, reused)``."""
+    if isinstance(item, SkippedItem):
+        return item
+    try:
+        raw = read_bytes(item)
+    except OSError as err:
+        return SkippedItem(source=item.source, reason=f"cannot be read: {err.strerror or err}")
+    digest = content_hash(raw)
+    done = [
+        e
+        for e in by_key.get(item.key, [])
+        if (e["content_hash"], e["settings"]) == (digest, settings)
+    ]
+    done.sort(key=lambda e: e["segment"])
+    if done and len(done) == done[0]["file_segments"]:
+        metadata = {**done[0].get("estimated", {}), **item.metadata}
+        result = _FileResult(item.key, item.source, done[0]["file_duration"])
+        for entry in done:
+            entry = {**entry, "metadata": metadata, "source": _source_of(item)}
+            result.entries.append(entry)
+        writer.caption(result.entries, metadata, caption_cfg)
+        return result, True
+
+    decoded = validate(
+        item, raw, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
+    )
+    if isinstance(decoded, SkippedItem):
+        return decoded
+    metadata, estimated = _metadata(decoded, caption_cfg)
+    audio = conform(decoded.audio, decoded.sample_rate, encoder.sample_rate, encoder.channels)
+    segments = cut_segments(audio, encoder.sample_rate, plan)
+    result = _FileResult(item.key, item.source, decoded.duration)
+    have = {e["segment"]: e for e in done}
+    for segment in segments:
+        entry = {
+            "id": _segment_id(item.key, digest, settings, segment.index),
+            "key": item.key,
+            "source": _source_of(item),
+            "metadata": metadata,
+            "estimated": estimated,
+            "offset": round(segment.offset, 6),
+            "duration": round(segment.duration, 6),
+            "frames": frames_for(segment.audio.shape[-1], encoder.hop_length),
+            "segment": segment.index,
+            "file_segments": len(segments),
+            "file_duration": round(decoded.duration, 6),
+            "content_hash": digest,
+            "settings": settings,
+        }
+        if segment.index in have:  # finished by an interrupted run
+            entry.update(shard=have[segment.index]["shard"], index=have[segment.index]["index"])
+            result.entries.append(entry)
+        else:
+            writer.add(segment, entry, result)
+    writer.caption(result.entries, metadata, caption_cfg)
+    return result, False
+
+
+def _metadata(decoded: DecodedItem, caption_cfg: dict) -> tuple[dict, dict]:
+    """The item's metadata with tempo/key estimated where asked and missing; and what was."""
+    from musicgen_train.data.captions import with_estimated_tempo_key
+
+    metadata = with_estimated_tempo_key(
+        decoded.item.metadata, decoded.audio, decoded.sample_rate, caption_cfg
+    )
+    estimated = {k: v for k, v in metadata.items() if k not in decoded.item.metadata}
+    return _jsonable(metadata), _jsonable(estimated)
+
+
+def _jsonable(value):
+    """Metadata as plain JSON types (HF datasets hand out numpy scalars and arrays)."""
+    return json.loads(
+        json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    )
+
+
+def _source_of(item: AudioItem) -> str:
+    return str(item.path) if item.path is not None else item.source
+
+
+def _segment_id(key: str, digest: str, settings: str, index: int) -> str:
+    file_id = hashlib.sha256(f"{key}\0{digest}\0{settings}".encode()).hexdigest()[:16]
+    return f"{file_id}-{index:04d}"
+
+
+class _ShardWriter:
+    """Batches segments of equal length through the codec and writes full shards."""
+
+    def __init__(self, cache: TokenCache, encoder: CodecEncoder, first_shard: int, data):
+        self.cache, self.encoder, self.number = cache, encoder, first_shard
+        self.batch_size = int(data.get("encode_batch_size", 8))
+        self.shard_size = int(data.get("shard_size", 256))
+        self.waiting: dict[int, list[tuple[Segment, dict]]] = defaultdict(list)
+        self.encoded: list[tuple[np.ndarray, dict]] = []
+
+    def add(self, segment: Segment, entry: dict, result: _FileResult) -> None:
+        # The entry is shared with the file's result: shard and index are filled in when written.
+        result.entries.append(entry)
+        group = self.waiting[segment.audio.shape[-1]]
+        group.append((segment, entry))
+        if len(group) >= self.batch_size:
+            self._encode(segment.audio.shape[-1])
+
+    def caption(self, entries: list[dict], metadata: dict, caption_cfg: dict) -> None:
+        from musicgen_train.data.captions import build_caption
+
+        text = build_caption(metadata, caption_cfg)
+        for entry in entries:
+            entry["caption"] = text
+
+    def _encode(self, length: int) -> None:
+        group = self.waiting.pop(length)
+        codes = self.encoder.encode(np.stack([segment.audio for segment, _ in group]))
+        self.encoded.extend(zip(codes, (entry for _, entry in group), strict=True))
+        if len(self.encoded) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the segments encoded so far as one shard and journal them."""
+        if not self.encoded:
+            return
+        name = self.cache.write_shard(self.number, [codes for codes, _ in self.encoded])
+        self.number += 1
+        for index, (_, entry) in enumerate(self.encoded):
+            entry.update(shard=name, index=index)
+        self.cache.append_journal([entry for _, entry in self.encoded])
+        self.encoded = []
+
+    def finish(self) -> None:
+        for length in list(self.waiting):
+            self._encode(length)
+        self.flush()
+
+
+# --- split, report -----------------------------------------------------------------------------
+
+
+def assign_splits(keys: Iterable[str], seed: int, valid_fraction: float) -> dict[str, str]:
+    """``key -> "train" | "valid"``, by file, from a seeded hash: the same files always land on
+    the same side. At least one valid file when there are two or more and the fraction is > 0."""
+    keys = sorted(set(keys))
+    count = 0
+    if len(keys) >= 2 and valid_fraction > 0:
+        count = min(len(keys) - 1, max(1, round(valid_fraction * len(keys))))
+    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())
+    valid = set(ranked[:count])
+    return {key: "valid" if key in valid else "train" for key in keys}
+
+
+def _final_entries(files: list[_FileResult], writer: _ShardWriter, cfg: DictConfig) -> list[dict]:
+    splits = assign_splits(
+        (f.key for f in files), int(cfg.seed), float(cfg.data.get("valid_fraction", 0.1))
+    )
+    entries = []
+    for result in sorted(files, key=lambda f: f.key):
+        for entry in sorted(result.entries, key=lambda e: e["segment"]):
+            entries.append({**entry, "split": splits[result.key]})
+    missing = [e["id"] for e in entries if "shard" not in e]
+    if missing:  # would be a bug in the writer: never write a manifest pointing nowhere
+        raise RuntimeError(f"segments without codes: {missing[:3]}")
+    return entries
+
+
+def _report(cfg, cache, encoder, files, skipped, removed, entries, counts) -> dict:
+    tokens = sum(e["frames"] for e in entries) * encoder.num_codebooks
+    splits = {}
+    for name in ("train", "valid"):
+        part = [e for e in entries if e["split"] == name]
+        splits[name] = {"files": len({e["key"] for e in part}), "segments": len(part)}
+    return {
+        "cache": str(cache.root),
+        "source": str(cfg.data.source),
+        "codec": cache.info()["codec"],
+        "files_ok": len(files),
+        "files_skipped": len(skipped),
+        "files_encoded": counts["encoded"],
+        "files_reused": counts["reused"],
+        "skipped": skipped,
+        "removed": removed,
+        "totals": {
+            "hours": round(sum(f.duration for f in files) / 3600, 6),
+            "segments": len(entries),
+            "frames": sum(e["frames"] for e in entries),
+            "tokens": tokens,
+        },
+        "splits": splits,
+    }
+
+
+def _log_summary(report: dict) -> None:
+    totals = report["totals"]
+    log.info(
+        "prepared %d file(s) (%d encoded, %d unchanged), skipped %d; %.3f h of audio, "
+        "%d segments, %d tokens -> %s",
+        report["files_ok"],
+        report["files_encoded"],
+        report["files_reused"],
+        report["files_skipped"],
+        totals["hours"],
+        totals["segments"],
+        totals["tokens"],
+        report["cache"],
+    )
+    for item in report["skipped"]:
+        log.warning("skipped %s: %s", item["path"], item["reason"])
+    for item in report["removed"]:
+        log.info("removed %s: %s", item["path"], item["reason"])
