@@ -1,0 +1,110 @@
+"""Trainer callbacks: checkpoints (best + last), learning-rate monitor, progress bar, samples."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    OnExceptionCheckpoint,
+    TQDMProgressBar,
+)
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+BEST_FILENAME = "best-step={step}-val_ce={val/ce:.4f}"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+class SamplesCallback(Callback):
+    """Every ``every_n_steps`` optimizer steps: audio for fixed prompts, logged by the loggers."""
+
+    def __init__(self, run_dir: str | Path, every_n_steps: int, prompts: list[str],
+                 duration: float, guidance_scale: float, seed: int):
+        self.run_dir = Path(run_dir)
+        self.every_n_steps = every_n_steps
+        self.prompts = list(prompts)
+        self.duration = duration
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._last_step:
+            return  # (with accumulation, several batches share one optimizer step)
+        self._last_step = step
+        if trainer.is_global_zero:
+            self.write_samples(trainer, module)
+
+    def write_samples(self, trainer, module) -> list[Path]:
+        from musicgen_train.generation.engine import GenerationEngine, GenerationParams
+        from musicgen_train.model.loader import LoadedModel
+        from musicgen_train.training.loggers import log_audio
+
+        params = GenerationParams(
+            duration=self.duration, guidance_scale=self.guidance_scale, seed=self.seed
+        )
+        was_training = module.training
+        module.eval()
+        try:
+            with module.codec_attached() as model:
+                loaded = LoadedModel(model, module.processor, "training", module.model_path)
+                audio = GenerationEngine(loaded).generate(self.prompts, params)
+        finally:
+            module.train(was_training)
+        return log_audio(
+            trainer, "samples", list(audio), loaded.sample_rate, self.prompts, self.run_dir
+        )
+
+
+def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
+    ccfg = cfg.callbacks
+    folder = checkpoint_dir(run_dir)
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename=BEST_FILENAME,
+        monitor=ccfg.checkpoint.monitor,
+        mode=ccfg.checkpoint.mode,
+        save_top_k=ccfg.checkpoint.save_top_k,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[Callback] = [best]
+    if ccfg.checkpoint.every_n_train_steps:
+        # Also keep last.ckpt fresh between validations, for resuming long epochs.
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=folder, save_top_k=0, save_last=True,
+                every_n_train_steps=ccfg.checkpoint.every_n_train_steps,
+            )
+        )
+    # Ctrl-C or a crash writes on_exception.ckpt; ckpt_path=last picks the newest checkpoint.
+    callbacks.append(OnExceptionCheckpoint(dirpath=folder))
+    if ccfg.lr_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    samples = ccfg.samples
+    if samples.every_n_steps:
+        callbacks.append(
+            SamplesCallback(
+                run_dir, samples.every_n_steps, list(samples.prompts), samples.duration,
+                samples.guidance_scale, samples.seed,
+            )
+        )
+    return callbacks
+
+
+def best_checkpoint(callbacks: list[Callback]) -> Path | None:
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            return Path(callback.best_model_path)
+    return None

@@ -1,0 +1,271 @@
+"""The LightningModule: transformers' MusicGen trained on cached EnCodec codes.
+
+One training step: captions -> frozen T5 (no grad) -> some captions blanked for classifier-free
+guidance -> codes delayed into labels -> ``MusicgenForConditionalGeneration.forward(labels=...)``,
+whose loss is the mean over codebooks of the per-codebook cross-entropy. The codec is never
+loaded for training; it is attached only to decode samples and at export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from contextlib import contextmanager
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+from musicgen_train.model import lora as lora_wiring
+from musicgen_train.model.codec import attach_codec, has_codec, load_codec, load_without_codec
+from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels
+from musicgen_train.training.ema import EMA
+
+log = logging.getLogger(__name__)
+
+
+def step_seed(seed: int, *parts: int) -> int:
+    """A seed that depends only on ``seed`` and where training is (epoch, batch, rank)."""
+    text = ",".join(str(int(p)) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def codebook_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per codebook ``[K]``: logits ``[B, K, T, V]``, labels ``[B, T, K]``."""
+    return torch.stack(
+        [
+            F.cross_entropy(
+                logits[:, k].flatten(0, 1).float(), labels[..., k].flatten(),
+                ignore_index=IGNORE_INDEX,
+            )
+            for k in range(logits.shape[1])
+        ]
+    )
+
+
+class MusicgenLightningModule(pl.LightningModule):
+    """``cfg`` is the full resolved config (a DictConfig or the plain dict saved as hparams)."""
+
+    def __init__(self, cfg: DictConfig | dict):
+        super().__init__()
+        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+        self.save_hyperparameters({"cfg": plain})
+        self.cfg = OmegaConf.create(plain)
+        loaded = load_without_codec(self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed)
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.model_path = loaded.path
+        self._codec = None  # loaded on first use by samples; kept out of the state dict
+        self._configure_trainable()
+        ema_decay = float(self.cfg.finetune.ema.decay or 0.0)
+        self.ema = EMA(self.trainable_parameters(), ema_decay) if ema_decay > 0 else None
+        # Frozen weights are left out of checkpoints (they come back from the base model).
+        self.strict_loading = False
+
+    # --- what trains ---------------------------------------------------------------------------
+
+    def _configure_trainable(self) -> None:
+        ft = self.cfg.finetune
+        self.model.freeze_text_encoder()
+        if ft.name == "lora":
+            lora = ft.lora
+            lora_wiring.apply_lora(
+                self.model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+            )
+        if ft.gradient_checkpointing:
+            # Non-reentrant checkpointing works when only adapters require grad (LoRA).
+            self.model.decoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.text_encoder.eval()  # frozen: no dropout in T5 either
+        return self
+
+    # --- one step --------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def encode_text(
+        self, texts: list[str], drop: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 hidden states and mask; rows in ``drop`` are blanked as generate's null condition."""
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True,
+            max_length=int(self.cfg.finetune.max_text_tokens), return_tensors="pt",
+        ).to(self.device)
+        with torch.no_grad():
+            hidden = self.model.text_encoder(
+                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+            ).last_hidden_state
+        mask = tokens.attention_mask
+        if drop is not None and drop.any():
+            keep = ~drop.to(self.device)
+            hidden = hidden * keep[:, None, None].to(hidden.dtype)
+            mask = mask * keep[:, None].to(mask.dtype)
+        return hidden, mask
+
+    def forward(self, batch: dict, drop: torch.Tensor | None = None) -> dict:
+        """Loss (what backward uses), per-codebook cross-entropy and labels of one batch."""
+        labels = delayed_labels(self.model.decoder, batch["codes"], batch.get("padding_mask"))
+        hidden, mask = self.encode_text(batch["texts"], drop)
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+            attention_mask=mask,
+            labels=labels,
+            use_cache=False,
+        )
+        num_codebooks = labels.shape[-1]
+        logits = out.logits.reshape(-1, num_codebooks, *out.logits.shape[1:])
+        with torch.no_grad():
+            per_codebook = codebook_cross_entropy(logits.detach(), labels)
+        return {"loss": out.loss, "ce_per_codebook": per_codebook, "labels": labels}
+
+    def conditioning_dropout(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Which samples lose their caption (per sample, probability ``finetune.cfg_dropout``)."""
+        p = float(self.cfg.finetune.cfg_dropout)
+        return torch.rand(batch_size, generator=generator) < p
+
+    def training_texts(self, batch: dict, rng: np.random.Generator) -> list[str]:
+        """Captions rebuilt with random field dropout when ``data.caption.field_dropout > 0``."""
+        caption_cfg = OmegaConf.select(self.cfg, "data.caption")
+        if not caption_cfg or not float(caption_cfg.get("field_dropout") or 0.0):
+            return list(batch["texts"])
+        if not batch.get("metadata"):
+            return list(batch["texts"])
+        from musicgen_train.data.captions import build_caption
+
+        plain = OmegaConf.to_container(caption_cfg, resolve=True)
+        return [
+            build_caption(meta, plain, rng) if meta else text
+            for meta, text in zip(batch["metadata"], batch["texts"], strict=True)
+        ]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Every random draw of a step (dropout, CFG and caption dropout) comes from a seed fixed
+        # by where training is: a resumed run draws exactly what an uninterrupted one draws.
+        seed = step_seed(self.cfg.seed, self.current_epoch, batch_idx, self.global_rank)
+        torch.manual_seed(seed)
+        self._step_generator = torch.Generator().manual_seed(seed)
+        self._step_rng = np.random.default_rng(seed)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        batch = {**batch, "texts": self.training_texts(batch, self._step_rng)}
+        drop = self.conditioning_dropout(len(batch["texts"]), self._step_generator)
+        result = self(batch, drop)
+        self._log_losses("train", result, len(batch["texts"]))
+        self.log("train/cfg_dropped", drop.float().mean(), on_step=True, on_epoch=False)
+        return result["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        result = self(batch)  # validation measures the conditional loss: nothing dropped
+        self._log_losses("val", result, len(batch["texts"]))
+
+    def _log_losses(self, stage: str, result: dict, batch_size: int) -> None:
+        train = stage == "train"
+        options = {
+            "on_step": train, "on_epoch": not train, "batch_size": batch_size,
+            "sync_dist": not train,
+        }
+        ce = result["loss"].detach()
+        self.log(f"{stage}/ce", ce, prog_bar=True, **options)
+        self.log(f"{stage}/ppl", torch.exp(ce), **options)
+        for k, value in enumerate(result["ce_per_codebook"]):
+            self.log(f"{stage}/ce_q{k}", value, **options)
+
+    # --- optimizer ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        opt = self.cfg.optim
+        params = [p for _, p in self.trainable_parameters()]
+        # Weight decay on matrices only: biases, norms' gains and 1-d tensors are left alone.
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(int(opt.warmup_steps), total)
+        if opt.scheduler == "constant":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup))
+            )
+        else:
+            scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+                optimizer, warmup, total, min_lr_rate=float(opt.min_lr_ratio)
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
+
+    def on_before_zero_grad(self, optimizer) -> None:
+        # Called right after each optimizer step (once per accumulated batch group).
+        if self.ema is not None:
+            self.ema.update(self.trainable_parameters())
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, _ in self.trainable_parameters()}
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            checkpoint["state_dict"] = {
+                k: v for k, v in state.items()
+                if k.removeprefix("model.") in trainable or not k.startswith("model.")
+            }
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = {k.removeprefix("model.") for k in checkpoint.get("state_dict", {})}
+        missing = [name for name, _ in self.trainable_parameters() if name not in saved]
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} trained weights (e.g. {missing[0]}): was it "
+                "written with another finetune mode (full / lora) or LoRA target list?"
+            )
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    # --- samples and export ----------------------------------------------------------------
+
+    @contextmanager
+    def codec_attached(self):
+        """The model with its real codec for as long as the block runs (samples need audio)."""
+        if self._codec is None:
+            self._codec = load_codec(self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed)
+        stand_in = self.model.audio_encoder
+        self.model.audio_encoder = self._codec.to(self.device)
+        try:
+            yield self.model
+        finally:
+            self.model.audio_encoder = stand_in
+
+    def export_model(self, merge_lora: bool = True, use_ema: bool = True):
+        """A plain ``MusicgenForConditionalGeneration`` with EMA weights and LoRA merged.
+
+        Works in place on this module's model (one copy of the weights in memory); load the
+        checkpoint again to keep training. ``merge_lora=False`` keeps the decoder a peft model
+        whose ``save_pretrained`` writes the adapter alone.
+        """
+        if use_ema and self.ema is not None:
+            self.ema.copy_to(self.trainable_parameters())
+        model = lora_wiring.merge_lora(self.model) if merge_lora else self.model
+        if not has_codec(model):
+            attach_codec(model, self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed)
+        self.model = model
+        return model.eval()

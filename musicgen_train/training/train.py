@@ -1,0 +1,182 @@
+"""The ``train`` stage: token cache -> Lightning Trainer -> checkpoints in ``<run_dir>``.
+
+``ckpt_path=last|best|<path>`` resumes a run with its weights, optimizer, scheduler, EMA, loop
+counters and data position (the train loader is stateful); every step re-seeds from where it is,
+so a resumed run ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+
+from musicgen_train.errors import UserError
+from musicgen_train.training.callbacks import best_checkpoint, build_callbacks, checkpoint_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir),
+            "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "train_seconds": round(self.seconds, 1),
+            **{k: round(v, 4) for k, v in self.metrics.items()},
+        }
+
+
+def run(cfg: DictConfig) -> TrainResult:
+    """CLI stage ``musicgen-train train``: train, then print where everything went."""
+    result = train(cfg)
+    for key, value in result.summary().items():
+        log.info("  %-16s %s", key, value)
+    return result
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    from musicgen_train.data.datamodule import TokenDataModule
+    from musicgen_train.data.prepare import ensure_token_cache
+    from musicgen_train.training.module import MusicgenLightningModule
+
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path is None:
+        archive_previous_checkpoints(run_dir)
+    ensure_token_cache(cfg)
+    datamodule = TokenDataModule.from_config(cfg)
+    module = MusicgenLightningModule(cfg)
+    trainer = build_trainer(cfg, run_dir)
+    log.info("training %s (%s) -> %s", cfg.model.id, cfg.finetune.name, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    last = checkpoint_dir(run_dir) / "last.ckpt"
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best_checkpoint(trainer.callbacks),
+        last_checkpoint=last if last.exists() else None,
+        metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        seconds=time.perf_counter() - started,
+    )
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, **overrides) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the project's loggers, strategy and callbacks."""
+    t = cfg.trainer
+    check_precision(t.precision, t.accelerator)
+    val_every = t.val_check_interval
+    # An integer interval counts training batches across epochs (not within one epoch).
+    across_epochs = isinstance(val_every, int) and not isinstance(val_every, bool)
+    kwargs = dict(
+        default_root_dir=str(run_dir),
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None if across_epochs else t.check_val_every_n_epoch,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        benchmark=t.benchmark,
+        enable_progress_bar=t.enable_progress_bar,
+        strategy=_strategy(cfg),
+        logger=_loggers(cfg, run_dir),
+        callbacks=build_callbacks(cfg, run_dir),
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def _strategy(cfg: DictConfig):
+    try:
+        from musicgen_train.training.strategy import build_strategy
+    except ImportError:
+        return "auto"
+    return build_strategy(cfg)
+
+
+def _loggers(cfg: DictConfig, run_dir: Path):
+    try:
+        from musicgen_train.training.loggers import build_loggers
+    except ImportError:
+        return False
+    return build_loggers(cfg, run_dir) or False
+
+
+def check_precision(precision: str, accelerator: str) -> None:
+    """fp16 autocast exists on CUDA only; say so in one line instead of Lightning's traceback."""
+    on_cuda = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    if str(precision).startswith("16") and not on_cuda:
+        raise UserError(
+            f"trainer.precision={precision} needs a CUDA GPU (accelerator={accelerator}, "
+            f"CUDA available: {torch.cuda.is_available()}): use trainer.precision=bf16-mixed "
+            "or 32 on CPU"
+        )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """``last`` -> Lightning finds the newest; ``best`` -> read from last.ckpt; else a file."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    folder = checkpoint_dir(run_dir)
+    if ckpt_path == "last":
+        return "last" if any(folder.glob("*.ckpt")) else _nothing_to_resume(folder)
+    if ckpt_path == "best":
+        return str(_best_from_last(folder))
+    path = Path(ckpt_path).expanduser()
+    if not path.exists():
+        raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint")
+    return str(path)
+
+
+def _nothing_to_resume(folder: Path) -> None:
+    log.info("ckpt_path=last: no checkpoint in %s yet, starting from the beginning", folder)
+    return None
+
+
+def _best_from_last(folder: Path) -> Path:
+    last = folder / "last.ckpt"
+    if not last.exists():
+        raise UserError(f"ckpt_path=best: {last} does not exist, so there is no best to find")
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+            best = Path(value["best_model_path"])
+            if best.exists():
+                return best
+    raise UserError(f"ckpt_path=best: {last} records no best checkpoint that still exists")
+
+
+def archive_previous_checkpoints(run_dir: Path) -> None:
+    """A fresh run keeps an earlier run's checkpoints by moving them aside, never deleting."""
+    folder = checkpoint_dir(run_dir)
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return  # DDP workers start after rank 0 has done this
+    if folder.is_dir() and any(folder.iterdir()):
+        target = folder.with_name(f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(target)
+        log.info("earlier checkpoints moved to %s (pass ckpt_path=last to resume instead)", target)
