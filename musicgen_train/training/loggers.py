@@ -1,0 +1,231 @@
+"""Dashboards: Lightning loggers from ``cfg.logger`` and audio samples for every one of them.
+
+W&B is the default. It runs offline unless it can upload (``WANDB_API_KEY`` set, or
+``logger.mode=online``), and then says how to upload the run later. CSV, TensorBoard and MLflow
+(a local SQLite store under the work dir unless a tracking URI is given) are the alternatives.
+Audio samples always land as wav files under ``<run_dir>/samples/step-XXXXXX/`` too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from musicgen_train.config import check_choice, check_range
+from musicgen_train.data.audio import write_audio
+from musicgen_train.errors import ConfigError, UserError
+
+LOGGERS = ("wandb", "csv", "tensorboard", "mlflow")
+WANDB_MODES = (None, "online", "offline", "disabled")
+# WANDB_MODE values wandb accepts, mapped to the three that matter here.
+_WANDB_ENV_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
+
+
+def build_loggers(cfg: DictConfig, run_dir: str | Path) -> list[Logger]:
+    """The Trainer's ``logger=`` list for ``cfg.logger.name``; files go under ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lcfg = cfg.logger
+    builders = {
+        "wandb": wandb_logger,
+        "csv": csv_logger,
+        "tensorboard": tensorboard_logger,
+        "mlflow": mlflow_logger,
+    }
+    return [builders[lcfg.name](cfg, run_dir)]
+
+
+def wandb_mode(lcfg: DictConfig) -> tuple[str, str]:
+    """(mode, why): ``logger.mode`` if set, else ``WANDB_MODE``, else online iff a key is set."""
+    if lcfg.mode:
+        return lcfg.mode, f"logger.mode={lcfg.mode}"
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        if env_mode not in _WANDB_ENV_MODES:
+            raise UserError(f"WANDB_MODE={env_mode!r} is not one of {list(_WANDB_ENV_MODES)}")
+        return _WANDB_ENV_MODES[env_mode], f"WANDB_MODE={env_mode}"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online", "WANDB_API_KEY is set"
+    return "offline", "no WANDB_API_KEY is set"
+
+
+def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
+    import wandb
+
+    lcfg = cfg.logger
+    mode, why = wandb_mode(lcfg)
+    if lcfg.log_model and mode != "online":
+        raise UserError(
+            f"logger.log_model={lcfg.log_model} uploads checkpoints to W&B, which needs online "
+            f"mode, but W&B is {mode} ({why}): set WANDB_API_KEY or logger.log_model=false"
+        )
+    # Our own id names the offline folder (offline-run-<time>-<id>), so the hint can point at it.
+    run_id = wandb.util.generate_id()
+    logger = WandbLogger(
+        project=lcfg.project,
+        entity=lcfg.entity,
+        name=lcfg.run_name or f"{cfg.recipe}-{run_id}",
+        id=run_id,
+        save_dir=str(run_dir),
+        offline=mode == "offline",
+        mode=mode,
+        log_model=lcfg.log_model,
+        tags=list(lcfg.tags),
+        group=lcfg.group,
+        notes=lcfg.notes,
+        # The whole resolved config, so a dashboard run says exactly how it was made.
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    if mode == "offline":
+        _print_rank_zero(
+            f"W&B is offline ({why}): upload this run later with: "
+            f"wandb sync {run_dir / 'wandb'}/offline-run-*-{run_id}"
+        )
+    return logger
+
+
+def csv_logger(cfg: DictConfig, run_dir: Path) -> CSVLogger:
+    # <run_dir>/csv/version_N/metrics.csv: a new version per run, never overwritten.
+    return CSVLogger(
+        save_dir=str(run_dir), name="csv", flush_logs_every_n_steps=cfg.logger.flush_every_n_steps
+    )
+
+
+def tensorboard_logger(cfg: DictConfig, run_dir: Path) -> TensorBoardLogger:
+    return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", default_hp_metric=False)
+
+
+def mlflow_tracking_uri(cfg: DictConfig) -> str:
+    """``logger.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else SQLite under the work dir.
+
+    MLflow 3 refuses its old file store, so the embedded default is a SQLite database.
+    """
+    if cfg.logger.tracking_uri:
+        return cfg.logger.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    work_dir = Path(cfg.work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{work_dir / 'mlflow.db'}"
+
+
+def mlflow_logger(cfg: DictConfig, run_dir: Path) -> MLFlowLogger:
+    lcfg = cfg.logger
+    tracking_uri = mlflow_tracking_uri(cfg)
+    # Without a location a SQLite store puts artifacts under the current directory.
+    artifacts = None
+    if tracking_uri.startswith("sqlite:"):
+        artifacts = (Path(cfg.work_dir).resolve() / "mlflow-artifacts").as_uri()
+    return MLFlowLogger(
+        experiment_name=lcfg.experiment_name,
+        run_name=lcfg.run_name or cfg.recipe,
+        tracking_uri=tracking_uri,
+        artifact_location=artifacts,
+        tags=dict(lcfg.tags) if lcfg.tags else None,
+        log_model=lcfg.log_model,
+    )
+
+
+@rank_zero_only
+def _print_rank_zero(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- audio samples ------------------------------------------------------------------------------
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "audio"
+
+
+def write_samples(
+    folder: Path,
+    key: str,
+    audios: Sequence[np.ndarray],
+    sample_rate: int,
+    captions: Sequence[str],
+) -> list[Path]:
+    """``<key>-<i>-<caption>.wav`` per sample plus one line per file in ``captions.jsonl``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with open(folder / "captions.jsonl", "a", encoding="utf-8") as index:
+        for i, (audio, caption) in enumerate(zip(audios, captions, strict=True)):
+            name = f"{_slug(key)}-{i:02d}-{_slug(caption)}.wav"
+            paths.append(write_audio(folder / name, audio, sample_rate))
+            index.write(json.dumps({"file": name, "key": key, "caption": caption}) + "\n")
+    return paths
+
+
+def log_audio(
+    trainer,
+    key: str,
+    audios: Sequence[np.ndarray],
+    sample_rate: int,
+    captions: Sequence[str],
+    run_dir: str | Path,
+) -> list[Path]:
+    """Log generated samples (``[channels, samples]`` or ``[samples]`` each) to every logger.
+
+    Wav files are written under ``<run_dir>/samples/step-XXXXXX/`` whatever the logger; W&B gets
+    ``wandb.Audio`` panels, TensorBoard audio summaries, MLflow the files as run artifacts.
+    Only the global-zero process writes; the others return an empty list.
+    """
+    if not trainer.is_global_zero:
+        return []
+    step = trainer.global_step
+    folder = Path(run_dir) / "samples" / f"step-{step:06d}"
+    paths = write_samples(folder, key, audios, sample_rate, captions)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_audio(key, [str(p) for p in paths], step=step, caption=list(captions))
+        elif isinstance(logger, TensorBoardLogger):
+            for i, (audio, caption) in enumerate(zip(audios, captions, strict=True)):
+                # TensorBoard's audio summary is mono: average the channels.
+                mono = np.atleast_2d(np.asarray(audio, dtype=np.float32)).mean(axis=0)
+                logger.experiment.add_audio(
+                    f"{key}/{i}", np.clip(mono, -1, 1)[None], step, sample_rate=sample_rate
+                )
+                logger.experiment.add_text(f"{key}/{i}/caption", caption, step)
+        elif isinstance(logger, MLFlowLogger):
+            for path in paths:
+                logger.experiment.log_artifact(logger.run_id, str(path), f"samples/{folder.name}")
+    return paths
+
+
+def validate_logger(cfg: DictConfig) -> None:
+    """Checks run when the config is composed (``musicgen_train.training.config.validate``)."""
+    if "logger" not in cfg or not isinstance(cfg.logger, DictConfig):
+        raise ConfigError(f"logger is missing: choose one of {list(LOGGERS)}")
+    check_choice(cfg, "logger.name", LOGGERS)
+    name = cfg.logger.name
+    if name == "wandb":
+        check_choice(cfg, "logger.mode", WANDB_MODES)
+        check_choice(cfg, "logger.log_model", (False, True, "all"))
+        if not cfg.logger.project:
+            raise ConfigError("logger.project is empty: name the W&B project")
+    elif name == "csv":
+        check_range(cfg, "logger.flush_every_n_steps", 1)
+    elif name == "mlflow":
+        check_choice(cfg, "logger.log_model", (False, True, "all"))
+        if not cfg.logger.experiment_name:
+            raise ConfigError("logger.experiment_name is empty: name the MLflow experiment")
