@@ -1,0 +1,122 @@
+"""LAION CLAP audio and text embeddings through transformers' ``ClapModel`` / ``ClapProcessor``.
+
+Deterministic windowing: CLAP's feature extractor crops audio longer than 10 s at RANDOM, and
+for fusion checkpoints it marks a random clip as "longer" when none is. We never let it choose:
+a clip is cut into consecutive windows of ``window_seconds`` (the last, shorter one is
+repeat-padded by the extractor, as CLAP was trained), no window is ever longer than the model's
+input, and ``is_longer`` is always False. The same file always gives the same embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+
+log = logging.getLogger(__name__)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+class ClapEmbedder(Embedder):
+    name = "clap"
+    sample_rate = 48_000
+    fadtk_names = ("clap-laion-music",)
+
+    def __init__(
+        self,
+        model,
+        processor,
+        checkpoint: str,
+        window_seconds: float = 10.0,
+        min_last_seconds: float = 1.0,
+        batch_size: int = 8,
+    ):
+        self.model = model.eval()
+        self.processor = processor
+        self.checkpoint = checkpoint
+        self.weights_digest = state_dict_digest(model)
+        longest = processor.feature_extractor.nb_max_samples / self.sample_rate
+        self.window_seconds = min(float(window_seconds), longest)
+        self.min_last_seconds = float(min_last_seconds)
+        self.batch_size = batch_size
+        fusion = bool(model.config.audio_config.enable_fusion)
+        # "fusion" input for fusion checkpoints (4 stacked mels), one mel otherwise; no window is
+        # longer than the model's input, so neither mode ever crops at random.
+        self.truncation = "fusion" if fusion else "rand_trunc"
+        self.window = (
+            f"consecutive {self.window_seconds:g} s windows, no overlap (last one repeat-padded, "
+            f"dropped if under {self.min_last_seconds:g} s unless it is the only one); "
+            f"{model.config.projection_dim}-d per window"
+        )
+
+    @classmethod
+    def from_config(cls, clap_cfg) -> ClapEmbedder:
+        from transformers import ClapModel, ClapProcessor
+
+        checkpoint = str(clap_cfg.get("checkpoint") or "")
+        if not checkpoint:
+            raise EmbedderUnavailable("no CLAP checkpoint (eval.clap.checkpoint is empty)")
+        try:
+            model = ClapModel.from_pretrained(checkpoint)
+            processor = ClapProcessor.from_pretrained(checkpoint)
+        except (OSError, ValueError) as err:
+            how = "HF_HUB_OFFLINE=1, nothing is downloaded" if _offline() else str(err)[:120]
+            raise EmbedderUnavailable(
+                f"CLAP checkpoint '{checkpoint}' is not available ({how}): download it once "
+                "(`hf download laion/larger_clap_music`) or set eval.clap.checkpoint to a local "
+                "folder"
+            ) from err
+        return cls(
+            model,
+            processor,
+            checkpoint,
+            window_seconds=float(clap_cfg.get("window_seconds", 10.0)),
+            min_last_seconds=float(clap_cfg.get("min_last_seconds", 1.0)),
+        )
+
+    def windows(self, wave: np.ndarray) -> list[np.ndarray]:
+        size = int(round(self.window_seconds * self.sample_rate))
+        pieces = [wave[start : start + size] for start in range(0, max(len(wave), 1), size)]
+        minimum = int(round(self.min_last_seconds * self.sample_rate))
+        if len(pieces) > 1 and len(pieces[-1]) < minimum:
+            pieces = pieces[:-1]
+        return pieces
+
+    def _features(self, windows: list[np.ndarray]) -> torch.Tensor:
+        features = self.processor.feature_extractor(
+            windows,
+            sampling_rate=self.sample_rate,
+            truncation=self.truncation,
+            padding="repeatpad",
+            return_tensors="pt",
+        )
+        return features["input_features"]
+
+    def embed_mono(self, wave: np.ndarray) -> np.ndarray:
+        """One L2-normalised projection per window: ``[windows, projection_dim]``."""
+        windows = self.windows(wave)
+        outputs = []
+        for start in range(0, len(windows), self.batch_size):
+            features = self._features(windows[start : start + self.batch_size])
+            is_longer = torch.zeros(features.shape[0], 1, dtype=torch.bool)
+            output = self.model.get_audio_features(input_features=features, is_longer=is_longer)
+            outputs.append(output.pooler_output.float())
+        return torch.cat(outputs).numpy()
+
+    @torch.inference_mode()
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised text projections ``[len(texts), projection_dim]``."""
+        tokens = self.processor.tokenizer(
+            list(texts), padding=True, truncation=True, return_tensors="pt"
+        )
+        output = self.model.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
+        return output.pooler_output.float().numpy()

@@ -1,0 +1,72 @@
+"""EnCodec latents: the encoder's continuous output BEFORE the quantiser, one frame per hop.
+
+Any transformers ``EncodecModel`` works: ``facebook/encodec_24khz`` (75 frames/s),
+``facebook/encodec_32khz`` (MusicGen's codec, 50 frames/s), ``facebook/encodec_48khz`` (stereo,
+normalised, 1 s chunks), a local folder, or ``model``: the codec inside the evaluated MusicGen.
+Checkpoints that normalise their input (48 kHz) are fed 1 s chunks each scaled to unit RMS, as
+``EncodecModel.encode`` does; the others see the whole clip at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+
+
+class EncodecEmbedder(Embedder):
+    name = "encodec"
+
+    def __init__(self, codec, checkpoint: str):
+        self.codec = codec.eval()
+        config = codec.config
+        self.checkpoint = checkpoint
+        self.weights_digest = state_dict_digest(codec.encoder)
+        self.sample_rate = int(config.sampling_rate)
+        self.channels = int(config.audio_channels)
+        self.normalize = bool(config.normalize)
+        self.chunk = config.chunk_length if self.normalize else None  # samples, or whole clip
+        chunking = f"{config.chunk_length_s:g} s RMS-normalised chunks" if self.chunk else "clip"
+        self.window = (
+            f"{chunking}; one {config.hidden_size}-d pre-quantiser latent per "
+            f"{1000 / config.frame_rate:g} ms frame ({config.frame_rate} frames/s)"
+        )
+        # fadtk's names for the statistics of the same latents.
+        self.fadtk_names = {24_000: ("encodec-emb",), 48_000: ("encodec-emb-48k",)}.get(
+            self.sample_rate, ()
+        )
+
+    @classmethod
+    def from_config(cls, encodec_cfg, *, codec=None, codec_source: str | None = None):
+        checkpoint = str(encodec_cfg.get("checkpoint") or "model")
+        if checkpoint == "model":
+            if codec is None:
+                raise EmbedderUnavailable("eval.encodec.checkpoint=model but no model was given")
+            return cls(codec, checkpoint=f"{codec_source or 'model'} (its EnCodec)")
+        from transformers import EncodecModel
+
+        try:
+            return cls(EncodecModel.from_pretrained(checkpoint), checkpoint=checkpoint)
+        except (OSError, ValueError) as err:
+            raise EmbedderUnavailable(
+                f"EnCodec checkpoint '{checkpoint}' is not available offline: download it once "
+                "or set eval.encodec.checkpoint to a local folder or to `model`"
+            ) from err
+
+    def embed_mono(self, wave: np.ndarray) -> np.ndarray:
+        # Too short a clip cannot pass the strided convolutions: pad it to 0.1 s.
+        wave = np.pad(wave, (0, max(0, self.sample_rate // 10 - len(wave))))
+        audio = torch.from_numpy(wave)[None, None].repeat(1, self.channels, 1)
+        dtype = next(self.codec.parameters()).dtype
+        pieces = audio.split(self.chunk, dim=-1) if self.chunk else (audio,)
+        # A last chunk of a few samples cannot pass the convolutions either: drop it.
+        pieces = [p for p in pieces if p.shape[-1] >= self.sample_rate // 10] or [pieces[0]]
+        latents = []
+        for piece in pieces:
+            if self.normalize:
+                piece = piece / (
+                    piece.mean(1, keepdim=True).pow(2).mean(-1, keepdim=True).sqrt() + 1e-8
+                )
+            latents.append(self.codec.encoder(piece.to(dtype)).float())
+        return torch.cat(latents, dim=-1)[0].T.numpy()  # [frames, hidden]

@@ -1,0 +1,93 @@
+"""Prompt sets: ``evaluation/<name>/prompts.jsonl``, one JSON object per line.
+
+``{"id": "calm-piano", "text": "a calm solo piano ballad", "reference": "audio/calm.wav"}``:
+``text`` is required; ``id`` defaults to the line number; ``reference`` (optional) is an audio
+file, relative to the prompt file, used when ``eval.reference=prompts``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicgen_train.errors import UserError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    reference: Path | None = None
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    path: Path
+    prompts: tuple[Prompt, ...]
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self.prompts]
+
+
+def prompt_sets_dir() -> Path:
+    """``evaluation/`` of a checkout, or its copy packaged as ``musicgen_train.prompt_sets``."""
+    checkout = Path(__file__).resolve().parents[2] / "evaluation"
+    if checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec("musicgen_train.prompt_sets")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("cannot find the evaluation/ folder of musicgen-train")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def available_prompt_sets() -> list[str]:
+    return sorted(p.parent.name for p in prompt_sets_dir().glob("*/prompts.jsonl"))
+
+
+def resolve_prompt_file(name_or_path: str) -> Path:
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir():
+        path = path / "prompts.jsonl"
+    if path.is_file():
+        return path
+    shipped = prompt_sets_dir() / str(name_or_path) / "prompts.jsonl"
+    if shipped.is_file():
+        return shipped
+    raise UserError(
+        f"eval.prompts={name_or_path!r} is neither a prompts.jsonl file nor a shipped prompt set "
+        f"({available_prompt_sets()})"
+    )
+
+
+def load_prompt_set(name_or_path: str, limit: int | None = None) -> PromptSet:
+    """Read and check a prompt set; a bad line raises a UserError naming file and line."""
+    path = resolve_prompt_file(name_or_path)
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f'{path}:{number}: needs a non-empty "text" field')
+        reference = row.get("reference")
+        if reference is not None:
+            reference = (path.parent / reference).resolve()
+            if not reference.is_file():
+                raise UserError(f"{path}:{number}: reference audio {reference} does not exist")
+        prompts.append(Prompt(str(row.get("id", number)), text.strip(), reference))
+    if not prompts:
+        raise UserError(f"prompt set {path} holds no prompts")
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise UserError(f"prompt set {path} repeats ids: {repeated}")
+    name = path.parent.name if path.name == "prompts.jsonl" else path.stem
+    return PromptSet(name, path, tuple(prompts[:limit] if limit else prompts))

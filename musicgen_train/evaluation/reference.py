@@ -1,0 +1,121 @@
+"""The reference FAD compares against: audio clips, or statistics computed elsewhere.
+
+``eval.reference``:
+- ``valid`` (default): the held-out ``valid`` split of the training data's token cache
+  (``data.output``): each segment's window (source, offset, duration) of its original file. The
+  cache is prepared first when it is missing (the demo works on a fresh machine).
+- ``prompts``: the ``reference`` audio files listed in the prompt set.
+- a folder: every audio file below it.
+- a ``.npz`` file: statistics in fadtk's layout (``<embedder>.mu``, ``<embedder>.cov``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_train.data.audio import AUDIO_EXTENSIONS
+from musicgen_train.evaluation.cache import EmbeddingCache
+from musicgen_train.evaluation.clips import Clip
+from musicgen_train.evaluation.embedders import Embedder
+from musicgen_train.evaluation.frechet import (
+    Statistics,
+    load_statistics,
+    statistics_from_embeddings,
+)
+from musicgen_train.evaluation.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+
+class ReferenceUnavailable(Exception):
+    """No reference can be built: FAD is skipped with this one-line reason."""
+
+
+@dataclass
+class Reference:
+    description: str
+    clips: list[Clip] = field(default_factory=list)
+    stats_file: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
+
+    def summary(self) -> dict:
+        seconds = sum(c.duration or 0.0 for c in self.clips)
+        return {
+            "description": self.description,
+            "clips": len(self.clips),
+            "seconds": round(seconds, 3) if seconds else None,
+            "stats_file": str(self.stats_file) if self.stats_file else None,
+            "notes": self.notes,
+        }
+
+    def statistics(self, embedder: Embedder, cache: EmbeddingCache) -> Statistics:
+        if self.stats_file is not None:
+            try:
+                return load_statistics(self.stats_file, [embedder.name, *embedder.fadtk_names])
+            except KeyError as err:
+                raise ReferenceUnavailable(str(err).strip("'\"")) from err
+        frames = [cache.embed(clip, embedder) for clip in self.clips]
+        return statistics_from_embeddings(np.concatenate(frames), embedder.identity())
+
+
+def build_reference(cfg, prompt_set: PromptSet) -> Reference:
+    choice = str(cfg.eval.reference)
+    limit = cfg.eval.get("reference_max_clips")
+    if choice == "valid":
+        return _valid_split(cfg, limit)
+    if choice == "prompts":
+        clips = [Clip(p.reference, name=p.id) for p in prompt_set.prompts if p.reference]
+        if not clips:
+            raise ReferenceUnavailable(f"prompt set {prompt_set.path} lists no reference audio")
+        return Reference(f"reference audio of prompt set {prompt_set.name}", clips[:limit])
+    path = Path(choice).expanduser()
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise ReferenceUnavailable(f"reference statistics file {path} does not exist")
+        return Reference(f"statistics file {path}", stats_file=path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if not files:
+            raise ReferenceUnavailable(f"reference folder {path} holds no audio files")
+        return Reference(f"audio files in {path}", [Clip(p, name=p.name) for p in files[:limit]])
+    raise ReferenceUnavailable(
+        f"eval.reference={choice!r} is not valid, prompts, a folder of audio or a .npz file"
+    )
+
+
+def _valid_split(cfg, limit: int | None) -> Reference:
+    cache_dir = Path(cfg.data.output)
+    manifest = cache_dir / "manifest.jsonl"
+    if not manifest.exists():
+        from musicgen_train.data.prepare import ensure_token_cache
+
+        log.info("reference: preparing the token cache %s (it is missing)", cache_dir)
+        cache_dir = Path(ensure_token_cache(cfg))
+        manifest = cache_dir / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    valid = sorted((r for r in rows if r.get("split") == "valid"), key=lambda r: r["id"])
+    if not valid:
+        raise ReferenceUnavailable(f"the token cache {cache_dir} has no valid split")
+    clips, missing = [], []
+    for row in valid:
+        source = Path(row["source"])
+        if not source.is_absolute():
+            source = cache_dir / source
+        if source.is_file():
+            clips.append(Clip(source, float(row["offset"]), float(row["duration"]), row["id"]))
+        else:
+            missing.append(row["source"])
+    notes = []
+    if missing:
+        notes.append(
+            f"{len(missing)} valid segments skipped: their audio is not a file (e.g. {missing[0]})"
+        )
+        log.warning("reference: %s", notes[-1])
+    if not clips:
+        raise ReferenceUnavailable(f"no audio file of the valid split of {cache_dir} is readable")
+    return Reference(f"valid split of the token cache {cache_dir}", clips[:limit], notes=notes)

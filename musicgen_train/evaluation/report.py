@@ -1,0 +1,240 @@
+"""Write ``eval_report.json`` and ``report.html`` (tables, PNG plots, audio players)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_train.evaluation.clips import Clip
+from musicgen_train.evaluation.logmel import log_mel_spectrogram
+from musicgen_train.evaluation.prompts import PromptSet
+
+
+def write_report(
+    out: Path,
+    report: dict,
+    prompt_set: PromptSet,
+    generations: dict[str, list[list[Clip]]],
+    spectrograms: int = 4,
+) -> Path:
+    """Write the JSON and the HTML report into ``out``; returns the HTML path."""
+    out = Path(out)
+    (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    plots = [_metric_bar_chart(out, report), *_spectrograms(out, generations, spectrograms)]
+    path = out / "report.html"
+    path.write_text(_html(out, report, [p for p in plots if p is not None]), encoding="utf-8")
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _per_prompt_metric(report: dict) -> str | None:
+    """CLAP per prompt when scored, else the first FAD's per-song values."""
+    keys = [k for k, v in report["models"][0]["metrics"].items() if v.get("value") is not None]
+    return "clap_score" if "clap_score" in keys else next(iter(keys), None)
+
+
+def _metric_bar_chart(out: Path, report: dict) -> Path | None:
+    metric = _per_prompt_metric(report)
+    if metric is None:
+        return None
+    plt = _pyplot()
+    ids = [row["id"] for row in report["models"][0]["per_prompt"]]
+    width = 0.8 / len(report["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(ids) + 2), 3.5))
+    for number, model in enumerate(report["models"]):
+        values = [row.get(metric) for row in model["per_prompt"]]
+        xs = np.arange(len(ids)) + number * width
+        ax.bar(xs, [np.nan if v is None else v for v in values], width, label=model["source"])
+    ax.set_xticks(np.arange(len(ids)) + width * (len(report["models"]) - 1) / 2)
+    ax.set_xticklabels(ids, rotation=30, ha="right")
+    ax.set_ylabel("CLAP score" if metric == "clap_score" else f"per-song {metric}")
+    ax.set_title(f"{metric} per prompt")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out / f"{metric}_per_prompt.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _spectrograms(out: Path, generations: dict[str, list[list[Clip]]], count: int) -> list[Path]:
+    if count <= 0:
+        return []
+    plt = _pyplot()
+    paths = []
+    for label, clips in generations.items():
+        chosen = [c for group in clips for c in group][:count]
+        if not chosen:
+            continue
+        fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 2.8), squeeze=False)
+        for ax, clip in zip(axes[0], chosen, strict=True):
+            audio, rate = clip.load()
+            mel = log_mel_spectrogram(
+                audio.mean(axis=0), rate, num_bins=64, fmin=30.0, fmax=min(16_000.0, rate / 2)
+            )
+            ax.imshow(
+                mel.T,
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                extent=(0, len(mel) / 100, 0, 64),
+            )
+            ax.set_title(clip.name, fontsize="small")
+            ax.set_xlabel("s")
+            ax.set_yticks([])
+        fig.suptitle(f"log-mel spectrograms ({label})", fontsize="small")
+        fig.tight_layout()
+        path = out / f"spectrograms_{label}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}.skip{color:#a33}.note{color:#666}
+audio{width:220px;height:32px}"""
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _metric_rows(report: dict) -> str:
+    rows = []
+    names = list(dict.fromkeys(k for m in report["models"] for k in m["metrics"]))
+    header = "".join(f"<th>{html.escape(m['source'])}</th>" for m in report["models"])
+    rows.append(f"<tr><th>metric</th>{header}<th>embedder / checkpoint / rate / window</th></tr>")
+    for name in names:
+        cells, about = [], ""
+        for model in report["models"]:
+            entry = model["metrics"].get(name, {})
+            if entry.get("value") is None:
+                cells.append(f"<td class=skip>{html.escape(entry.get('skipped', 'skipped'))}</td>")
+                continue
+            low, high = entry["interval"]
+            text = f"<b>{entry['value']:.4f}</b> [{low:.4f}, {high:.4f}]"
+            inf = entry.get("fad_inf", {})
+            if "value" in inf:
+                text += f"<br>FAD-inf {inf['value']:.4f} (r² {inf['r2']:.3f})"
+            cells.append(f"<td>{text}</td>")
+            about = (
+                f"{_fmt(entry.get('embedder'))} / {_fmt(entry.get('checkpoint'))} / "
+                f"{_fmt(entry.get('sample_rate'))} Hz / {_fmt(entry.get('window'))}; "
+                f"{entry.get('clips')} clips"
+                + (
+                    ""
+                    if entry.get("comparable_to_published")
+                    else " — <b>not comparable to published numbers</b>"
+                )
+            )
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}<td>{about}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _per_prompt_rows(out: Path, report: dict) -> str:
+    metrics = list(
+        dict.fromkeys(
+            k
+            for m in report["models"]
+            for row in m["per_prompt"]
+            for k in row
+            if k not in ("id", "text", "audio")
+        )
+    )
+    head = (
+        "<tr><th>prompt</th><th>model</th>"
+        + "".join(f"<th>{html.escape(k)}</th>" for k in metrics)
+        + "<th>audio</th></tr>"
+    )
+    rows = [head]
+    for index, first in enumerate(report["models"][0]["per_prompt"]):
+        for number, model in enumerate(report["models"]):
+            row = model["per_prompt"][index]
+            players = "".join(
+                f'<audio controls preload="none" src="{html.escape(_relative(out, a))}"></audio>'
+                for a in row["audio"]
+            )
+            prompt = (
+                (
+                    f"<td rowspan={len(report['models'])}><b>{html.escape(first['id'])}</b><br>"
+                    f"{html.escape(first['text'])}</td>"
+                )
+                if number == 0
+                else ""
+            )
+            values = "".join(f"<td>{_fmt(row.get(k))}</td>" for k in metrics)
+            rows.append(
+                f"<tr>{prompt}<td>{html.escape(model['label'])}</td>{values}<td>{players}</td></tr>"
+            )
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _relative(out: Path, path: str) -> str:
+    return Path(os.path.relpath(path, out)).as_posix()
+
+
+def _html(out: Path, report: dict, plots: list[Path]) -> str:
+    reference = report.get("reference") or {}
+    skipped = "".join(f"<li class=skip>{html.escape(line)}</li>" for line in report["skipped"])
+    images = "".join(
+        f'<p><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>' for p in plots
+    )
+    generation = ", ".join(f"{k}={v}" for k, v in report["generation"].items())
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>musicgen-train evaluation: {html.escape(report["prompt_set"]["name"])}</title>
+<style>{STYLE}</style></head><body>
+<h1>Evaluation on prompt set “{html.escape(report["prompt_set"]["name"])}”</h1>
+<p class=note>{html.escape(report["created"])} · {report["prompt_set"]["prompts"]} prompts ·
+generation: {html.escape(generation)}</p>
+<p>Reference: {html.escape(str(reference.get("description", "none")))}
+({reference.get("clips", 0)} clips{
+        ", " + str(reference.get("seconds")) + " s" if reference.get("seconds") else ""
+    })</p>
+<h2>Metrics</h2>
+<p class=note>Value [bootstrap {int(100 * _confidence(report))}% interval]. FAD: lower is
+closer to the reference. CLAP score: higher follows the text better.</p>
+{_metric_rows(report)}
+{f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""}
+<h2>Plots</h2>{images or "<p class=note>no metric to plot</p>"}
+<h2>Per prompt</h2>{_per_prompt_rows(out, report)}
+</body></html>
+"""
+
+
+def _confidence(report: dict) -> float:
+    for model in report["models"]:
+        for entry in model["metrics"].values():
+            if "confidence" in entry:
+                return entry["confidence"]
+    return 0.95

@@ -1,0 +1,155 @@
+"""``musicgen-train evaluate``: generate for a prompt set, score FAD and CLAP, write the report.
+
+``evaluate(cfg, model_source, output_dir)`` is what the CLI, ``python train.py`` and the
+notebooks call; the training callback reuses ``MetricSuite`` on the model being trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from musicgen_train.data.audio import write_audio
+from musicgen_train.evaluation.clips import Clip
+from musicgen_train.evaluation.prompts import PromptSet, load_prompt_set
+from musicgen_train.evaluation.suite import MetricSuite
+from musicgen_train.generation import GenerationEngine, GenerationParams
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    report = evaluate(cfg)
+    log.info("evaluation report: %s", report["report"])
+    for name, value in report["metrics"].items():
+        log.info("  %-20s %s", name, f"{value:.4f}" if value is not None else "skipped")
+    return report
+
+
+def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
+    """Generate, score and report; returns the content of ``eval_report.json`` + ``report_dir``."""
+    from musicgen_train.evaluation.report import write_report
+    from musicgen_train.model import load_musicgen
+
+    ecfg = cfg.eval
+    sources = [("model", str(model_source or cfg.model.id))]
+    if ecfg.get("compare_with"):
+        sources.append(("compare", str(ecfg.compare_with)))
+    out = Path(output_dir or ecfg.get("output_dir") or default_output_dir(cfg, sources[0][1]))
+    out.mkdir(parents=True, exist_ok=True)
+    prompt_set = load_prompt_set(ecfg.prompts, ecfg.get("max_prompts"))
+    params = generation_params(ecfg.generation)
+
+    models, generations, codec = [], {}, None
+    for label, source in sources:
+        loaded = load_musicgen(source, tiny_seed=int(cfg.model.get("tiny_seed", 0)))
+        log.info(
+            "evaluate: generating %d prompt(s) x %d with %s",
+            len(prompt_set.prompts),
+            ecfg.samples_per_prompt,
+            source,
+        )
+        generations[label] = generate_clips(
+            loaded,
+            prompt_set,
+            params,
+            out / "audio" / label,
+            int(ecfg.samples_per_prompt),
+            int(ecfg.generation.batch_size),
+        )
+        models.append(
+            {
+                "label": label,
+                "source": source,
+                "path": loaded.path,
+                "sample_rate": loaded.sample_rate,
+            }
+        )
+        if codec is None:  # eval.encodec.checkpoint=model scores with the first model's codec
+            codec = (loaded.model.audio_encoder, loaded.path)
+        del loaded
+
+    suite = MetricSuite(cfg, prompt_set, codec=codec[0], codec_source=codec[1])
+    for model in models:
+        model.update(suite.score(generations[model["label"]]))
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "prompt_set": {
+            "name": prompt_set.name,
+            "path": str(prompt_set.path),
+            "prompts": len(prompt_set.prompts),
+        },
+        "generation": {
+            **OmegaConf.to_container(ecfg.generation),
+            "samples_per_prompt": int(ecfg.samples_per_prompt),
+        },
+        "reference": suite.reference.summary() if suite.reference else None,
+        "embedders": [e.identity() for e in suite.embedders],
+        "models": models,
+        "metrics": {k: v.get("value") for k, v in models[0]["metrics"].items()},
+        "skipped": suite.skipped,
+        "report_dir": str(out),
+    }
+    report["report"] = str(
+        write_report(out, report, prompt_set, generations, int(ecfg.get("report_spectrograms", 4)))
+    )
+    return report
+
+
+def default_output_dir(cfg: DictConfig, source: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).stem if "/" in source else source)
+    return Path(cfg.run_dir) / "eval" / slug.strip("_")
+
+
+def generation_params(gen_cfg) -> GenerationParams:
+    return GenerationParams(
+        duration=float(gen_cfg.duration),
+        guidance_scale=float(gen_cfg.guidance_scale),
+        temperature=float(gen_cfg.temperature),
+        top_k=int(gen_cfg.top_k),
+        top_p=float(gen_cfg.get("top_p", 0.0)),
+        seed=None if gen_cfg.get("seed") is None else int(gen_cfg.seed),
+    )
+
+
+def generate_clips(
+    loaded,
+    prompt_set: PromptSet,
+    params: GenerationParams,
+    folder: Path,
+    samples_per_prompt: int = 1,
+    batch_size: int = 4,
+) -> list[list[Clip]]:
+    """Write each prompt's generations as wav files; ``clips[i]`` are those of prompt ``i``.
+
+    Batch ``b`` of sample round ``s`` uses seed ``seed + 1000 * s + b``: every model sees the same
+    seeds, so two models are compared on equal terms.
+    """
+    engine = GenerationEngine(loaded)
+    prompts = prompt_set.prompts
+    clips: list[list[Clip]] = [[] for _ in prompts]
+    for sample in range(samples_per_prompt):
+        for number, start in enumerate(range(0, len(prompts), batch_size)):
+            batch = prompts[start : start + batch_size]
+            seed = None if params.seed is None else params.seed + 1000 * sample + number
+            audio = engine.generate([p.text for p in batch], _with_seed(params, seed))
+            for offset, (prompt, wave) in enumerate(zip(batch, audio, strict=True)):
+                name = _file_name(prompt.id, sample, samples_per_prompt)
+                path = write_audio(folder / name, wave, engine.sample_rate)
+                clips[start + offset].append(Clip(path, name=prompt.id))
+    return clips
+
+
+def _with_seed(params: GenerationParams, seed: int | None) -> GenerationParams:
+    from dataclasses import replace
+
+    return replace(params, seed=seed)
+
+
+def _file_name(prompt_id: str, sample: int, samples: int) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", prompt_id).strip("_") or "prompt"
+    return f"{slug}.wav" if samples == 1 else f"{slug}-{sample}.wav"

@@ -1,0 +1,113 @@
+"""VGGish (Hershey et al. 2017), the embedder of the classic FAD, as a small torch network.
+
+Layer names follow torchvggish (``features.*``, ``embeddings.*``), so its converted release
+``vggish-10086976.pth`` (a torch state_dict of Google's published weights) loads as it is:
+``eval.vggish.weights=/path/to/vggish-10086976.pth``. No weights file, no VGGish: the FAD of this
+embedder is then skipped, never computed with random weights.
+
+Input: 16 kHz mono -> log-mel (25 ms window, 10 ms hop, 64 bands 125-7500 Hz, log(mel + 0.01))
+-> non-overlapping 0.96 s patches of 96x64 -> 128-d per patch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.evaluation.logmel import frame, log_mel_spectrogram
+
+PATCH_FRAMES = 96  # 0.96 s of 10 ms log-mel frames
+MEL_BANDS = 64
+
+
+class VGGish(nn.Module):
+    """Four conv blocks (64, 128, 256x2, 512x2 channels) and three dense layers down to 128."""
+
+    def __init__(self, embedding_relu: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for width in (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool"):
+            if width == "pool":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        dense: list[nn.Module] = [
+            nn.Linear(512 * 4 * 6, 4096),
+            nn.ReLU(True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Linear(4096, 128),
+        ]
+        # torchvggish (and fadtk through it) keep a ReLU after the last layer; Google's current
+        # TF release does not. The converted torchvggish weights expect it.
+        if embedding_relu:
+            dense.append(nn.ReLU(True))
+        self.embeddings = nn.Sequential(*dense)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[batch, 1, 96, 64]`` log-mel patches -> ``[batch, 128]``."""
+        x = self.features(patches)
+        # Flatten in TensorFlow's (height, width, channels) order, as the weights were trained.
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        return self.embeddings(x)
+
+
+def load_vggish(weights: str | Path, embedding_relu: bool = True) -> VGGish:
+    """A VGGish holding the weights of a torch state_dict file (torchvggish's layout)."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise EmbedderUnavailable(f"VGGish weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    wanted = {k: v for k, v in state.items() if k.startswith(("features.", "embeddings."))}
+    model = VGGish(embedding_relu=embedding_relu)
+    missing = sorted(set(model.state_dict()) - set(wanted))
+    if missing:
+        raise EmbedderUnavailable(
+            f"VGGish weights file {path} lacks {missing[:3]}...: give a torchvggish state_dict"
+        )
+    model.load_state_dict(wanted)
+    return model.eval()
+
+
+class VGGishEmbedder(Embedder):
+    name = "vggish"
+    sample_rate = 16_000
+    window = "0.96 s patches, 0.96 s hop; log-mel 25 ms / 10 ms, 64 bands 125-7500 Hz; 128-d"
+    fadtk_names = ("vggish",)
+
+    def __init__(self, model: VGGish, checkpoint: str, batch_size: int = 64):
+        self.model = model.eval()
+        self.checkpoint = checkpoint
+        self.weights_digest = state_dict_digest(model)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_config(cls, vggish_cfg) -> VGGishEmbedder:
+        weights = vggish_cfg.get("weights")
+        if not weights:
+            raise EmbedderUnavailable(
+                "no VGGish weights file (eval.vggish.weights is null): convert Google's release "
+                "or download torchvggish's vggish-10086976.pth once and point eval.vggish.weights "
+                "at it"
+            )
+        model = load_vggish(weights, embedding_relu=bool(vggish_cfg.get("embedding_relu", True)))
+        return cls(model, checkpoint=str(weights))
+
+    def patches(self, wave: np.ndarray) -> np.ndarray:
+        """``[patches, 96, 64]``; a clip shorter than one patch is zero-padded to one."""
+        wave = np.pad(wave, (0, max(0, 15_600 - len(wave))))  # 96 frames of 10 ms + 15 ms tail
+        spectrogram = log_mel_spectrogram(wave, self.sample_rate, num_bins=MEL_BANDS)
+        return frame(spectrogram, PATCH_FRAMES, PATCH_FRAMES).astype(np.float32)
+
+    def embed_mono(self, wave: np.ndarray) -> np.ndarray:
+        patches = torch.from_numpy(self.patches(wave))[:, None]
+        chunks = [self.model(chunk) for chunk in patches.split(self.batch_size)]
+        return torch.cat(chunks).numpy()
