@@ -4,7 +4,7 @@ A template such as ``"{description}. {genre}, {moods}, {instrument}, {bpm} bpm, 
 metadata fields. A field that is missing takes its own words with it, so no dangling commas are
 left behind: the text right after a field up to the first punctuation belongs to that field
 (``" bpm"``), then comes the separator (``", "``), and any words after the separator belong to
-the next field (``"in {key}"``).
+the next field (``"in {key}"``). Two fields are joined by the separator that follows the first.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class _Part:
     field: str
     spec: str  # format spec, e.g. ".0f" in "{bpm:.0f}"
     prefix: str  # words before the field that belong to it ("in " in "in {key}")
-    suffix: str  # words after the field that belong to it (" bpm" in "{bpm} bpm")
-    separator: str  # what joins it to the field before (", ")
+    suffix: str = ""  # words after the field that belong to it (" bpm" in "{bpm} bpm")
+    separator: str = ""  # what follows it when another field comes next (", ")
 
 
 def parse_template(template: str) -> tuple[list[_Part], str]:
@@ -55,27 +55,25 @@ def parse_template(template: str) -> tuple[list[_Part], str]:
         ) from err
     parts: list[_Part] = []
     for literal, field, spec, _conversion in pieces:
+        prefix = literal
         if parts:
-            suffix, separator, prefix = (
-                _split_literal(literal) if field is not None else _split_closing(literal)
-            )
-            parts[-1] = replace(parts[-1], suffix=suffix)
-        else:
-            separator, prefix = "", literal
+            split = _split_literal if field is not None else _split_closing
+            suffix, separator, prefix = split(literal)
+            parts[-1] = replace(parts[-1], suffix=suffix, separator=separator)
         if field is None:  # the text after the last field
-            return parts, separator + prefix if parts else literal
+            return parts, prefix  # for a template without fields: the whole text
         if not field.isidentifier():
             raise ConfigError(
                 f"data.caption.template={template!r}: {{{field}}} is not a metadata field name"
             )
-        parts.append(_Part(field, spec or "", prefix, "", separator))
+        parts.append(_Part(field, spec or "", prefix))
     return parts, ""
 
 
 def _split_closing(literal: str) -> tuple[str, str, str]:
     """``" music."`` after the last field -> suffix ``" music"``, closing ``"."``."""
     suffix = literal.rstrip(_PUNCTUATION + " ")
-    return suffix, literal[len(suffix) :], ""
+    return suffix, "", literal[len(suffix) :]
 
 
 def _split_literal(literal: str) -> tuple[str, str, str]:
@@ -140,11 +138,11 @@ def build_caption(metadata: Mapping, caption_cfg: Mapping | None = None, rng=Non
         rendered = kept or [rendered[int(rng.random() * len(rendered))]]
     if not parts:
         return closing.strip() or str(caption_cfg.get("default") or DEFAULT_CAPTION)
-    caption = ""
-    for part, text in rendered:
-        caption = _join(caption, part.separator, text) if caption else text
-    if not caption:
+    if not rendered:
         return str(caption_cfg.get("default") or DEFAULT_CAPTION)
+    caption = rendered[0][1]
+    for (before, _text), (_part, text) in zip(rendered, rendered[1:], strict=False):
+        caption = _join(caption, before.separator, text)
     return _join(caption, closing, "").rstrip()
 
 

@@ -26,7 +26,7 @@ from musicgen_train.data.captions import build_caption
 from musicgen_train.errors import UserError
 
 SAMPLE_RATE = 32000
-CLIP_SECONDS = 8.0
+CLIP_SECONDS = 10.0
 CLIPS_PER_STYLE = 6
 DEMO_VERSION = 1
 _PITCH = {"C": 0, "C#": 1, "D": 2, "Eb": 3, "E": 4, "F": 5, "F#": 6, "G": 7, "Ab": 8, "A": 9,

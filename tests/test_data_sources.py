@@ -1,0 +1,285 @@
+"""Every data source end to end on small inputs written here: discovery, metadata, decoding."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicgen_train.data.audio import encode_audio_bytes, read_audio, write_audio
+from musicgen_train.data.captions import build_caption
+from musicgen_train.data.items import AudioItem, SkippedItem
+from musicgen_train.data.sources import iter_source, normalize_metadata
+from musicgen_train.errors import UserError
+
+CAPTION = {"template": "{description}. {genre}, {bpm} bpm, {key}", "default": "jazz"}
+
+
+def tone(seconds=0.5, rate=16000, channels=1, freq=440.0):
+    t = np.arange(int(seconds * rate)) / rate
+    mono = 0.3 * np.sin(2 * np.pi * freq * t)
+    return np.stack([mono] * channels).astype(np.float32)
+
+
+def write(path: Path, audio: np.ndarray, rate: int, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), audio.T, rate, **kwargs)
+    return path
+
+
+def collect(source, work_dir, **data):
+    items = list(iter_source({"source": str(source), **data}, work_dir))
+    ok = {item.key: item for item in items if isinstance(item, AudioItem)}
+    skipped = [item for item in items if isinstance(item, SkippedItem)]
+    return ok, skipped
+
+
+def caption_of(item):
+    return build_caption(item.metadata, CAPTION)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Every format, rate and caption source in one nested folder, plus bad files."""
+    root = tmp_path / "music"
+    write(root / "a.wav", tone(rate=44100, channels=2), 44100)
+    (root / "a.json").write_text(json.dumps({"description": "ignored: the table row wins"}))
+    write(root / "rock" / "b.flac", tone(rate=22050), 22050)
+    sidecar = {"description": "Loud guitars.", "genre": "rock", "bpm": 140.0, "key": "E minor"}
+    (root / "rock" / "b.json").write_text(json.dumps(sidecar))
+    write(root / "rock" / "deep" / "c.ogg", tone(rate=32000), 32000, format="OGG")
+    (root / "rock" / "deep" / "c.txt").write_text("a quiet organ\n")
+    write(root / "d.mp3", tone(rate=48000), 48000, format="MP3")
+    write(root / "e.opus", tone(rate=48000), 48000, format="OGG", subtype="OPUS")
+    (root / "notes.wav").write_bytes(b"%PDF-1.4 this is a pdf with an audio name")
+    (root / "song.m4a").write_bytes(b"\x00\x00\x00 ftypM4A ")
+    (root / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    write(root / ".hidden" / "x.wav", tone(), 16000)
+    rows = [{"file_name": "a.wav", "description": "Soft strings", "genre": "classical"}]
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_folder_finds_every_format_nested_and_takes_captions_in_order(folder, tmp_path):
+    ok, skipped = collect(folder, tmp_path)
+    assert sorted(ok) == ["a.wav", "d.mp3", "e.opus", "notes.wav", "rock/b.flac", "rock/deep/c.ogg"]
+    # metadata.jsonl row > sidecar json > sidecar txt > default caption
+    assert caption_of(ok["a.wav"]) == "Soft strings. classical"
+    assert caption_of(ok["rock/b.flac"]) == "Loud guitars. rock, 140 bpm, E minor"
+    assert caption_of(ok["rock/deep/c.ogg"]) == "a quiet organ"
+    assert caption_of(ok["d.mp3"]) == "jazz"
+    assert ok["d.mp3"].metadata == {}
+    # every real audio file decodes at its own rate and channel count
+    expected = {"a.wav": (44100, 2), "rock/b.flac": (22050, 1), "rock/deep/c.ogg": (32000, 1),
+                "d.mp3": (48000, 1), "e.opus": (48000, 1)}  # fmt: skip
+    for key, (rate, channels) in expected.items():
+        audio, got_rate = read_audio(ok[key].path)
+        assert (got_rate, audio.shape[0]) == (rate, channels), key
+        assert audio.shape[1] >= 0.45 * rate
+    # the pdf with an audio name is yielded for validation to report; m4a is reported here
+    assert ok["notes.wav"].path.read_bytes().startswith(b"%PDF")
+    assert [(Path(s.source).name, "libsndfile" in s.reason) for s in skipped] == [
+        ("song.m4a", True)
+    ]
+
+
+def test_metadata_csv_with_text_column_and_bad_rows(tmp_path):
+    root = tmp_path / "clips"
+    write(root / "one.wav", tone(), 16000)
+    write(root / "two.wav", tone(), 16000)
+    write(root / "three.wav", tone(), 16000)
+    (root / "readme.txt").write_text("not audio")
+    (root / "metadata.csv").write_text(
+        "file_name,text,genre,bpm\n"
+        "one.wav,a sunny tune,pop,120\n"
+        "missing.wav,gone,pop,1\n"
+        "two.wav,,jazz,\n"
+        "three.wav,x,y,z,extra\n"
+        "readme.txt,words,none,1\n"
+    )
+    ok, skipped = collect(root, tmp_path)
+    assert sorted(ok) == ["one.wav", "three.wav", "two.wav"]
+    assert ok["one.wav"].metadata == {"description": "a sunny tune", "genre": "pop", "bpm": "120"}
+    assert caption_of(ok["one.wav"]) == "a sunny tune. pop, 120 bpm"
+    assert ok["two.wav"].metadata == {"genre": "jazz"}  # empty cells are left out
+    assert ok["three.wav"].metadata == {}  # its row was rejected: no metadata, default caption
+    reasons = {Path(s.source).name: s.reason for s in skipped}
+    assert set(reasons) == {"metadata.csv:3", "metadata.csv:5", "metadata.csv:6"}
+    assert "does not exist" in reasons["metadata.csv:3"]
+    assert "more cells" in reasons["metadata.csv:5"]
+    assert "audio extension" in reasons["metadata.csv:6"]
+
+
+def test_metadata_jsonl_malformed_lines_are_reported_with_file_and_line(tmp_path):
+    root = tmp_path / "clips"
+    write(root / "sub" / "a.wav", tone(), 16000)
+    write(root / "b.wav", tone(), 16000)
+    write(tmp_path / "outside.wav", tone(), 16000)
+    (root / "metadata.jsonl").write_text(
+        '{"file_name": "sub/a.wav", "genre": "funk", "moods": ["warm", ""]}\n'
+        "{not json\n"
+        "\n"
+        '["a", "list"]\n'
+        '{"genre": "no file name"}\n'
+        '{"file_name": "sub/a.wav", "genre": "twice"}\n'
+        '{"file_name": "../outside.wav"}\n'
+    )
+    ok, skipped = collect(root, tmp_path)
+    assert ok["sub/a.wav"].metadata == {"genre": "funk", "moods": ["warm", ""]}
+    assert build_caption(ok["sub/a.wav"].metadata, {"template": "{genre}, {moods}"}) == "funk, warm"
+    assert ok["b.wav"].metadata == {}
+    reasons = {s.source.rsplit("/", 1)[-1]: s.reason for s in skipped}
+    assert sorted(reasons) == [f"metadata.jsonl:{n}" for n in (2, 4, 5, 6, 7)]
+    assert "not valid JSON" in reasons["metadata.jsonl:2"]
+    assert "list" in reasons["metadata.jsonl:4"]
+    assert "no file_name" in reasons["metadata.jsonl:5"]
+    assert "twice" in reasons["metadata.jsonl:6"]
+    assert "not inside" in reasons["metadata.jsonl:7"]
+
+
+def test_broken_sidecar_json_skips_its_file_with_the_reason(tmp_path):
+    write(tmp_path / "x" / "a.wav", tone(), 16000)
+    (tmp_path / "x" / "a.json").write_text("{oops")
+    write(tmp_path / "x" / "b.wav", tone(), 16000)
+    (tmp_path / "x" / "b.json").write_text("[1, 2]")
+    ok, skipped = collect(tmp_path / "x", tmp_path)
+    assert ok == {}
+    assert [(Path(s.source).name, s.reason.split(" (")[0]) for s in skipped] == [
+        ("a.wav", "sidecar a.json is not valid JSON"),
+        ("b.wav", "sidecar b.json holds a list, not an object"),
+    ]
+
+
+def test_audiocraft_manifest_with_sidecars(tmp_path):
+    audio_dir = tmp_path / "audio"
+    a = write(audio_dir / "a.wav", tone(rate=32000), 32000)
+    write(audio_dir / "b.flac", tone(rate=24000), 24000)
+    (audio_dir / "a.json").write_text(json.dumps(
+        {"title": "A", "artist": "me", "genre": "house", "moods": ["happy"], "bpm": 124,
+         "key": "G major", "description": "Piano house.", "keywords": "", "instrument": "piano"}
+    ))  # fmt: skip
+    info = tmp_path / "infos" / "b-info.json"
+    info.parent.mkdir()
+    info.write_text(json.dumps({"description": "Dub techno", "genre": "techno"}))
+    egs = tmp_path / "egs" / "train"
+    egs.mkdir(parents=True)
+    lines = [
+        {"path": str(a), "duration": 0.5, "sample_rate": 32000, "amplitude": None,
+         "weight": None, "info_path": None},
+        {"path": "../../audio/b.flac", "duration": 0.5, "sample_rate": 24000,
+         "info_path": str(info)},
+        {"path": str(audio_dir / "gone.wav"), "duration": 3.0},
+        {"duration": 1.0},
+        {"path": str(a), "info_path": "/nowhere/info.json"},
+    ]  # fmt: skip
+    text = "".join(json.dumps(line) + "\n" for line in lines) + "{broken\n"
+    (egs / "data.jsonl").write_text(text)
+    for source in (egs, egs / "data.jsonl"):  # the folder (audiocraft's egs dir) or the file
+        ok, skipped = collect(source, tmp_path)
+        assert [item.path for item in ok.values()] == [a, egs / "../../audio/b.flac"]
+        first, second = ok.values()
+        assert first.metadata["artist"] == "me" and "keywords" not in first.metadata
+        assert caption_of(first) == "Piano house. house, 124 bpm, G major"
+        assert caption_of(second) == "Dub techno. techno"
+        assert read_audio(second.path)[1] == 24000
+        reasons = [(s.source.rsplit(":", 1)[-1], s.reason) for s in skipped]
+        assert [line for line, _ in reasons] == ["3", "4", "5", "6"]
+        assert "does not exist" in reasons[0][1] and "no path" in reasons[1][1]
+        assert "info_path" in reasons[2][1] and "not valid JSON" in reasons[3][1]
+    gz = tmp_path / "data.jsonl.gz"
+    gz.write_bytes(gzip.compress(json.dumps(lines[0]).encode() + b"\n"))
+    ok, skipped = collect(gz, tmp_path)
+    assert [item.path for item in ok.values()] == [a] and skipped == []
+
+
+def _hf_rows(tmp_path):
+    import datasets
+
+    ref = write(tmp_path / "ref.wav", tone(rate=8000), 8000)
+    audio = [
+        {"bytes": encode_audio_bytes(tone(rate=16000, freq=220), 16000), "path": "x.wav"},
+        {"bytes": encode_audio_bytes(tone(rate=22050, channels=2), 22050, "flac"), "path": None},
+        {"bytes": None, "path": str(ref)},  # save_to_disk embeds the file's bytes
+    ]
+    table = {"audio": audio, "caption": ["low hum", "", "a stereo tone"],
+             "genre": ["drone", "test", None], "bpm": [60, None, 90]}  # fmt: skip
+    return datasets.Dataset.from_dict(table).cast_column("audio", datasets.Audio(decode=False))
+
+
+def test_hf_dataset_saved_to_disk_yields_bytes_that_soundfile_decodes(tmp_path):
+    import datasets
+
+    # An Audio column saved with decode=True (as hub datasets are) must not be decoded on read.
+    ds = _hf_rows(tmp_path).cast_column("audio", datasets.Audio())
+    ds.save_to_disk(str(tmp_path / "hf"))
+    ok, skipped = collect(tmp_path / "hf", tmp_path)
+    assert skipped == [] and sorted(ok) == ["train/000000", "train/000001", "train/000002"]
+    rates = [read_audio(item.data)[1] for item in ok.values()]
+    assert rates == [16000, 22050, 8000]
+    assert read_audio(ok["train/000001"].data)[0].shape[0] == 2
+    first, second, third = ok.values()
+    assert first.metadata == {"description": "low hum", "genre": "drone", "bpm": 60}
+    assert caption_of(second) == "test" and caption_of(third) == "a stereo tone. 90 bpm"
+    hz = np.argmax(np.abs(np.fft.rfft(read_audio(first.data)[0][0]))) * 16000 / 8000
+    assert hz == pytest.approx(220, abs=2)
+
+
+def test_hf_dataset_dict_split_and_columns(tmp_path):
+    import datasets
+
+    ds = _hf_rows(tmp_path).rename_column("audio", "sound").rename_column("genre", "label")
+    splits = datasets.DatasetDict({"train": ds.select([1, 2]), "test": ds.select([0])})
+    splits.save_to_disk(str(tmp_path / "dd"))
+    hf = {"audio_column": "sound", "text_column": "label", "split": "test"}
+    ok, skipped = collect(tmp_path / "dd", tmp_path, hf=hf)
+    assert list(ok) == ["test/000000"] and skipped == []
+    # the chosen text column becomes the description; other text columns stay as they are
+    assert ok["test/000000"].metadata == {"description": "drone", "caption": "low hum", "bpm": 60}
+    with pytest.raises(UserError, match=r"data.hf.split='valid'.*\['test', 'train'\]"):
+        collect(tmp_path / "dd", tmp_path, hf={**hf, "split": "valid"})
+    with pytest.raises(UserError, match=r"data.hf.audio_column='audio' is not a column"):
+        collect(tmp_path / "dd", tmp_path, hf={"split": "test"})
+    with pytest.raises(UserError, match=r"data.hf.text_column='lyrics'"):
+        collect(tmp_path / "dd", tmp_path, hf={**hf, "text_column": "lyrics"})
+
+
+def test_unknown_sources_fail_with_one_clear_line(tmp_path):
+    with pytest.raises(UserError, match="data.source is empty"):
+        collect("", tmp_path)
+    (tmp_path / "song.wav").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file but not a .jsonl manifest"):
+        collect(tmp_path / "song.wav", tmp_path)
+    # not a path: tried as a hub dataset id, which cannot be reached offline
+    with pytest.raises(UserError, match="nobody/no-such-dataset.*Hugging Face dataset") as err:
+        collect("nobody/no-such-dataset", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_demo_source_writes_the_demo_once_into_the_work_dir(tmp_path):
+    ok, skipped = collect("demo", tmp_path)
+    assert skipped == [] and len(ok) == 24
+    assert all(item.path.is_relative_to(tmp_path / "demo_data" / "seed0") for item in ok.values())
+    item = ok["techno/techno_00.wav"]
+    assert item.metadata["genre"] == "techno" and item.metadata["bpm"] == 128
+    stamp = item.path.stat().st_mtime_ns
+    again, _ = collect("demo", tmp_path)
+    assert again["techno/techno_00.wav"].path.stat().st_mtime_ns == stamp  # not rewritten
+
+
+def test_normalize_metadata_moves_a_ready_caption_to_description():
+    row = {"text": " hello ", "genre": "", "moods": [], "bpm": 0, "extra": {"a": 1}}
+    assert normalize_metadata(row) == {"description": " hello ", "bpm": 0}
+    both = {"description": "d", "prompt": "p"}
+    assert normalize_metadata(both) == both
+    assert normalize_metadata({"genre": "g", "prompt": "p"}, "genre") == {
+        "description": "g",
+        "prompt": "p",
+    }
+
+
+def test_write_audio_helpers_round_trip_for_test_inputs(tmp_path):
+    path = write_audio(tmp_path / "t.flac", tone(rate=16000), 16000)
+    audio, rate = read_audio(path)
+    assert rate == 16000 and np.max(np.abs(audio - tone(rate=16000))) < 1e-3
