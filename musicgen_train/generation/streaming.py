@@ -1,0 +1,139 @@
+"""Audio while it is generated: a transformers streamer that decodes codec tokens incrementally.
+
+``generate`` hands the streamer one token per codebook per step, in MusicGen's delay pattern:
+codebook ``k`` of frame ``f`` arrives at step ``f + k + 1``, so frame ``f`` is complete after step
+``f + K``. EnCodec is not causal (convolutions look ahead, an LSTM carries state), so a frame's
+audio depends on its neighbours: each window is decoded with some left context, the last
+``lookahead`` frames are held back until the next window sees what follows them, and the held
+back audio is crossfaded into the next window's version of the same samples, so chunk borders
+carry no click.
+
+MusicGen's ``generate`` in transformers 5.23 takes a ``streamer`` argument but never hands it to
+its sampling loop (only the start tokens arrive), so ``TokenFeed`` feeds the streamer from a
+stopping criterion instead, which ``generate`` does call after every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers.generation.stopping_criteria import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+# (batch index, float32 [channels, samples]) for each piece of audio that is final.
+AudioCallback = Callable[[int, np.ndarray], None]
+# (steps done, total steps)
+ProgressCallback = Callable[[int, int], None]
+
+
+class CodecStreamer(BaseStreamer):
+    def __init__(
+        self,
+        model,
+        *,
+        batch_size: int,
+        max_new_tokens: int,
+        num_samples: int,
+        on_audio: AudioCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        chunk_frames: int = 25,
+        context_frames: int = 50,
+        lookahead_frames: int = 5,
+        crossfade_frames: int = 2,
+    ):
+        if not 0 < crossfade_frames <= lookahead_frames:
+            raise ValueError("crossfade_frames must be between 1 and lookahead_frames")
+        self.model = model
+        self.batch_size = batch_size
+        self.num_codebooks = model.decoder.num_codebooks
+        self.max_new_tokens = max_new_tokens
+        self.total_frames = max_new_tokens - self.num_codebooks + 1
+        self.num_samples = num_samples  # what the caller keeps; trailing samples are dropped
+        self.hop = int(np.prod(model.config.audio_encoder.upsampling_ratios))
+        self.on_audio = on_audio
+        self.on_progress = on_progress
+        self.chunk_frames = chunk_frames
+        self.context_frames = context_frames
+        self.lookahead_frames = lookahead_frames
+        self.crossfade = crossfade_frames * self.hop
+        self.tokens = torch.zeros(
+            (batch_size, self.num_codebooks, max_new_tokens + 1), dtype=torch.long
+        )
+        self.step = -1  # the first put() holds the start tokens (step 0)
+        self.emitted_frames = 0  # audio up to this frame has been handed out
+        self.emitted_samples = 0
+        self.tail: np.ndarray | None = None  # decoded but held back: [batch, channels, samples]
+
+    # --- BaseStreamer --------------------------------------------------------------------------
+
+    def put(self, value: torch.Tensor) -> None:
+        self.step += 1
+        if self.step == 0:
+            return  # the decoder start tokens, not audio
+        if self.step <= self.max_new_tokens:
+            self.tokens[:, :, self.step] = value.reshape(self.batch_size, self.num_codebooks)
+        if self.on_progress is not None:
+            self.on_progress(min(self.step, self.max_new_tokens), self.max_new_tokens)
+        complete = self.complete_frames
+        if self.on_audio is not None and complete - self.emitted_frames >= (
+            self.chunk_frames + self.lookahead_frames
+        ):
+            self._emit(upto=complete - self.lookahead_frames, available=complete)
+
+    def end(self) -> None:
+        if self.on_audio is not None and self.emitted_frames < self.complete_frames:
+            self._emit(upto=self.complete_frames, available=self.complete_frames)
+
+    # --- decoding --------------------------------------------------------------------------------
+
+    @property
+    def complete_frames(self) -> int:
+        return int(np.clip(self.step - self.num_codebooks + 1, 0, self.total_frames))
+
+    def codes(self, start: int, stop: int) -> torch.Tensor:
+        """Frames ``[start, stop)``, delay pattern undone: ``[batch, codebooks, frames]``."""
+        index = torch.arange(start, stop)
+        columns = [self.tokens[:, k, index + k + 1] for k in range(self.num_codebooks)]
+        return torch.stack(columns, dim=1)
+
+    @torch.inference_mode()
+    def _decode(self, start: int, stop: int) -> np.ndarray:
+        codes = self.codes(start, stop)[None].to(self.model.device)  # [1, batch, K, frames]
+        audio = self.model.audio_encoder.decode(codes, audio_scales=[None] * self.batch_size)
+        return audio.audio_values.float().cpu().numpy()
+
+    def _emit(self, upto: int, available: int) -> None:
+        """Hand out audio for frames ``[emitted_frames, upto)``; keep ``[upto, available)`` back."""
+        start = max(0, self.emitted_frames - self.context_frames)
+        audio = self._decode(start, available)
+        first = (self.emitted_frames - start) * self.hop
+        fresh = audio[..., first:]  # from the first sample not yet handed out
+        if self.tail is not None:
+            fresh = fresh.copy()
+            n = min(self.crossfade, self.tail.shape[-1], fresh.shape[-1])
+            # sin^2 + cos^2 = 1: the two decodes of the same samples blend without a level dip.
+            fade_in = np.sin(np.linspace(0, np.pi / 2, n, dtype=np.float32)) ** 2
+            fresh[..., :n] = self.tail[..., :n] * (1 - fade_in) + fresh[..., :n] * fade_in
+        keep = (upto - self.emitted_frames) * self.hop
+        out, self.tail = fresh[..., :keep], fresh[..., keep:]
+        out = out[..., : max(0, self.num_samples - self.emitted_samples)]
+        self.emitted_frames, self.emitted_samples = upto, self.emitted_samples + out.shape[-1]
+        if out.shape[-1]:
+            for index in range(self.batch_size):
+                self.on_audio(index, out[index])
+
+
+class TokenFeed(StoppingCriteria):
+    """Hands each new column of ``input_ids`` to a streamer; never stops generation itself."""
+
+    def __init__(self, streamer: BaseStreamer):
+        self.streamer = streamer
+        self.fed = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        for column in range(self.fed, input_ids.shape[-1]):
+            self.streamer.put(input_ids[:, column].cpu())
+        self.fed = input_ids.shape[-1]
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

@@ -1,0 +1,88 @@
+"""API keys and per-key rate limits.
+
+Keys come from an environment variable and/or a file and are compared in constant time. With no
+key configured the service is open (a warning is logged at start-up) and rate limits apply per
+client address instead. Rate limits use the ``limits`` library: in memory by default, or Redis
+(``serve.rate_limit.storage=redis://...``) when several replicas must share the counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+
+from fastapi import HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from musicgen_train.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+bearer = HTTPBearer(auto_error=False)
+
+
+class Guard:
+    """Authenticates a request and charges it to its key's rate limit."""
+
+    def __init__(self, settings: ServeSettings):
+        self.keys = sorted(settings.api_keys())
+        if not self.keys:
+            log.warning(
+                "no API key configured (%s or serve.auth.keys_file): the service is OPEN to "
+                "anyone who can reach it",
+                settings.auth.api_keys_env,
+            )
+        limits_cfg = settings.rate_limit
+        self.limiter = MovingWindowRateLimiter(storage_from_string(limits_cfg.storage))
+        self.rates = {
+            "generations": parse(limits_cfg.generations),
+            "requests": parse(limits_cfg.requests),
+        }
+
+    @property
+    def open(self) -> bool:
+        return not self.keys
+
+    def identify(self, request: Request, key: str | None) -> str:
+        """The identity a request is charged to; raises 401 (no key) or 403 (wrong key)."""
+        if self.open:
+            return f"addr:{request.client.host if request.client else 'unknown'}"
+        if not key:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing API key: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        # Compare against every key, always, so timing says nothing about which one nearly matched.
+        matches = [secrets.compare_digest(key.encode(), k.encode()) for k in self.keys]
+        if not any(matches):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid API key")
+        # Counters are keyed by a hash: the key itself never lands in Redis.
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def charge(self, identity: str, kind: str) -> None:
+        rate = self.rates[kind]
+        if self.limiter.hit(rate, kind, identity):
+            return
+        stats = self.limiter.get_window_stats(rate, kind, identity)
+        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"rate limit exceeded ({rate} for {kind}): retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+def presented_key(
+    api_key: str | None, credentials: HTTPAuthorizationCredentials | None
+) -> str | None:
+    if api_key:
+        return api_key
+    return credentials.credentials if credentials else None

@@ -1,0 +1,102 @@
+"""Request and response bodies of the HTTP API, with every range the service accepts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 500
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"prompt": "warm lo-fi piano with soft drums", "duration": 8.0}]
+        },
+    )
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to play")
+    duration: float = Field(
+        default=8.0, gt=0, le=600, description="Seconds; at most the model's max_duration"
+    )
+    model: str | None = Field(
+        default=None, max_length=100, description="A served model's name; default the first"
+    )
+    guidance_scale: float = Field(default=3.0, ge=1.0, le=20.0, description="1 turns CFG off")
+    temperature: float = Field(default=1.0, gt=0.0, le=5.0)
+    top_k: int = Field(default=250, ge=0, le=2048, description="0 turns top-k off")
+    top_p: float = Field(default=0.0, ge=0.0, le=1.0, description="0 turns top-p off")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    format: Literal["wav", "flac"] = "wav"
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("prompt must contain some text, not only whitespace")
+        return value
+
+    def generation_params(self) -> dict:
+        return {
+            "duration": self.duration,
+            "guidance_scale": self.guidance_scale,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
+
+class Links(BaseModel):
+    self: str
+    audio: str
+    stream: str
+    events: str
+    cancel: str
+
+
+class Timings(BaseModel):
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    queued_seconds: float | None = None
+    generation_seconds: float | None = None
+
+
+class GenerationStatus(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    progress: float = Field(ge=0, le=1)
+    model: str
+    prompt: str
+    params: dict
+    format: str
+    error: str | None = None
+    attempts: int
+    audio_seconds: float | None = None
+    audio_expired: bool = False
+    timings: Timings
+    links: Links
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    source: str
+    sample_rate: int
+    channels: int
+    limits: dict
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict = {}

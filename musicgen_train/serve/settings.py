@@ -1,0 +1,167 @@
+"""Service settings: the ``serve`` config group (plus ``model``) as a typed, validated object.
+
+The YAML reads the few deployment-specific values from the environment (database URL, audio
+storage, API keys), so a container is configured with env vars alone; see docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from musicgen_train.errors import ConfigError
+
+RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    source: str  # what the loader resolves: tiny, hub id, folder, .ckpt, models:/name@alias
+    max_duration: float = Field(default=30.0, gt=0, le=600)
+    tiny_seed: int = 0
+
+
+class QueueSettings(_Section):
+    max_size: int = Field(default=64, ge=1)
+    retry_after: int = Field(default=5, ge=1)  # seconds, sent with 503 when the queue is full
+
+
+class JobSettings(_Section):
+    timeout: float = Field(default=600.0, gt=0)  # seconds a generation may run
+    stale_after: float = Field(default=30.0, ge=0)  # seconds without heartbeat = worker died
+    max_attempts: int = Field(default=2, ge=1)  # re-queues after a crash, then failed
+
+
+class WorkerSettings(_Section):
+    threads: int = Field(default=1, ge=1, le=16)
+    max_batch_size: int = Field(default=8, ge=1, le=64)
+    batch_wait: float = Field(default=0.05, ge=0, le=5)  # seconds to gather companions
+    # torch intra-op threads for generation; None keeps torch's default (all cores). On a CPU
+    # shared with the HTTP server, leaving a core free keeps status requests fast.
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+
+
+class StreamSettings(_Section):
+    chunk_seconds: float = Field(default=0.5, gt=0)
+    context_seconds: float = Field(default=1.0, ge=0)
+    lookahead_frames: int = Field(default=5, ge=1)
+
+
+class AuthSettings(_Section):
+    api_keys_env: str = "MUSICGEN_SERVE_API_KEYS"  # comma-separated keys in this variable
+    keys_file: str | None = None  # one key per line; '#' starts a comment
+
+
+class RateLimitSettings(_Section):
+    storage: str = "memory://"  # or redis://host:6379/0, shared by replicas
+    generations: str = "30/minute"  # per API key (or client address when open)
+    requests: str = "1200/minute"
+
+    @field_validator("generations", "requests")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not RATE.match(value):
+            raise ValueError(f"{value!r} is not a rate such as '30/minute' or '5 per second'")
+        return value
+
+
+class CorsSettings(_Section):
+    allow_origins: list[str] = []
+
+
+class RequestLimits(_Section):
+    max_body_bytes: int = Field(default=65536, ge=1024)
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    models: list[ModelSpec] = Field(min_length=1)
+    database_url: str = "sqlite:///outputs/serve/jobs.db"
+    storage: str = "outputs/serve/audio"
+    retention_hours: float = Field(default=24.0, gt=0)
+    cleanup_interval: float = Field(default=300.0, gt=0)
+    queue: QueueSettings = QueueSettings()
+    jobs: JobSettings = JobSettings()
+    worker: WorkerSettings = WorkerSettings()
+    stream: StreamSettings = StreamSettings()
+    auth: AuthSettings = AuthSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    cors: CorsSettings = CorsSettings()
+    limits: RequestLimits = RequestLimits()
+    log_level: str = "info"
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0].name
+
+    def api_keys(self) -> set[str]:
+        """Keys from the environment variable and the keys file; empty = the service is open."""
+        keys = {k.strip() for k in os.environ.get(self.auth.api_keys_env, "").split(",")}
+        if self.auth.keys_file:
+            path = Path(self.auth.keys_file).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"serve.auth.keys_file={path} does not exist")
+            for line in path.read_text().splitlines():
+                keys.add(line.split("#", 1)[0].strip())
+        return {k for k in keys if k}
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ServeSettings:
+        serve = OmegaConf.to_container(cfg.serve, resolve=True)
+        serve["models"] = [
+            _model_spec(item, cfg) for item in (serve.get("models") or [_default_model(cfg)])
+        ]
+        try:
+            return cls(**serve)
+        except ValueError as err:
+            raise ConfigError(_first_error(err)) from err
+
+
+def _default_model(cfg: DictConfig) -> dict:
+    model = cfg.model
+    name = model.name if model.name != "custom" else model_name_from_source(str(model.id))
+    return {
+        "name": name,
+        "source": str(model.id),
+        "max_duration": float(model.max_duration),
+        "tiny_seed": int(model.get("tiny_seed", 0)),
+    }
+
+
+def _model_spec(item, cfg: DictConfig) -> dict:
+    if isinstance(item, dict):
+        item = dict(item)
+        item.setdefault("name", model_name_from_source(str(item.get("source", ""))))
+        item.setdefault("max_duration", float(cfg.model.max_duration))
+        return item
+    return {
+        "name": model_name_from_source(str(item)),
+        "source": str(item),
+        "max_duration": float(cfg.model.max_duration),
+    }
+
+
+def model_name_from_source(source: str) -> str:
+    """A short name for a source: ``models:/jazz@prod`` -> jazz, ``org/model`` -> model."""
+    if source.startswith("models:/"):
+        source = re.split(r"[@/]", source[len("models:/") :])[0]
+    name = Path(source.rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)[:100]
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", lambda: [])()
+    if not errors:
+        return f"serve: {err}"
+    first = errors[0]
+    key = "serve." + ".".join(str(p) for p in first["loc"])
+    return f"{key}={first.get('input')!r} is not allowed: {first['msg']}"

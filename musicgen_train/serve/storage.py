@@ -1,0 +1,67 @@
+"""The audio store: finished files by key, in a local folder or any fsspec URL (s3://, gs://, ...).
+
+Keys are built here from server-generated job ids, never from request text, so no request can
+name a path.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import fsspec
+
+from musicgen_train.serve.jobs import is_job_id
+
+CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+
+
+def audio_key(job_id: str, fmt: str) -> str:
+    if not is_job_id(job_id) or fmt not in CONTENT_TYPES:
+        raise ValueError(f"not a job id and audio format: {job_id!r}, {fmt!r}")
+    return f"{job_id}.{fmt}"
+
+
+class AudioStore:
+    """``location`` is a folder path or a URL; fsspec does the reading and writing."""
+
+    def __init__(self, location: str | Path):
+        location = str(location)
+        self.fs, root = fsspec.core.url_to_fs(location)
+        self.root = root.rstrip("/")
+        self.location = location
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        # Only keys of the form <uuid>.<ext> exist: checked again here as a second fence.
+        job_id, _, fmt = key.partition(".")
+        return f"{self.root}/{audio_key(job_id, fmt)}"
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path + ".part"
+        with self.fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        self.fs.mv(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        with self.fs.open(self._path(key), "rb") as handle:
+            return handle.read()
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+
+def delete_expired_audio(jobs, audio: AudioStore, retention_seconds: float) -> int:
+    """Delete the audio of jobs finished more than ``retention_seconds`` ago; the jobs stay, marked
+    as expired. Returns how many files went."""
+    expired = jobs.expired_audio(older_than=time.time() - retention_seconds)
+    for job in expired:
+        audio.delete(job.audio_key)
+        jobs.mark_audio_expired(job.id)
+    return len(expired)
