@@ -215,3 +215,33 @@ def with_estimated_tempo_key(
     estimate = estimate_tempo_key(audio, sample_rate)
     metadata.update({f: estimate[f] for f in wanted if estimate[f] is not None})
     return metadata
+
+
+def validate_caption_config(cfg) -> None:
+    """Compose-time checks of ``data.caption.*`` (called by ``musicgen_train.data.config``)."""
+    from omegaconf import OmegaConf
+
+    from musicgen_train.config import check_range
+
+    caption = OmegaConf.select(cfg, "data.caption")
+    if caption is None:
+        return
+    fields = caption.get("fields")
+    if fields is not None and (
+        not OmegaConf.is_list(fields)
+        or not all(isinstance(f, str) and f.isidentifier() for f in fields)
+    ):
+        raise ConfigError(
+            f"data.caption.fields={fields!r} is not allowed: give a list of metadata field "
+            f"names such as {list(MUSIC_FIELDS[:3])}, or null to use data.caption.template"
+        )
+    template = caption.get("template")
+    if not fields and not isinstance(template, str):
+        raise ConfigError(f"data.caption.template={template!r} is not allowed: give a string")
+    parse_template(template_from_config(caption))
+    check_range(cfg, "data.caption.field_dropout", 0.0, 1.0, allow_none=True)
+    if not isinstance(caption.get("estimate_tempo_key", False), bool):
+        value = caption.get("estimate_tempo_key")
+        raise ConfigError(
+            f"data.caption.estimate_tempo_key={value!r} is not allowed: true or false"
+        )

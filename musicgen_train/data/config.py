@@ -12,6 +12,11 @@ from musicgen_train.errors import ConfigError
 def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "data") is None:
         return
+    from musicgen_train.data.captions import validate_caption_config
+    from musicgen_train.data.sources import validate_source_config
+
+    validate_source_config(cfg)  # data.source, data.demo_seed, data.hf.* (sources.py)
+    validate_caption_config(cfg)  # data.caption.* (captions.py)
     for key, allow_none in (
         ("data.segment_seconds", False),
         ("data.hop_seconds", True),

@@ -332,3 +332,29 @@ def iter_hf_dataset(data_cfg: Mapping, source: str | Path) -> Iterator[Item]:
             yield AudioItem(key=key, source=where, path=Path(path), metadata=metadata)
         else:
             yield SkippedItem(source=where, reason=f"no audio bytes and no readable file {path!r}")
+
+
+def validate_source_config(cfg) -> None:
+    """Compose-time checks of ``data.source``, ``data.demo_seed`` and ``data.hf.*`` (called by
+    ``musicgen_train.data.config``); whether the source exists is checked when it is read."""
+    from omegaconf import OmegaConf
+
+    from musicgen_train.errors import ConfigError
+
+    source = OmegaConf.select(cfg, "data.source")
+    if source is not None and not isinstance(source, str):
+        raise ConfigError(
+            f"data.source={source!r} is not allowed: give demo, a folder, a data.jsonl or a "
+            "Hugging Face dataset id"
+        )
+    seed = OmegaConf.select(cfg, "data.demo_seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"data.demo_seed={seed!r} is not allowed: it must be a whole number")
+    for key, optional in (("audio_column", False), ("text_column", True), ("split", False),
+                          ("config_name", True)):  # fmt: skip
+        value = OmegaConf.select(cfg, f"data.hf.{key}", default="<unset>")
+        if value == "<unset>" or (optional and value is None):
+            continue
+        if not isinstance(value, str) or not value.strip():
+            what = "a column name" if "column" in key else "a name"
+            raise ConfigError(f"data.hf.{key}={value!r} is not allowed: give {what}")
