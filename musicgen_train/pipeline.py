@@ -17,8 +17,24 @@ def run(cfg: DictConfig) -> dict:
     outputs: dict = {"token_cache": str(ensure_token_cache(cfg))}
     trained = train(cfg)
     outputs.update(trained.summary())
+    evaluation: dict | None = None  # the evaluation report, when evaluation ran
+    if cfg.registry.register_after_training:
+        outputs.update(register_final_model(cfg, trained, evaluation))
     _print_summary(outputs)
     return outputs
+
+
+def register_final_model(cfg: DictConfig, trained, evaluation: dict | None) -> dict:
+    """Export the run's best (else last) checkpoint into the registry; print its URI."""
+    from musicgen_train.registry.export import export_checkpoint
+
+    checkpoint = trained.best_checkpoint or trained.last_checkpoint
+    if checkpoint is None:
+        log.warning("no checkpoint was written, so nothing is registered")
+        return {}
+    result = export_checkpoint(cfg, checkpoint, eval_report=evaluation)
+    print(f"registered model: {result.uri}  (load it with model={result.uri})")
+    return {"model_dir": str(result.model_dir), "registered_model": result.uri}
 
 
 def _print_summary(outputs: dict) -> None:

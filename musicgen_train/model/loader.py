@@ -61,6 +61,10 @@ def resolve_model_source(source: str, *, tiny_seed: int = 0) -> str:
                 f"model folder {path} has no config.json: give a folder written by "
                 "save_pretrained / musicgen-train export, a .ckpt file, or a hub id"
             )
+        from musicgen_train.registry.checksums import has_checksums, verify_checksums
+
+        if has_checksums(path):  # an export: refuse it if a file was altered or truncated
+            verify_checksums(path)
         return str(path)
     if source.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model path {source} does not exist")
@@ -88,6 +92,9 @@ def load_musicgen(
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(_missing_message(source, path, offline)) from err
+    from musicgen_train.registry.model_folder import merge_saved_adapter
+
+    model = merge_saved_adapter(model, path)  # exports with export.merge_lora=false
     model.to(device).eval()
     return LoadedModel(model=model, processor=processor, source=str(source), path=path)
 

@@ -96,11 +96,44 @@ def _data_section(report: Mapping | None) -> str:
     return _table({k: v for k, v in rows.items() if v is not None}, ("data", "value"))
 
 
+def report_metrics(report: Mapping | None) -> dict[str, float]:
+    """The numeric metrics of an evaluation report (``metrics``: name -> value or None)."""
+    metrics = (report or {}).get("metrics") or {}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
 def _evaluation_section(report: Mapping | None) -> str:
     if not report:
         return "This model was exported without an evaluation report."
-    rows = {k: v for k, v in flatten(report).items() if k != "report_dir"}
-    return _table(rows, ("measure", "value"))
+    metrics = {k: v if v is not None else "skipped" for k, v in report.get("metrics", {}).items()}
+    parts = [_table(metrics, ("metric", "value"))]
+    embedders = report.get("embedders") or []
+    if embedders:
+        parts.append("Embedders (FAD is computed on these embeddings):\n")
+        parts += [
+            "- " + ", ".join(f"{k}: {v}" for k, v in flatten(e).items() if v is not None)
+            for e in embedders
+        ]
+    prompt_set = report.get("prompt_set") or {}
+    if prompt_set:
+        parts.append(
+            f"\nPrompt set: {prompt_set.get('name')} ({prompt_set.get('prompts')} prompts)."
+        )
+    reference = report.get("reference") or {}
+    if reference.get("description"):
+        parts.append(f"Reference audio: {reference['description']}.")
+    generation = report.get("generation") or {}
+    if generation:
+        parts.append(
+            "Generation: " + ", ".join(f"{k}={v}" for k, v in flatten(generation).items()) + "."
+        )
+    if report.get("created"):
+        parts.append(f"Evaluated {report['created']}.")
+    return "\n".join(parts)
 
 
 def render_model_card(

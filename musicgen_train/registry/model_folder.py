@@ -66,16 +66,23 @@ def set_generation_defaults(model, defaults: Mapping) -> None:
     config.pad_token_id = model.config.decoder.pad_token_id
 
 
-def save_model_folder(
-    folder: Path, model, processor, *, adapter=None, readme: str | None = None
-) -> None:
-    """Model (safetensors), processor, optional LoRA adapter and model card, then checksums."""
+def save_model_folder(folder: Path, model, processor, *, readme: str | None = None) -> None:
+    """Model (safetensors), processor and model card, then the checksums of everything there."""
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    if adapter is not None:
-        adapter.save_pretrained(folder / ADAPTER_DIR)
     if readme is not None:
         (folder / "README.md").write_text(readme)
     write_checksums(folder)
     verify_checksums(folder)  # proves the record matches what is on disk before anyone uses it
+
+
+def merge_saved_adapter(model, folder: str | Path):
+    """Apply and merge the LoRA adapter an export kept apart (``adapter/``), if there is one."""
+    adapter = Path(folder) / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        return model
+    from peft import PeftModel
+
+    model.decoder = PeftModel.from_pretrained(model.decoder, str(adapter)).merge_and_unload()
+    return model

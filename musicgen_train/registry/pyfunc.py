@@ -8,7 +8,6 @@ pyfunc model's only artifact, so the pyfunc and the plain transformers model are
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,9 +15,6 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-# MLflow asks for type hints on predict to infer a signature; ours is given explicitly instead.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 ARTIFACT_KEY = "musicgen"  # the name of the model folder among the pyfunc's artifacts
 
@@ -67,7 +63,10 @@ class MusicgenPyfunc(PythonModel):
         # load_musicgen verifies the folder's checksums before loading it.
         self.engine = GenerationEngine(load_musicgen(context.artifacts[ARTIFACT_KEY]))
 
-    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+    # A DataFrame hint tells MLflow not to infer a signature from hints: ours is given at export.
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         from musicgen_train.generation import GenerationParams
 
         prompts = prompts_from(model_input)

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -213,13 +214,14 @@ class Registry:
                 mlflow.log_params(dict(params))
                 if metrics:
                     mlflow.log_metrics(dict(metrics))
-                logged = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=MusicgenPyfunc(),
-                    artifacts={ARTIFACT_KEY: str(folder)},
-                    signature=signature(generation_defaults),
-                    pip_requirements=requirements,
-                )
+                with _quiet_logging():
+                    logged = mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=MusicgenPyfunc(),
+                        artifacts={ARTIFACT_KEY: str(folder)},
+                        signature=signature(generation_defaults),
+                        pip_requirements=requirements,
+                    )
                 if not self._exists(name):
                     created_model = self.client.create_registered_model(name)
                 version = self.client.create_model_version(
@@ -260,6 +262,23 @@ class Registry:
                 step()
             except Exception as err:  # keep rolling back; the original error is what matters
                 log.warning("could not undo part of a failed registration: %s", _short(err))
+
+
+@contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Hide log_model's advice (input examples, models-from-code): the choices are deliberate.
+
+    The pyfunc class is pickled by reference to musicgen_train, which must be installed to load it.
+    """
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _model_folder_in(pyfunc_dir: Path, version: ModelVersion) -> Path:

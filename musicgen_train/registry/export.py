@@ -1,0 +1,225 @@
+"""``musicgen-train export``: a training checkpoint -> a model folder -> a registry version.
+
+    musicgen-train export checkpoint=best registry.name=NAME [registry.alias=staging]
+
+1. load the checkpoint (Lightning .ckpt or DeepSpeed folder), apply EMA, merge LoRA;
+2. write the HF folder (weights, config, generation defaults, processor, model card, checksums)
+   under a temporary name and rename it into ``export.output``;
+3. register it as the next version of ``registry.name`` (MLflow pyfunc + tags + alias);
+4. optionally push it to the Hugging Face Hub.
+
+The registry is checked before the slow part, and registration is the last step and undoes
+itself on failure: an interrupted export leaves neither a version nor a half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from musicgen_train.errors import UserError
+from musicgen_train.registry.checkpoint import (
+    content_hash,
+    load_checkpoint_module,
+    resolve_checkpoint,
+    training_config,
+    write_checkpoint_folder,
+)
+from musicgen_train.registry.checksums import CHECKSUM_FILE, sha256_file
+from musicgen_train.registry.commands import METRIC_PREFIX, open_registry, registered_name
+from musicgen_train.registry.model_card import flatten, render_model_card, report_metrics
+from musicgen_train.registry.model_folder import atomic_folder
+
+log = logging.getLogger(__name__)
+
+# Sections of the training config logged as MLflow params of the export run.
+PARAM_SECTIONS = ("model", "finetune", "optim", "trainer", "strategy")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_dir: Path
+    uri: str  # models:/name/version
+    version: int
+    alias: str | None = None
+    hub_url: str | None = None
+
+    @property
+    def alias_uri(self) -> str | None:
+        return f"{self.uri.rsplit('/', 1)[0]}@{self.alias}" if self.alias else None
+
+
+def run(cfg: DictConfig) -> ExportResult:
+    result = export_checkpoint(cfg, cfg.checkpoint)
+    print(f"model folder: {result.model_dir}")
+    print(f"registered:   {result.uri}")
+    if result.alias:
+        print(f"alias:        {result.alias_uri}")
+    if result.hub_url:
+        print(f"hub:          {result.hub_url}")
+    return result
+
+
+def export_checkpoint(
+    cfg: DictConfig, checkpoint: str | Path, eval_report: dict | None = None
+) -> ExportResult:
+    """Export ``checkpoint`` (best | last | a path) and register it; see the module docstring."""
+    name = registered_name(cfg)
+    registry = open_registry(cfg)
+    registry.models()  # an unreachable registry fails now, not after minutes of export
+    path = resolve_checkpoint(str(checkpoint), cfg.run_dir)
+    log.info("exporting %s as %s", path, name)
+    module = load_checkpoint_module(path)
+    train_cfg = training_config(module)
+    if eval_report is None:
+        eval_report = find_eval_report(cfg, path)
+    prepare_report = _read_json(Path(str(train_cfg.data.output)) / "prepare_report.json")
+    options = {
+        "merge_lora": bool(cfg.export.merge_lora),
+        "use_ema": bool(cfg.export.use_ema),
+        "generation": OmegaConf.to_container(cfg.export.generation, resolve=True),
+    }
+    facts = _export_facts(module, train_cfg, path, options)
+    readme = render_model_card(
+        name=name,
+        base_model=facts["base_model"],
+        train_cfg=OmegaConf.to_container(train_cfg, resolve=True),
+        prepare_report=prepare_report,
+        eval_report=eval_report,
+        export_info=facts,
+    )
+    dest = Path(cfg.export.output or Path(cfg.work_dir) / "exports" / name).expanduser()
+    with atomic_folder(dest) as tmp:
+        write_checkpoint_folder(tmp, module, readme=readme, **options)
+    metrics = report_metrics(eval_report)
+    tags = {
+        **{k: v for k, v in flatten(facts).items() if not k.startswith("generation.")},
+        "data_hash": data_hash(Path(str(train_cfg.data.output))),
+        "git_commit": git_commit() or "unknown",
+        "checkpoint_sha256": content_hash(path)[:16],
+        "model_sha256": sha256_file(dest / CHECKSUM_FILE),
+        "recipe": str(train_cfg.get("recipe", "")),
+        **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
+    }
+    version = registry.register(
+        dest,
+        name,
+        alias=cfg.registry.alias,
+        tags=tags,
+        metrics=metrics,
+        params=_params(train_cfg),
+        generation_defaults=options["generation"],
+        requirements=[_requirement()],
+    )
+    result = ExportResult(
+        model_dir=dest,
+        uri=f"models:/{name}/{version.version}",
+        version=int(version.version),
+        alias=cfg.registry.alias,
+    )
+    log.info("registered %s in %s", result.uri, registry.uri)
+    if cfg.registry.hub_repo:
+        result = _push(cfg, result)
+    return result
+
+
+def _export_facts(module, train_cfg: DictConfig, path: Path, options: dict) -> dict:
+    """What the model card and the version's tags say about this export."""
+    lora = OmegaConf.select(train_cfg, "finetune.name") == "lora"
+    ema = getattr(module, "ema", None) is not None
+    return {
+        "base_model": str(train_cfg.model.id),
+        "finetune": str(OmegaConf.select(train_cfg, "finetune.name")),
+        "lora": ("merged" if options["merge_lora"] else "adapter kept apart") if lora else "none",
+        "weights": "EMA" if ema and options["use_ema"] else "last optimizer step",
+        "checkpoint": str(path),
+        "generation": options["generation"],
+    }
+
+
+def _push(cfg: DictConfig, result: ExportResult) -> ExportResult:
+    from dataclasses import replace
+
+    from musicgen_train.registry.hub import push_to_hub
+
+    try:
+        url = push_to_hub(
+            result.model_dir,
+            cfg.registry.hub_repo,
+            private=bool(cfg.registry.hub_private),
+            message=f"musicgen-train export {result.uri}",
+        )
+    except UserError as err:
+        raise UserError(f"{result.uri} is registered, but the Hub push failed: {err}") from err
+    return replace(result, hub_url=url)
+
+
+def find_eval_report(cfg: DictConfig, checkpoint: Path) -> dict | None:
+    """``export.eval_report``, else the newest report of the run that evaluated this checkpoint."""
+    if cfg.export.eval_report:
+        path = Path(cfg.export.eval_report).expanduser()
+        report = _read_json(path)
+        if report is None:
+            raise UserError(f"export.eval_report={path}: no readable JSON report there")
+        return report
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    found = sorted(
+        (run_dir / "eval").rglob("eval_report.json") if run_dir else [],
+        key=lambda p: p.stat().st_mtime,
+    )
+    reports = [r for r in map(_read_json, found) if r and _evaluated(r, checkpoint)]
+    return reports[-1] if reports else None
+
+
+def _evaluated(report: dict, checkpoint: Path) -> bool:
+    """Whether the report's (first) model is this checkpoint, not a base model or another one."""
+    models = report.get("models") or [{}]
+    source = str(models[0].get("source", ""))
+    return bool(source) and Path(source).expanduser().resolve() == checkpoint.resolve()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def data_hash(cache: Path) -> str:
+    """A fingerprint of the training data: the token cache's manifest (ids, captions, shards)."""
+    manifest = cache / "manifest.jsonl"
+    return sha256_file(manifest)[:16] if manifest.is_file() else "unknown"
+
+
+def git_commit() -> str | None:
+    """The commit of the musicgen-train checkout, when it runs from one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _params(train_cfg: DictConfig) -> dict[str, str]:
+    plain = OmegaConf.to_container(train_cfg, resolve=True)
+    sections = {k: plain[k] for k in PARAM_SECTIONS if k in plain}
+    return {k: str(v)[:500] for k, v in flatten(sections).items()}
+
+
+def _requirement() -> str:
+    try:
+        return f"musicgen-train=={metadata.version('musicgen-train')}"
+    except metadata.PackageNotFoundError:
+        return "musicgen-train"
