@@ -103,15 +103,21 @@ def _add(buffer: np.ndarray, sound: np.ndarray, at_seconds: float, gain: float =
         buffer[start:end] += gain * sound[: end - start]
 
 
+_TABLE_SIZE = 4096
+# One cycle of a band-limited saw (6 harmonics): read at any pitch, it is cheaper than summing
+# sines for the long pad notes.
+_SAW_TABLE = sum(
+    np.sin(2 * np.pi * h * np.arange(_TABLE_SIZE) / _TABLE_SIZE) / h**1.5 for h in range(1, 7)
+)
+
+
 def _pad_note(midi: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """Three detuned band-limited saws (6 harmonics): warm, slowly swelling."""
+    """Three detuned band-limited saws: warm, slowly swelling."""
     t = _time(seconds)
     tone = np.zeros_like(t)
     for cents in (-7, 0, 7):
-        f = _hz(midi + cents / 100)
-        phase = rng.uniform(0, 2 * np.pi)
-        for h in range(1, 7):
-            tone += np.sin(2 * np.pi * f * h * t + phase * h) / h**1.5
+        cycles = _hz(midi + cents / 100) * t + rng.uniform()
+        tone += _SAW_TABLE[(cycles * _TABLE_SIZE).astype(np.int64) % _TABLE_SIZE]
     return tone * _envelope(len(t), 1.2, 1.2) / 3
 
 
@@ -120,10 +126,12 @@ def _piano_note(midi: float, seconds: float) -> np.ndarray:
     t = _time(seconds)
     f0 = _hz(midi)
     tone = np.zeros_like(t)
+    decay, faster = np.exp(-1.5 * t), np.exp(-0.9 * t)
     for h in range(1, 10):
+        decay = decay * faster  # exp(-t * (1.5 + 0.9 h))
         f = f0 * h * np.sqrt(1 + 4e-4 * h * h)
         if f < SAMPLE_RATE / 2:
-            tone += np.sin(2 * np.pi * f * t) * np.exp(-t * (1.5 + 0.9 * h)) / h
+            tone += np.sin(2 * np.pi * f * t) * decay / h
     return tone * _envelope(len(t), 0.003, 0.05)
 
 
