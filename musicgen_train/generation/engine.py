@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,7 +22,8 @@ class GenerationParams:
 
     def generate_kwargs(self, frame_rate: float, num_codebooks: int) -> dict:
         # The delay pattern costs num_codebooks - 1 steps before the last codebook catches up.
-        frames = max(1, round(self.duration * frame_rate))
+        # Round up: round() would give 12 frames (0.24 s) for 0.25 s at 50 frames/s.
+        frames = max(1, math.ceil(self.duration * frame_rate - 1e-9))
         kwargs = {
             "do_sample": True,
             "max_new_tokens": frames + num_codebooks - 1,
