@@ -331,20 +331,17 @@ def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of routes r
 
 
 def _submit(svc: Service, body: GenerationRequest, *, stream: bool) -> Job:
-    if not svc.ready:
-        reason = svc.load_error or "models are loading"
-        raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "10"})
+    specs = {spec.name: spec for spec in svc.settings.models}
     name = body.model or svc.settings.default_model
-    served = svc.models.get(name)
-    if served is None:
+    if name not in specs:
         raise validation_error(
-            "model", f"unknown model {name!r}: served are {sorted(svc.models)}", body.model
+            "model", f"unknown model {name!r}: served are {sorted(specs)}", body.model
         )
-    if body.duration > served.spec.max_duration:
+    if body.duration > specs[name].max_duration:
         raise validation_error(
             "duration",
             f"duration {body.duration:g} s is longer than model {name!r} allows "
-            f"({served.spec.max_duration:g} s)",
+            f"({specs[name].max_duration:g} s)",
             body.duration,
         )
     queue = svc.settings.queue
@@ -354,6 +351,9 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool) -> Job:
             f"the queue is full ({queue.max_size} jobs waiting): retry later",
             headers={"Retry-After": str(queue.retry_after)},
         )
+    if not svc.ready:
+        reason = svc.load_error or "models are loading"
+        raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "10"})
     job = svc.store.create(
         model=name,
         prompt=body.prompt,

@@ -1,0 +1,48 @@
+"""Shared pieces of the service tests: settings for a temporary service, a waiting helper."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from musicgen_train.generation import GenerationEngine
+from musicgen_train.serve.models import ServedModel, model_info
+from musicgen_train.serve.settings import ModelSpec, ServeSettings
+
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> ServeSettings:
+    values = {
+        "models": [{"name": "tiny", "source": str(model_dir), "max_duration": 2.0}],
+        "database_url": f"sqlite:///{tmp_path}/jobs.db",
+        "storage": str(tmp_path / "audio"),
+        "worker": {"torch_threads": 1, "batch_wait": 0.05},
+        "stream": {"chunk_seconds": 0.1, "context_seconds": 0.5, "lookahead_frames": 3},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return ServeSettings(**values)
+
+
+def served(loaded, name: str = "tiny", max_duration: float = 2.0) -> dict[str, ServedModel]:
+    """The session's tiny model, already loaded, as an app's served models."""
+    spec = ModelSpec(name=name, source=loaded.path, max_duration=max_duration)
+    return {
+        name: ServedModel(spec=spec, engine=GenerationEngine(loaded), info=model_info(loaded.path))
+    }
+
+
+def wait_for(client, job_id: str, states=FINISHED, limit: float = 120.0) -> dict:
+    """Poll a job until it reaches one of ``states``; the limit only guards against a hang."""
+    deadline = time.monotonic() + limit
+    while True:
+        job = client.get(f"/v1/generations/{job_id}").json()
+        if job["status"] in states:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stuck in {job['status']}")
+        time.sleep(0.05)
