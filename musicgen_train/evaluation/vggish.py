@@ -24,26 +24,39 @@ PATCH_FRAMES = 96  # 0.96 s of 10 ms log-mel frames
 MEL_BANDS = 64
 
 
-class VGGish(nn.Module):
-    """Four conv blocks (64, 128, 256x2, 512x2 channels) and three dense layers down to 128."""
+REAL_CHANNELS = (64, 128, 256, 256, 512, 512)
+POOL_AFTER = (0, 1, 3, 5)  # max-pool after these convolutions: 96x64 -> 6x4
 
-    def __init__(self, embedding_relu: bool = True):
+
+class VGGish(nn.Module):
+    """Six 3x3 convolutions in four pooled blocks, then three dense layers down to 128.
+
+    The widths are arguments only so that tests can build a small one; ``load_vggish`` reads them
+    from the weights file, so the real release always gets the real shape.
+    """
+
+    def __init__(
+        self,
+        channels=REAL_CHANNELS,
+        hidden: int = 4096,
+        embedding: int = 128,
+        embedding_relu: bool = True,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
-        channels = 1
-        for width in (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool"):
-            if width == "pool":
+        previous = 1
+        for index, width in enumerate(channels):
+            layers += [nn.Conv2d(previous, width, kernel_size=3, padding=1), nn.ReLU(True)]
+            if index in POOL_AFTER:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(True)]
-                channels = width
+            previous = width
         self.features = nn.Sequential(*layers)
         dense: list[nn.Module] = [
-            nn.Linear(512 * 4 * 6, 4096),
+            nn.Linear(previous * 6 * 4, hidden),
             nn.ReLU(True),
-            nn.Linear(4096, 4096),
+            nn.Linear(hidden, hidden),
             nn.ReLU(True),
-            nn.Linear(4096, 128),
+            nn.Linear(hidden, embedding),
         ]
         # torchvggish (and fadtk through it) keep a ReLU after the last layer; Google's current
         # TF release does not. The converted torchvggish weights expect it.
@@ -52,7 +65,7 @@ class VGGish(nn.Module):
         self.embeddings = nn.Sequential(*dense)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """``[batch, 1, 96, 64]`` log-mel patches -> ``[batch, 128]``."""
+        """``[batch, 1, 96, 64]`` log-mel patches -> ``[batch, embedding]``."""
         x = self.features(patches)
         # Flatten in TensorFlow's (height, width, channels) order, as the weights were trained.
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
@@ -65,14 +78,24 @@ def load_vggish(weights: str | Path, embedding_relu: bool = True) -> VGGish:
     if not path.is_file():
         raise EmbedderUnavailable(f"VGGish weights file {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = state.get("state_dict", state)
     wanted = {k: v for k, v in state.items() if k.startswith(("features.", "embeddings."))}
-    model = VGGish(embedding_relu=embedding_relu)
-    missing = sorted(set(model.state_dict()) - set(wanted))
-    if missing:
+    convs = sorted(
+        (int(k.split(".")[1]), v.shape[0])
+        for k, v in wanted.items()
+        if k.startswith("features.") and k.endswith(".weight")
+    )
+    if len(convs) != len(REAL_CHANNELS) or "embeddings.4.weight" not in wanted:
         raise EmbedderUnavailable(
-            f"VGGish weights file {path} lacks {missing[:3]}...: give a torchvggish state_dict"
+            f"VGGish weights file {path} is not a VGGish state_dict (torchvggish layout: "
+            "features.*, embeddings.*)"
         )
+    model = VGGish(
+        channels=[width for _, width in convs],
+        hidden=wanted["embeddings.0.weight"].shape[0],
+        embedding=wanted["embeddings.4.weight"].shape[0],
+        embedding_relu=embedding_relu,
+    )
     model.load_state_dict(wanted)
     return model.eval()
 
