@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,8 +71,6 @@ def wandb_mode(lcfg: DictConfig) -> tuple[str, str]:
 
 
 def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
-    import wandb
-
     lcfg = cfg.logger
     mode, why = wandb_mode(lcfg)
     if lcfg.log_model and mode != "online":
@@ -80,7 +79,7 @@ def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
             f"mode, but W&B is {mode} ({why}): set WANDB_API_KEY or logger.log_model=false"
         )
     # Our own id names the offline folder (offline-run-<time>-<id>), so the hint can point at it.
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as W&B's own ids
     logger = WandbLogger(
         project=lcfg.project,
         entity=lcfg.entity,
