@@ -283,3 +283,26 @@ def test_write_audio_helpers_round_trip_for_test_inputs(tmp_path):
     path = write_audio(tmp_path / "t.flac", tone(rate=16000), 16000)
     audio, rate = read_audio(path)
     assert rate == 16000 and np.max(np.abs(audio - tone(rate=16000))) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"source": 3}, "data.source=3 is not allowed"),
+        ({"demo_seed": "x"}, "data.demo_seed='x'"),
+        ({"demo_seed": True}, "data.demo_seed=True"),
+        ({"hf": {"audio_column": ""}}, "data.hf.audio_column='' is not allowed"),
+        ({"hf": {"split": None}}, "data.hf.split=None"),
+        ({"hf": {"text_column": 5}}, "data.hf.text_column=5"),
+    ],
+)
+def test_source_config_checks_name_key_and_value(data, message):
+    from omegaconf import OmegaConf
+
+    from musicgen_train.data.sources import validate_source_config
+    from musicgen_train.errors import ConfigError
+
+    ok = {"source": "demo", "demo_seed": 0, "hf": {"audio_column": "audio", "split": "train"}}
+    validate_source_config(OmegaConf.create({"data": ok}))
+    with pytest.raises(ConfigError, match=message):
+        validate_source_config(OmegaConf.create({"data": {**ok, **data}}))

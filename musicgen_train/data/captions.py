@@ -115,7 +115,7 @@ def format_value(value, spec: str = "") -> str:
 
 def _render_field(part: _Part, metadata: Mapping) -> str:
     value = metadata.get(part.field)
-    if part.field == "bpm" and isinstance(value, float) and not part.spec:
+    if part.field == "bpm" and isinstance(value, float) and math.isfinite(value) and not part.spec:
         value = round(value)  # "92 bpm", not "92.4 bpm"
     try:
         text = format_value(value, part.spec)
