@@ -86,7 +86,8 @@ def prepare_items(
     plan = SegmentPlan.from_config(data)
     settings = settings_hash(plan, encoder)
     writer = _ShardWriter(cache, encoder, cache.next_shard_number(known), data)
-    caption_cfg = OmegaConf.to_container(data.get("caption") or {}, resolve=True)
+    caption_cfg = data.get("caption")
+    caption_cfg = OmegaConf.to_container(caption_cfg, resolve=True) if caption_cfg else {}
     files: list[_FileResult] = []
     skipped: list[dict] = []
     counts = {"encoded": 0, "reused": 0}

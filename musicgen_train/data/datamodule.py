@@ -1,0 +1,221 @@
+"""Training reads the token cache through this DataModule.
+
+Batches are ``{"texts", "metadata", "codes" [B, K, T], "padding_mask" [B, T], "keys"}``. Codes
+shorter than the longest of the batch are padded with the model's pad id (= codebook size) and
+masked out (``padding_mask`` is True on real frames).
+
+Exact resume: the train loader is torchdata's ``StatefulDataLoader`` and its sampler yields
+``(index, crop_seed)`` pairs computed from ``(seed, epoch, position)`` alone. Its state is just
+the epoch and how many samples were handed out, so a loader restored mid-epoch (by Lightning
+from a checkpoint) yields exactly the remaining batches, random crops included, whatever the
+number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from musicgen_train.data.cache import ShardReader, TokenCache
+from musicgen_train.errors import UserError
+
+
+def derive_seed(*numbers: int) -> int:
+    return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1)[0])
+
+
+class TokenDataset(Dataset):
+    """Segments of one split of a token cache. An item is asked for by ``index`` or by
+    ``(index, crop_seed)``; without a crop seed the crop is fixed by ``(seed, index)``, so
+    validation sees the same windows every time."""
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        split: str | None = None,
+        crop_frames: int | None = None,
+        seed: int = 0,
+    ):
+        cache = TokenCache(cache_dir)
+        if not cache.manifest_path.exists():
+            raise UserError(
+                f"no token cache in {cache.root} (manifest.jsonl is missing): run "
+                f"`musicgen-train prepare data.output={cache.root}` first"
+            )
+        self.info = cache.info()
+        self.entries = [e for e in cache.manifest() if split is None or e["split"] == split]
+        self.crop_frames = crop_frames
+        self.seed = seed
+        self.reader = ShardReader(cache.root)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.info["codec"]["codebook_size"])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, request: int | tuple[int, int]) -> dict:
+        index, crop_seed = request if isinstance(request, tuple) else (request, None)
+        entry = self.entries[index]
+        codes = self.reader.codes(entry)
+        if self.crop_frames and codes.shape[-1] > self.crop_frames:
+            rng = np.random.default_rng(
+                crop_seed if crop_seed is not None else derive_seed(self.seed, index)
+            )
+            start = int(rng.integers(0, codes.shape[-1] - self.crop_frames + 1))
+            codes = codes[:, start : start + self.crop_frames]
+        return {
+            "key": entry["id"],
+            "text": entry["caption"],
+            "metadata": entry.get("metadata", {}),
+            "codes": torch.from_numpy(codes.astype(np.int64)),
+        }
+
+
+def collate_tokens(items: list[dict], pad_id: int) -> dict:
+    """Pad to the longest item with ``pad_id``; the mask marks real frames."""
+    frames = max(item["codes"].shape[-1] for item in items)
+    num_codebooks = items[0]["codes"].shape[0]
+    codes = torch.full((len(items), num_codebooks, frames), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), frames), dtype=torch.bool)
+    for row, item in enumerate(items):
+        length = item["codes"].shape[-1]
+        codes[row, :, :length] = item["codes"]
+        mask[row, :length] = True
+    return {
+        "texts": [item["text"] for item in items],
+        "metadata": [item["metadata"] for item in items],
+        "codes": codes,
+        "padding_mask": mask,
+        "keys": [item["key"] for item in items],
+    }
+
+
+class _Collate:
+    """A picklable collate function (worker processes receive it)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        return collate_tokens(items, self.pad_id)
+
+
+class ResumableSampler(Sampler):
+    """Shuffles by ``(seed, epoch)`` and hands out ``(index, crop_seed)``; its state (epoch,
+    samples yielded) is all a restored loader needs to continue exactly."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+        self.yielded = 0
+        self._resume_at = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng(derive_seed(self.seed, epoch)).permutation(self.size)
+
+    def __iter__(self):
+        start, self._resume_at = self._resume_at, 0
+        self.yielded = start
+        order = self.order(self.epoch)
+        for position in range(start, self.size):
+            self.yielded = position + 1
+            yield int(order[position]), derive_seed(self.seed, self.epoch, position)
+        self.epoch += 1
+        self.yielded = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self._resume_at = int(state["yielded"])
+
+
+class TokenDataModule(LightningDataModule):
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        crop_seconds: float | None = None,
+        seed: int = 0,
+        cfg: DictConfig | None = None,
+    ):
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.crop_seconds = crop_seconds
+        self.seed = int(seed)
+        self.cfg = cfg  # with a config, prepare_data() builds a missing cache
+        self.train_set: TokenDataset | None = None
+        self.valid_set: TokenDataset | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TokenDataModule:
+        data = cfg.data
+        return cls(
+            cache_dir=data.output,
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            crop_seconds=data.get("crop_seconds"),
+            seed=cfg.seed,
+            cfg=cfg,
+        )
+
+    def prepare_data(self) -> None:
+        """Runs once (rank 0): build the cache when it does not exist yet."""
+        if self.cfg is not None and not TokenCache(self.cache_dir).manifest_path.exists():
+            from musicgen_train.data.prepare import ensure_token_cache
+
+            ensure_token_cache(self.cfg)
+
+    def crop_frames(self, info: dict) -> int | None:
+        if self.crop_seconds is None:
+            return None
+        return max(1, round(float(self.crop_seconds) * float(info["codec"]["frame_rate"])))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        info = TokenCache(self.cache_dir).info() or {"codec": {"frame_rate": 50}}
+        crop = self.crop_frames(info)
+        self.train_set = TokenDataset(self.cache_dir, "train", crop, self.seed)
+        self.valid_set = TokenDataset(self.cache_dir, "valid", crop, self.seed)
+        if len(self.train_set) == 0:
+            raise UserError(f"the token cache {self.cache_dir} holds no training segments")
+
+    def _loader_options(self, dataset: TokenDataset) -> dict:
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": _Collate(dataset.pad_id),
+            "persistent_workers": False,
+        }
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        self.setup()
+        sampler = ResumableSampler(len(self.train_set), self.seed, shuffle=True)
+        return StatefulDataLoader(
+            self.train_set, sampler=sampler, **self._loader_options(self.train_set)
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.valid_set, shuffle=False, **self._loader_options(self.valid_set))
