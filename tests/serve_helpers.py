@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve.models import ServedModel, model_info
 from musicgen_train.serve.settings import ModelSpec, ServeSettings
@@ -46,3 +49,12 @@ def wait_for(client, job_id: str, states=FINISHED, limit: float = 120.0) -> dict
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} stuck in {job['status']}")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Generation on one torch thread (a busy 2-core machine thrashes with two); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from serve_helpers import make_settings, served, wait_for
+from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
+    make_settings,
+    one_torch_thread,
+    served,
+    wait_for,
+)
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.serve.app import create_app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
