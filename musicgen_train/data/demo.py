@@ -106,9 +106,8 @@ def _add(buffer: np.ndarray, sound: np.ndarray, at_seconds: float, gain: float =
 _TABLE_SIZE = 4096
 # One cycle of a band-limited saw (6 harmonics): read at any pitch, it is cheaper than summing
 # sines for the long pad notes.
-_SAW_TABLE = sum(
-    np.sin(2 * np.pi * h * np.arange(_TABLE_SIZE) / _TABLE_SIZE) / h**1.5 for h in range(1, 7)
-)
+_TABLE_PHASES = np.linspace(0.0, 1.0, _TABLE_SIZE + 1)  # closed cycle: interp wraps cleanly
+_SAW_TABLE = sum(np.sin(2 * np.pi * h * _TABLE_PHASES) / h**1.5 for h in range(1, 7))
 
 
 def _pad_note(midi: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -117,7 +116,7 @@ def _pad_note(midi: float, seconds: float, rng: np.random.Generator) -> np.ndarr
     tone = np.zeros_like(t)
     for cents in (-7, 0, 7):
         cycles = _hz(midi + cents / 100) * t + rng.uniform()
-        tone += _SAW_TABLE[(cycles * _TABLE_SIZE).astype(np.int64) % _TABLE_SIZE]
+        tone += np.interp(cycles % 1.0, _TABLE_PHASES, _SAW_TABLE)
     return tone * _envelope(len(t), 1.2, 1.2) / 3
 
 
@@ -170,7 +169,7 @@ def _brush(rng: np.random.Generator, seconds: float = 0.25) -> np.ndarray:
     """Band-limited noise (difference of two moving averages) with a soft swish envelope."""
     n = int(seconds * SAMPLE_RATE)
     noise = rng.standard_normal(n + 64)
-    smooth = np.convolve(noise, np.ones(4) / 4, mode="same")
+    smooth = np.convolve(noise, np.ones(6) / 6, mode="same")
     band = (smooth - np.convolve(noise, np.ones(64) / 64, mode="same"))[:n]
     t = np.arange(n) / SAMPLE_RATE
     return band * (1 - np.exp(-t / 0.01)) * np.exp(-t / 0.07)
@@ -238,8 +237,8 @@ def _blues(tonic: int, bpm: float, rng: np.random.Generator) -> np.ndarray:
         chord = bars[(i // 4) % len(bars)]
         _add(out, _upright_bass(root + chord + line[i // 4][i % 4], beat * 0.95), at, 0.6)
         if i % 2 == 1:  # the snare on two and four
-            _add(out, _brush(rng, 0.3), at, 0.7)
-        _add(out, _brush(rng, 0.12), at + beat * 2 / 3, 0.25)  # swung brush sweep
+            _add(out, _brush(rng, 0.3), at, 0.4)
+        _add(out, _brush(rng, 0.12), at + beat * 2 / 3, 0.12)  # swung brush sweep
     return out
 
 
