@@ -306,3 +306,41 @@ def test_source_config_checks_name_key_and_value(data, message):
     validate_source_config(OmegaConf.create({"data": ok}))
     with pytest.raises(ConfigError, match=message):
         validate_source_config(OmegaConf.create({"data": {**ok, **data}}))
+
+
+def test_the_shipped_example_manifests_read_as_documented(tmp_path):
+    import shutil
+
+    examples = Path(__file__).resolve().parent.parent / "data" / "examples"
+    for table in ("metadata.jsonl", "metadata.csv"):
+        root = tmp_path / table
+        shutil.copytree(examples / "audio", root / "audio")
+        shutil.copy(examples / table, root / table)
+        write(root / "audio" / "take_01.wav", tone(), 16000)
+        write(root / "audio" / "take_02.flac", tone(), 16000)
+        write(root / "live" / "encore.mp3", tone(), 16000, format="MP3")
+        write(root / "audio" / "take_03.wav", tone(), 16000)
+        ok, skipped = collect(root, tmp_path)
+        assert skipped == []
+        captions = {key: caption_of(item) for key, item in ok.items()}
+        assert captions == {
+            "audio/take_01.wav": "Mellow jazz trio with brushed drums. jazz, 96 bpm, Bb major",
+            "audio/take_02.flac": "Upbeat funk groove with slap bass. funk, 108 bpm",
+            "audio/take_03.wav": "Mellow jazz trio with brushed drums, late at night",
+            "live/encore.mp3": "rock",
+        }
+    # data.jsonl names /datasets/jazz/...: rebuild that tree here
+    jazz = tmp_path / "jazz"
+    write(jazz / "audio" / "take_01.wav", tone(), 16000)
+    write(jazz / "audio" / "take_02.flac", tone(), 16000)
+    shutil.copy(examples / "audio" / "take_01.json", jazz / "audio" / "take_01.json")
+    (jazz / "info").mkdir()
+    (jazz / "info" / "take_02.json").write_text(json.dumps({"description": "Funk", "bpm": 108}))
+    manifest = tmp_path / "data.jsonl"
+    manifest.write_text((examples / "data.jsonl").read_text().replace("/datasets/jazz", str(jazz)))
+    ok, skipped = collect(manifest, tmp_path)
+    assert skipped == []
+    assert [caption_of(item) for item in ok.values()] == [
+        "Mellow jazz trio with brushed drums. jazz, 96 bpm, Bb major",
+        "Funk. 108 bpm",
+    ]
