@@ -232,13 +232,17 @@ class JobStore:
 
     # --- recovery and retention ----------------------------------------------------------------
 
-    def recover_stale(self, stale_after: float, max_attempts: int) -> dict[str, list[str]]:
+    def recover_stale(
+        self, stale_after: float, max_attempts: int, exclude_worker: str | None = None
+    ) -> dict[str, list[str]]:
         """Running jobs whose worker stopped beating (it died): re-queue them, or fail them once
         they have used up their attempts. Returns the ids of both kinds."""
         cutoff = time.time() - stale_after
         query = select(jobs_table.c.id, jobs_table.c.attempts).where(
             jobs_table.c.status == RUNNING, jobs_table.c.heartbeat_at <= cutoff
         )
+        if exclude_worker is not None:  # a worker's own jobs are alive as long as it is
+            query = query.where(jobs_table.c.worker != exclude_worker)
         with self.engine.connect() as conn:
             stale = list(conn.execute(query))
         outcome = {"requeued": [], "failed": []}

@@ -120,7 +120,7 @@ class Worker:
 
     def recover(self) -> dict:
         jobs = self.settings.jobs
-        outcome = self.store.recover_stale(jobs.stale_after, jobs.max_attempts)
+        outcome = self.store.recover_stale(jobs.stale_after, jobs.max_attempts, self.id)
         if outcome["requeued"] or outcome["failed"]:
             log.warning(
                 "recovered orphaned jobs: %d re-queued, %d failed",
