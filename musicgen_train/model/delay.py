@@ -64,6 +64,4 @@ def undelay_labels(labels: torch.Tensor) -> torch.Tensor:
     """Inverse of ``delayed_labels`` for unpadded items: ``[B, T + K - 1, K]`` -> ``[B, K, T]``."""
     num_codebooks = labels.shape[-1]
     frames = labels.shape[1] - num_codebooks + 1
-    return torch.stack(
-        [labels[:, k : k + frames, k] for k in range(num_codebooks)], dim=1
-    )
+    return torch.stack([labels[:, k : k + frames, k] for k in range(num_codebooks)], dim=1)

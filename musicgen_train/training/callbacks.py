@@ -26,8 +26,15 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 class SamplesCallback(Callback):
     """Every ``every_n_steps`` optimizer steps: audio for fixed prompts, logged by the loggers."""
 
-    def __init__(self, run_dir: str | Path, every_n_steps: int, prompts: list[str],
-                 duration: float, guidance_scale: float, seed: int):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        every_n_steps: int,
+        prompts: list[str],
+        duration: float,
+        guidance_scale: float,
+        seed: int,
+    ):
         self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps
         self.prompts = list(prompts)
@@ -82,7 +89,9 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
         # Also keep last.ckpt fresh between validations, for resuming long epochs.
         callbacks.append(
             ModelCheckpoint(
-                dirpath=folder, save_top_k=0, save_last=True,
+                dirpath=folder,
+                save_top_k=0,
+                save_last=True,
                 every_n_train_steps=ccfg.checkpoint.every_n_train_steps,
             )
         )
@@ -96,8 +105,12 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     if samples.every_n_steps:
         callbacks.append(
             SamplesCallback(
-                run_dir, samples.every_n_steps, list(samples.prompts), samples.duration,
-                samples.guidance_scale, samples.seed,
+                run_dir,
+                samples.every_n_steps,
+                list(samples.prompts),
+                samples.duration,
+                samples.guidance_scale,
+                samples.seed,
             )
         )
     return callbacks

@@ -53,8 +53,9 @@ def validate_finetune(cfg: DictConfig) -> None:
             raise ConfigError(f"finetune.ema.decay={decay!r} is not allowed: 0 (off) or in (0, 1)")
     if cfg.finetune.name == "lora":
         if not isinstance(OmegaConf.select(cfg, "finetune.lora"), DictConfig):
-            raise ConfigError("finetune.lora is missing: finetune=lora needs r, alpha, dropout, "
-                              "target_modules")
+            raise ConfigError(
+                "finetune.lora is missing: finetune=lora needs r, alpha, dropout, target_modules"
+            )
         check_range(cfg, "finetune.lora.r", 1)
         check_range(cfg, "finetune.lora.alpha", 0)
         check_range(cfg, "finetune.lora.dropout", 0.0, 1.0)
@@ -111,7 +112,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     check_range(cfg, f"{t}.limit_val_batches", 0.0)
     check_range(cfg, f"{t}.num_sanity_val_steps", -1)
     check_range(cfg, f"{t}.log_every_n_steps", 1)
-    for key in ("deterministic", "enable_progress_bar"):
+    for key in ("deterministic", "enable_progress_bar", "val_before_training"):
         check_choice(cfg, f"{t}.{key}", BOOLEANS)
     check_choice(cfg, f"{t}.benchmark", (True, False, None))
 

@@ -39,7 +39,8 @@ def codebook_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return torch.stack(
         [
             F.cross_entropy(
-                logits[:, k].flatten(0, 1).float(), labels[..., k].flatten(),
+                logits[:, k].flatten(0, 1).float(),
+                labels[..., k].flatten(),
                 ignore_index=IGNORE_INDEX,
             )
             for k in range(logits.shape[1])
@@ -61,6 +62,9 @@ class MusicgenLightningModule(pl.LightningModule):
         self.model_path = loaded.path
         self._codec = None  # loaded on first use by samples; kept out of the state dict
         self._configure_trainable()
+        # from_pretrained returns eval mode and Lightning keeps the mode it finds: train mode
+        # (dropout on) for the decoder, eval mode for the frozen T5 (see ``train``).
+        self.train()
         ema_decay = float(self.cfg.finetune.ema.decay or 0.0)
         self.ema = EMA(self.trainable_parameters(), ema_decay) if ema_decay > 0 else None
         # Frozen weights are left out of checkpoints (they come back from the base model).
@@ -74,7 +78,10 @@ class MusicgenLightningModule(pl.LightningModule):
         if ft.name == "lora":
             lora = ft.lora
             lora_wiring.apply_lora(
-                self.model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                self.model,
+                r=lora.r,
+                alpha=lora.alpha,
+                dropout=lora.dropout,
                 target_modules=list(lora.target_modules),
             )
         if ft.gradient_checkpointing:
@@ -102,8 +109,11 @@ class MusicgenLightningModule(pl.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T5 hidden states and mask; rows in ``drop`` are blanked as generate's null condition."""
         tokens = self.tokenizer(
-            list(texts), padding=True, truncation=True,
-            max_length=int(self.cfg.finetune.max_text_tokens), return_tensors="pt",
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=int(self.cfg.finetune.max_text_tokens),
+            return_tensors="pt",
         ).to(self.device)
         with torch.no_grad():
             hidden = self.model.text_encoder(
@@ -175,7 +185,9 @@ class MusicgenLightningModule(pl.LightningModule):
     def _log_losses(self, stage: str, result: dict, batch_size: int) -> None:
         train = stage == "train"
         options = {
-            "on_step": train, "on_epoch": not train, "batch_size": batch_size,
+            "on_step": train,
+            "on_epoch": not train,
+            "batch_size": batch_size,
             "sync_dist": not train,
         }
         ce = result["loss"].detach()
@@ -224,7 +236,8 @@ class MusicgenLightningModule(pl.LightningModule):
         state = checkpoint.get("state_dict")
         if state is not None:
             checkpoint["state_dict"] = {
-                k: v for k, v in state.items()
+                k: v
+                for k, v in state.items()
                 if k.removeprefix("model.") in trainable or not k.startswith("model.")
             }
         if self.ema is not None:

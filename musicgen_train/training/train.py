@@ -49,7 +49,8 @@ def run(cfg: DictConfig) -> TrainResult:
     return result
 
 
-def train(cfg: DictConfig) -> TrainResult:
+def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
+    """Train on the recipe's token cache; ``callbacks`` are added to the project's own."""
     from musicgen_train.data.datamodule import TokenDataModule
     from musicgen_train.data.prepare import ensure_token_cache
     from musicgen_train.training.module import MusicgenLightningModule
@@ -63,20 +64,28 @@ def train(cfg: DictConfig) -> TrainResult:
     ensure_token_cache(cfg)
     datamodule = TokenDataModule.from_config(cfg)
     module = MusicgenLightningModule(cfg)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=callbacks or [])
     log.info("training %s (%s) -> %s", cfg.model.id, cfg.finetune.name, run_dir)
+    metrics = {}
+    if cfg.trainer.val_before_training and ckpt_path is None:
+        # The untrained model's validation loss: where the curve starts (logged at step 0).
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics["val/ce_start"] = float(trainer.callback_metrics["val/ce"])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     last = checkpoint_dir(run_dir) / "last.ckpt"
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=best_checkpoint(trainer.callbacks),
         last_checkpoint=last if last.exists() else None,
-        metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        metrics=metrics,
         seconds=time.perf_counter() - started,
     )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, **overrides) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, extra_callbacks: list = (), **overrides
+) -> pl.Trainer:
     """The Trainer of ``cfg.trainer`` with the project's loggers, strategy and callbacks."""
     t = cfg.trainer
     check_precision(t.precision, t.accelerator)
@@ -103,7 +112,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides) -> pl.Trainer:
         enable_progress_bar=t.enable_progress_bar,
         strategy=_strategy(cfg),
         logger=_loggers(cfg, run_dir),
-        callbacks=build_callbacks(cfg, run_dir),
+        callbacks=[*build_callbacks(cfg, run_dir), *extra_callbacks],
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
