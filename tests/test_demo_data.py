@@ -141,3 +141,11 @@ def test_each_style_is_in_the_key_its_caption_says(demo):
         audio, rate = read_audio(root / row["file_name"])
         hits += estimate_tempo_key(audio, rate)["key"] == row["key"]
     assert hits >= len(DEMO_STYLES) - 1
+
+
+def test_the_demo_prompt_set_asks_for_the_demo_styles():
+    from pathlib import Path
+
+    prompts = Path(__file__).resolve().parent.parent / "evaluation" / "demo" / "prompts.jsonl"
+    rows = [json.loads(line) for line in prompts.read_text().splitlines() if line.strip()]
+    assert {row["id"]: row["text"] for row in rows} == {s.name: s.caption for s in DEMO_STYLES}
