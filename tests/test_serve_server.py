@@ -1,0 +1,97 @@
+"""The real server: `musicgen-train serve` under uvicorn on loopback, loaded while it generates."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+CLIENTS = 100
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(base: str, process: subprocess.Popen, limit: float = 180.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stderr.read().decode()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+async def hammer(base: str, job_id: str) -> list[int]:
+    """100 concurrent clients, each asking for status, liveness and readiness."""
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+
+        async def one_client() -> list[int]:
+            codes = []
+            for path in (f"/v1/generations/{job_id}", "/health", "/health/ready"):
+                codes.append((await client.get(path)).status_code)
+            return codes
+
+        results = await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    return [code for codes in results for code in codes]
+
+
+@pytest.mark.slow
+def test_real_server_stays_responsive_while_generating(tmp_path, tiny_model_dir):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "musicgen_train.cli",
+        "serve",
+        f"model={tiny_model_dir}",
+        "serve.host=127.0.0.1",
+        f"serve.port={port}",
+        "serve.worker.torch_threads=1",
+        f"serve.database_url=sqlite:///{tmp_path}/jobs.db",
+        f"serve.storage={tmp_path}/audio",
+    ]
+    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(tmp_path / "home")}
+    env.pop("MUSICGEN_SERVE_API_KEYS", None)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until_ready(base, process)
+        models = httpx.get(f"{base}/v1/models").json()
+        assert models["models"][0]["source"] == str(tiny_model_dir)
+        job = httpx.post(f"{base}/v1/generations", json={"prompt": "busy", "duration": 3.0})
+        assert job.status_code == 202
+        job_id = job.json()["id"]
+        codes = asyncio.run(hammer(base, job_id))
+        assert len(codes) == 3 * CLIENTS and set(codes) == {200}
+        status = httpx.get(f"{base}/v1/generations/{job_id}").json()
+        deadline = time.monotonic() + 180
+        while status["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = httpx.get(f"{base}/v1/generations/{job_id}").json()
+        assert status["status"] == "succeeded", status
+        audio = httpx.get(f"{base}/v1/generations/{job_id}/audio")
+        assert audio.status_code == 200 and len(audio.content) == 44 + 3 * 32000 * 2
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'route="/health",status="200"' in metrics
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode in (0, -15), process.stderr.read().decode()[-2000:]
