@@ -18,6 +18,12 @@ def run(cfg: DictConfig) -> dict:
     trained = train(cfg)
     outputs.update(trained.summary())
     evaluation: dict | None = None  # the evaluation report, when evaluation ran
+    final = trained.best_checkpoint or trained.last_checkpoint
+    if cfg.eval.get("after_training") and final:
+        from musicgen_train.evaluation.run import evaluate
+
+        evaluation = evaluate(cfg, model_source=str(final))
+        outputs["eval_report"] = evaluation["report"]
     if cfg.registry.register_after_training:
         outputs.update(register_final_model(cfg, trained, evaluation))
     _print_summary(outputs)

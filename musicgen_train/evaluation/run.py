@@ -101,8 +101,13 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
 
 
 def default_output_dir(cfg: DictConfig, source: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).stem if "/" in source else source)
-    return Path(cfg.run_dir) / "eval" / slug.strip("_")
+    """``<run>/eval/<checkpoint>`` for a checkpoint of a run, else ``${run_dir}/eval/<model>``."""
+    path = Path(source).expanduser()
+    run_dir = Path(cfg.run_dir)
+    if path.suffix == ".ckpt" and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent  # next to the checkpoints, where export looks for it
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", path.stem if "/" in source else source)
+    return run_dir / "eval" / slug.strip("_")
 
 
 def generation_params(gen_cfg) -> GenerationParams:

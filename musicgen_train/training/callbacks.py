@@ -113,6 +113,13 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
                 samples.seed,
             )
         )
+    evaluation = ccfg.get("evaluation")
+    if evaluation and evaluation.every_n_epochs:
+        from musicgen_train.evaluation.callback import EvaluationCallback
+
+        callbacks.append(
+            EvaluationCallback(cfg, run_dir, evaluation.every_n_epochs, evaluation.max_prompts)
+        )
     return callbacks
 
 
