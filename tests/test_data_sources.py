@@ -344,3 +344,36 @@ def test_the_shipped_example_manifests_read_as_documented(tmp_path):
         "Mellow jazz trio with brushed drums. jazz, 96 bpm, Bb major",
         "Funk. 108 bpm",
     ]
+
+
+@pytest.mark.parametrize("kind", ["hf", "manifest"])
+def test_prepare_reads_each_source_end_to_end(kind, tmp_path):
+    """Source -> prepare with the tiny codec -> token cache whose captions come from metadata."""
+    from musicgen_train.config import load_config
+    from musicgen_train.data.cache import TokenCache
+    from musicgen_train.data.prepare import prepare
+
+    if kind == "hf":
+        _hf_rows(tmp_path).save_to_disk(str(tmp_path / "hf"))
+        source, data = tmp_path / "hf", "hf"
+        expected = {"low hum. drone, 60 bpm", "test", "a stereo tone. 90 bpm"}
+    else:
+        a = write(tmp_path / "a.wav", tone(rate=32000), 32000)
+        write(tmp_path / "b.ogg", tone(rate=44100, channels=2, freq=330), 44100, format="OGG")
+        (tmp_path / "b.json").write_text(json.dumps({"genre": "ambient", "key": "D minor"}))
+        lines = [{"path": str(a)}, {"path": "b.ogg"}, {"path": "missing.wav"}]
+        (tmp_path / "data.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        source, data = tmp_path / "data.jsonl", "manifest"
+        expected = {"jazz", "ambient, D minor"}
+    cfg = load_config(
+        [f"data={data}", f"data.source={source}", f"data.output={tmp_path / 'cache'}",
+         "data.segment_seconds=0.5", "data.min_duration=0.1", "data.progress=false",
+         "data.caption.default=jazz", "model=tiny",
+         "data.caption.template='{description}. {genre}, {bpm} bpm, {key}'"], validate=False,
+    )  # fmt: skip
+    report = prepare(cfg)
+    entries = TokenCache(cfg.data.output).manifest()
+    assert {entry["caption"] for entry in entries} == expected
+    assert report["files_ok"] == len(expected)
+    skipped = [Path(s["path"]).name for s in report["skipped"]]
+    assert skipped == ([] if kind == "hf" else ["data.jsonl:3"])
