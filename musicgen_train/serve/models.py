@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.model import load_musicgen
 from musicgen_train.serve.settings import ModelSpec
 
 log = logging.getLogger(__name__)
-
-# Files an exported model folder may carry about itself (written by `musicgen-train export`).
-INFO_FILES = ("registry.json", "eval_report.json")
 
 
 @dataclass
@@ -50,20 +45,37 @@ class ServedModel:
         }
 
 
-def model_info(path: str) -> dict:
-    """Registry version and evaluation metrics, when the model folder carries them."""
-    folder = Path(path)
-    info: dict = {"registry": None, "metrics": None}
-    registry, report = folder / "registry.json", folder / "eval_report.json"
-    if registry.is_file():
-        info["registry"] = json.loads(registry.read_text())
-    if report.is_file():
-        data = json.loads(report.read_text())
-        info["metrics"] = data.get("metrics", data)
-    return info
+def model_info(source: str) -> dict:
+    """Registry version and evaluation metrics (the version's ``metric.*`` tags) of a
+    ``models:/`` source; other sources have neither."""
+    if not source.startswith("models:/"):
+        return {"registry": None, "metrics": None}
+    from musicgen_train.registry.commands import METRIC_PREFIX
+    from musicgen_train.registry.location import current_tracking_uri
+    from musicgen_train.registry.resolve import parse_registry_uri
+    from musicgen_train.registry.store import Registry
+
+    registry = Registry(current_tracking_uri())
+    version = registry.resolve(parse_registry_uri(source))
+    tags = dict(version.tags or {})
+    metrics = {
+        key.removeprefix(METRIC_PREFIX): float(value)
+        for key, value in tags.items()
+        if key.startswith(METRIC_PREFIX)
+    }
+    return {
+        "registry": {
+            "uri": source,
+            "name": version.name,
+            "version": int(version.version),
+            "aliases": sorted(version.aliases or []),
+            "tracking_uri": registry.uri,
+        },
+        "metrics": metrics or None,
+    }
 
 
 def load_served_model(spec: ModelSpec) -> ServedModel:
     log.info("loading model %s from %s", spec.name, spec.source)
     loaded = load_musicgen(spec.source, tiny_seed=spec.tiny_seed)
-    return ServedModel(spec=spec, engine=GenerationEngine(loaded), info=model_info(loaded.path))
+    return ServedModel(spec=spec, engine=GenerationEngine(loaded), info=model_info(spec.source))

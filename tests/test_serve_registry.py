@@ -1,0 +1,80 @@
+"""Serving the tiny model from a local MLflow registry, as `musicgen-train serve` would."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from serve_helpers import one_torch_thread, wait_for  # noqa: F401 - one_torch_thread: a fixture
+
+from musicgen_train.config import load_config
+from musicgen_train.model import load_musicgen
+from musicgen_train.registry.checkpoint import DEFAULT_GENERATION
+from musicgen_train.registry.model_folder import atomic_folder, save_model_folder
+from musicgen_train.registry.store import Registry
+from musicgen_train.serve.app import create_app
+from musicgen_train.serve.settings import ServeSettings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def registry_uri(tmp_path_factory, tiny_model_dir):
+    """A local SQLite registry where version 1 of ``serve-test`` carries the alias prod."""
+    folder = tmp_path_factory.mktemp("export") / "serve-test"
+    tiny = load_musicgen(str(tiny_model_dir))
+    with atomic_folder(folder) as work:
+        save_model_folder(work, tiny.model, tiny.processor, readme="# serve-test\n")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+    Registry(uri).register(
+        folder,
+        "serve-test",
+        alias="prod",
+        tags={"metric.fad_vggish": "1.25"},
+        metrics={"fad_vggish": 1.25},
+        params={},
+        generation_defaults=DEFAULT_GENERATION,
+        requirements=["musicgen-train"],
+    )
+    return uri
+
+
+def test_serves_a_registry_alias_next_to_a_local_folder(tmp_path, registry_uri, tiny_model_dir):
+    cfg = load_config(
+        [
+            "model=models:/serve-test@prod",
+            "model.max_duration=5",
+            f"registry.uri={registry_uri}",
+            f"serve.models=[models:/serve-test@prod,{{name: local, source: '{tiny_model_dir}'}}]",
+            f"serve.database_url=sqlite:///{tmp_path}/jobs.db",
+            f"serve.storage={tmp_path}/audio",
+        ]
+    )
+    settings = ServeSettings.from_config(cfg)
+    assert [m.name for m in settings.models] == ["serve-test", "local"]
+    with TestClient(create_app(settings)) as client:  # loads both models at start-up
+        deadline = time.monotonic() + 120
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health/ready").json()
+            time.sleep(0.1)
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        served = models["serve-test"]
+        assert served["registry"]["version"] == 1 and served["registry"]["aliases"] == ["prod"]
+        assert served["metrics"] == {"fad_vggish": 1.25}
+        assert served["limits"] == {"max_duration": 5.0}
+        assert models["local"]["registry"] is None
+
+        ids = {
+            name: client.post(
+                "/v1/generations", json={"prompt": "a", "duration": 0.3, "model": name}
+            ).json()["id"]
+            for name in ("serve-test", "local")
+        }
+        for name, job_id in ids.items():
+            job = wait_for(client, job_id)
+            assert job["status"] == "succeeded" and job["model"] == name
+            audio = client.get(job["links"]["audio"]).content
+            assert sf.info(io.BytesIO(audio)).frames == int(0.3 * 32000)
