@@ -4,8 +4,9 @@
 
 1. load the checkpoint (Lightning .ckpt or DeepSpeed folder), apply EMA, merge LoRA;
 2. write the HF folder (weights, config, generation defaults, processor, model card, checksums)
-   under a temporary name and rename it into ``export.output``;
-3. register it as the next version of ``registry.name`` (MLflow pyfunc + tags + alias);
+   into a staging folder next to ``export.output``;
+3. register it as the next version of ``registry.name`` (MLflow pyfunc + tags + alias), then
+   move the folder into place;
 4. optionally push it to the Hugging Face Hub.
 
 The registry is checked before the slow part, and registration is the last step and undoes
@@ -95,28 +96,30 @@ def export_checkpoint(
         export_info=facts,
     )
     dest = Path(cfg.export.output or Path(cfg.work_dir) / "exports" / name).expanduser()
-    with atomic_folder(dest) as tmp:
-        write_checkpoint_folder(tmp, module, readme=readme, **options)
     metrics = report_metrics(eval_report)
-    tags = {
-        **{k: v for k, v in flatten(facts).items() if not k.startswith("generation.")},
-        "data_hash": data_hash(Path(str(train_cfg.data.output))),
-        "git_commit": git_commit() or "unknown",
-        "checkpoint_sha256": content_hash(path)[:16],
-        "model_sha256": sha256_file(dest / CHECKSUM_FILE),
-        "recipe": str(train_cfg.get("recipe", "")),
-        **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
-    }
-    version = registry.register(
-        dest,
-        name,
-        alias=cfg.registry.alias,
-        tags=tags,
-        metrics=metrics,
-        params=_params(train_cfg),
-        generation_defaults=options["generation"],
-        requirements=[_requirement()],
-    )
+    # Registered from the staging folder, which replaces ``dest`` only once the version exists:
+    # a failure anywhere leaves the previous export in place and no version behind.
+    with atomic_folder(dest) as folder:
+        write_checkpoint_folder(folder, module, readme=readme, **options)
+        tags = {
+            **{k: v for k, v in flatten(facts).items() if not k.startswith("generation.")},
+            "data_hash": data_hash(Path(str(train_cfg.data.output))),
+            "git_commit": git_commit() or "unknown",
+            "checkpoint_sha256": content_hash(path)[:16],
+            "model_sha256": sha256_file(folder / CHECKSUM_FILE),
+            "recipe": str(train_cfg.get("recipe", "")),
+            **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
+        }
+        version = registry.register(
+            folder,
+            name,
+            alias=cfg.registry.alias,
+            tags=tags,
+            metrics=metrics,
+            params=_params(train_cfg),
+            generation_defaults=options["generation"],
+            requirements=[_requirement()],
+        )
     result = ExportResult(
         model_dir=dest,
         uri=f"models:/{name}/{version.version}",

@@ -21,16 +21,21 @@ ADAPTER_DIR = "adapter"  # the LoRA adapter of an export with export.merge_lora=
 
 @contextmanager
 def atomic_folder(dest: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces ``dest`` only if the block succeeds."""
+    """Yield an empty folder that replaces ``dest`` only if the block succeeds.
+
+    The folder has ``dest``'s name inside a hidden sibling staging folder, so anything that
+    copies it by name (MLflow artifacts) sees the final name.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    folder = staging / dest.name
+    folder.mkdir()
     try:
-        yield tmp
-        _replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield folder
+        _replace(folder, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _replace(new: Path, dest: Path) -> None:

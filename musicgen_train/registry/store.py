@@ -143,14 +143,19 @@ class Registry:
     def download(self, version: ModelVersion, dest: Path) -> Path:
         """Copy the version's model folder into the empty folder ``dest``; return ``dest``."""
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+            where = self._call(
+                "locating a model",
+                self.client.get_model_version_download_uri,
+                version.name,
+                version.version,
+            )
             pyfunc_dir = Path(
                 self._call(
                     "downloading a model",
                     mlflow.artifacts.download_artifacts,
-                    artifact_uri=f"models:/{version.name}/{version.version}",
+                    artifact_uri=where,
                     dst_path=tmp,
                     tracking_uri=self.uri,
-                    registry_uri=self.uri,
                 )
             )
             folder = _model_folder_in(pyfunc_dir, version)
