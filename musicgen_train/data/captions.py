@@ -4,12 +4,16 @@ A template such as ``"{description}. {genre}, {moods}, {instrument}, {bpm} bpm, 
 metadata fields. A field that is missing takes its own words with it, so no dangling commas are
 left behind: the text right after a field up to the first punctuation belongs to that field
 (``" bpm"``), then comes the separator (``", "``), and any words after the separator belong to
-the next field (``"in {key}"``). Two fields are joined by the separator that follows the first.
+the next field (``"in {key}"``). Without punctuation between two fields, the last word leads
+into the next field and the words before it stay with the previous one (``"{genre} track with
+{instrument}"``). Two fields are joined by the separator that follows the first, or when fields
+between them are missing, by the first of the skipped separators that has punctuation.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -79,9 +83,9 @@ def _split_closing(literal: str) -> tuple[str, str, str]:
 def _split_literal(literal: str) -> tuple[str, str, str]:
     """``" bpm, in "`` -> (``" bpm"``, ``", "``, ``"in "``): suffix, separator, prefix."""
     cut = next((i for i, ch in enumerate(literal) if ch in _PUNCTUATION), None)
-    if cut is None:  # no punctuation: leading spaces separate, the rest leads into the next field
-        stripped = literal.lstrip()
-        return "", literal[: len(literal) - len(stripped)], stripped
+    if cut is None:  # no punctuation: the last word leads into the next field ("with ")
+        match = re.fullmatch(r"(.*?)(\s*)(\S*\s*)", literal)
+        return match.group(1), match.group(2), match.group(3)
     suffix = literal[:cut].rstrip()
     end = len(suffix)
     while end < len(literal) and (literal[end] in _PUNCTUATION or literal[end].isspace()):
@@ -129,21 +133,29 @@ def build_caption(metadata: Mapping, caption_cfg: Mapping | None = None, rng=Non
     ``caption_cfg.field_dropout > 0`` each field is dropped with that probability, keeping at
     least one: training sees partial captions, as audiocraft does."""
     caption_cfg = caption_cfg or {}
+    default = str(caption_cfg.get("default") or DEFAULT_CAPTION)
     parts, closing = parse_template(template_from_config(caption_cfg))
-    rendered = [(part, _render_field(part, metadata)) for part in parts]
-    rendered = [(part, text) for part, text in rendered if text]
-    dropout = float(caption_cfg.get("field_dropout") or 0.0)
-    if rng is not None and dropout > 0 and len(rendered) > 1:
-        kept = [item for item in rendered if rng.random() >= dropout]
-        rendered = kept or [rendered[int(rng.random() * len(rendered))]]
     if not parts:
-        return closing.strip() or str(caption_cfg.get("default") or DEFAULT_CAPTION)
-    if not rendered:
-        return str(caption_cfg.get("default") or DEFAULT_CAPTION)
-    caption = rendered[0][1]
-    for (before, _text), (_part, text) in zip(rendered, rendered[1:], strict=False):
-        caption = _join(caption, before.separator, text)
+        return closing.strip() or default
+    texts = [_render_field(part, metadata) for part in parts]
+    present = [i for i, text in enumerate(texts) if text]
+    dropout = float(caption_cfg.get("field_dropout") or 0.0)
+    if rng is not None and dropout > 0 and len(present) > 1:
+        kept = [i for i in present if rng.random() >= dropout]
+        present = kept or [present[int(rng.random() * len(present))]]
+    if not present:
+        return default
+    caption = texts[present[0]]
+    for left, right in zip(present, present[1:], strict=False):
+        caption = _join(caption, _separator(parts[left:right]), texts[right])
     return _join(caption, closing, "").rstrip()
+
+
+def _separator(between: list[_Part]) -> str:
+    """What joins two fields with others left out between them: the first separator that has
+    punctuation (``"{genre} track with {instrument}, {bpm} bpm"`` -> ``"rock track, 90 bpm"``)."""
+    separators = [part.separator for part in between]
+    return next((sep for sep in separators if sep.strip()), separators[0])
 
 
 def _join(left: str, separator: str, right: str) -> str:
