@@ -67,8 +67,6 @@ class MusicgenLightningModule(pl.LightningModule):
         self.train()
         ema_decay = float(self.cfg.finetune.ema.decay or 0.0)
         self.ema = EMA(self.trainable_parameters(), ema_decay) if ema_decay > 0 else None
-        # Frozen weights are left out of checkpoints (they come back from the base model).
-        self.strict_loading = False
 
     # --- what trains ---------------------------------------------------------------------------
 
@@ -232,6 +230,7 @@ class MusicgenLightningModule(pl.LightningModule):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Frozen weights are left out (T5, LoRA's base): they come back from the base model.
         trainable = {name for name, _ in self.trainable_parameters()}
         state = checkpoint.get("state_dict")
         if state is not None:
@@ -244,13 +243,18 @@ class MusicgenLightningModule(pl.LightningModule):
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = {k.removeprefix("model.") for k in checkpoint.get("state_dict", {})}
+        state = checkpoint.setdefault("state_dict", {})
+        saved = {k.removeprefix("model.") for k in state}
         missing = [name for name, _ in self.trainable_parameters() if name not in saved]
         if missing:
             raise KeyError(
                 f"checkpoint lacks {len(missing)} trained weights (e.g. {missing[0]}): was it "
                 "written with another finetune mode (full / lora) or LoRA target list?"
             )
+        # The frozen weights left out at saving are those this module loaded from the base
+        # model: put them back so the state dict loads strictly.
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
 
