@@ -79,7 +79,8 @@ class Service:
         try:
             for spec in self.settings.models:
                 if spec.name not in self.models:
-                    self.models[spec.name] = load_served_model(spec)
+                    device = self.settings.torch_device()
+                    self.models[spec.name] = load_served_model(spec, device)
         except Exception as err:  # readiness reports it; liveness stays up for inspection
             log.exception("loading models failed")
             self.load_error = f"{type(err).__name__}: {err}"

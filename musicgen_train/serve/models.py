@@ -75,7 +75,7 @@ def model_info(source: str) -> dict:
     }
 
 
-def load_served_model(spec: ModelSpec) -> ServedModel:
-    log.info("loading model %s from %s", spec.name, spec.source)
-    loaded = load_musicgen(spec.source, tiny_seed=spec.tiny_seed)
+def load_served_model(spec: ModelSpec, device: str = "cpu") -> ServedModel:
+    log.info("loading model %s from %s on %s", spec.name, spec.source, device)
+    loaded = load_musicgen(spec.source, tiny_seed=spec.tiny_seed, device=device)
     return ServedModel(spec=spec, engine=GenerationEngine(loaded), info=model_info(spec.source))

@@ -97,7 +97,16 @@ class ServeSettings(_Section):
     rate_limit: RateLimitSettings = RateLimitSettings()
     cors: CorsSettings = CorsSettings()
     limits: RequestLimits = RequestLimits()
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     log_level: str = "info"
+
+    def torch_device(self) -> str:
+        """``auto`` = the first GPU when there is one, else the CPU."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
     def default_model(self) -> str:
