@@ -393,3 +393,34 @@ def test_items_from_memory(tmp_path, encoder):
     assert report["files_ok"] == 1 and entry["source"] == "hf:test[0]"
     assert entry["metadata"] == {"description": "a tone", "bpm": 90}
     assert "a tone" in entry["caption"] and "90 bpm" in entry["caption"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_through_the_cli(tmp_path, work_home):
+    """`musicgen-train prepare data.source=demo` on the shipped demo config, then the DataModule."""
+    from musicgen_train.data.datamodule import TokenDataModule
+    from musicgen_train.data.demo import CLIP_SECONDS, CLIPS_PER_STYLE, DEMO_STYLES
+    from musicgen_train.data.prepare import ensure_token_cache
+
+    output = tmp_path / "demo-cache"
+    assert main(["prepare", "data=demo", f"data.output={output}", "data.progress=false"]) == 0
+    report = json.loads((output / "prepare_report.json").read_text())
+    clips = len(DEMO_STYLES) * CLIPS_PER_STYLE
+    assert report["files_ok"] == clips and report["skipped"] == []
+    assert report["totals"]["segments"] == clips  # 10 s clips in 10 s windows
+    assert report["totals"]["hours"] == pytest.approx(clips * CLIP_SECONDS / 3600, abs=1e-5)
+    assert report["splits"]["valid"]["files"] == round(0.1 * clips)
+    entries = TokenCache(output).manifest()
+    captions = {e["caption"] for e in entries}
+    assert len(captions) > len(DEMO_STYLES)  # each clip says its own tempo and key
+    assert all(any(s.genre in c for s in DEMO_STYLES) for c in captions)
+
+    cfg = data_config(["data=demo", f"data.output={output}", "data.progress=false"])
+    assert ensure_token_cache(cfg) == output  # nothing left to encode
+    again = json.loads((output / "prepare_report.json").read_text())
+    assert again["files_reused"] == clips and again["files_encoded"] == 0
+    dm = TokenDataModule.from_config(cfg)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["codes"].shape == (4, 4, 250)  # batch 4, 5 s crops at 50 frames/s
+    assert batch["codes"].max() < 64 and batch["padding_mask"].all()
