@@ -377,3 +377,37 @@ def test_prepare_reads_each_source_end_to_end(kind, tmp_path):
     assert report["files_ok"] == len(expected)
     skipped = [Path(s["path"]).name for s in report["skipped"]]
     assert skipped == ([] if kind == "hf" else ["data.jsonl:3"])
+
+
+def test_hf_columns_of_plain_bytes_or_paths(tmp_path):
+    import datasets
+
+    raw = encode_audio_bytes(tone(rate=16000), 16000)
+    datasets.Dataset.from_dict({"wav": [raw], "prompt": ["bytes"]}).save_to_disk(
+        str(tmp_path / "bytes")
+    )
+    ok, _ = collect(tmp_path / "bytes", tmp_path, hf={"audio_column": "wav"})
+    assert ok["train/000000"].data == raw
+    assert ok["train/000000"].metadata == {"description": "bytes"}
+    real = write(tmp_path / "real.wav", tone(), 16000)
+    paths = {"file": [str(real), str(tmp_path / "gone.wav")]}
+    datasets.Dataset.from_dict(paths).save_to_disk(str(tmp_path / "paths"))
+    ok, skipped = collect(tmp_path / "paths", tmp_path, hf={"audio_column": "file"})
+    assert ok["train/000000"].path == real
+    assert len(skipped) == 1 and "gone.wav" in skipped[0].reason
+    assert skipped[0].source.endswith("[train][1]")
+
+
+def test_unreadable_tables_and_manifests_are_named(tmp_path):
+    write(tmp_path / "x" / "a.wav", tone(), 16000)
+    (tmp_path / "x" / "metadata.csv").write_text("name,genre\na.wav,rock\n")
+    (tmp_path / "x" / "a.txt").write_bytes(b"\xff\xfe\xfa not utf-8")
+    ok, skipped = collect(tmp_path / "x", tmp_path)
+    assert ok == {}
+    assert [(Path(s.source).name, s.reason.split(" (")[0]) for s in skipped] == [
+        ("metadata.csv:1", "metadata.csv has no file_name column"),
+        ("a.wav", "sidecar a.txt is not readable text"),
+    ]
+    (tmp_path / "bad.jsonl").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(UserError, match="cannot read the manifest .*bad.jsonl"):
+        collect(tmp_path / "bad.jsonl", tmp_path)
