@@ -273,10 +273,8 @@ def test_normalize_metadata_moves_a_ready_caption_to_description():
     assert normalize_metadata(row) == {"description": " hello ", "bpm": 0}
     both = {"description": "d", "prompt": "p"}
     assert normalize_metadata(both) == both
-    assert normalize_metadata({"genre": "g", "prompt": "p"}, "genre") == {
-        "description": "g",
-        "prompt": "p",
-    }
+    chosen = normalize_metadata({"genre": "g", "prompt": "p", "description": "d"}, "genre")
+    assert chosen == {"description": "g", "prompt": "p"}
 
 
 def test_write_audio_helpers_round_trip_for_test_inputs(tmp_path):

@@ -63,11 +63,14 @@ def iter_source(data_cfg: Mapping, work_dir: str | Path) -> Iterator[Item]:
 
 def normalize_metadata(row: Mapping, text_column: str | None = None) -> dict:
     """Keep usable caption fields: drop empty values, and move a ready caption column
-    (``text``, ``caption``, ``prompt`` or the configured one) to ``description`` when there is
-    no description."""
+    (the configured one, else ``text``, ``caption`` or ``prompt`` when there is no
+    ``description``) to ``description``."""
     metadata = {k: v for k, v in row.items() if _present(v)}
-    columns = (text_column,) if text_column else TEXT_COLUMNS
-    column = next((c for c in columns if c in metadata), None)
+    if text_column:  # chosen by the user: it is the description
+        if text_column in metadata:
+            metadata["description"] = metadata.pop(text_column)
+        return metadata
+    column = next((c for c in TEXT_COLUMNS if c in metadata), None)
     if column and "description" not in metadata:
         metadata["description"] = metadata.pop(column)
     return metadata
