@@ -37,6 +37,8 @@ FULL_CAPTION = "Warm lo-fi beat. hip hop, chill, nostalgic, rhodes, 85 bpm, F mi
         ({"description": "Solo cello.", "bpm": 60}, "Solo cello. 60 bpm"),
         ({"description": "Drone", "key": "D minor"}, "Drone. D minor"),
         ({"bpm": "120"}, "120 bpm"),
+        ({"bpm": "119.6", "key": ""}, "120 bpm"),
+        ({"bpm": "fast", "key": "A minor"}, "fast bpm, A minor"),
         ({"moods": [], "genre": "  ", "bpm": float("nan"), "key": None}, "fallback"),
         ({}, "fallback"),
     ],

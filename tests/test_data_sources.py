@@ -90,6 +90,7 @@ def test_metadata_csv_with_text_column_and_bad_rows(tmp_path):
     write(root / "one.wav", tone(), 16000)
     write(root / "two.wav", tone(), 16000)
     write(root / "three.wav", tone(), 16000)
+    write(root / "four.wav", tone(), 16000)
     (root / "readme.txt").write_text("not audio")
     (root / "metadata.csv").write_text(
         "file_name,text,genre,bpm\n"
@@ -98,9 +99,11 @@ def test_metadata_csv_with_text_column_and_bad_rows(tmp_path):
         "two.wav,,jazz,\n"
         "three.wav,x,y,z,extra\n"
         "readme.txt,words,none,1\n"
+        '"four.wav","two\nlines",blues,80\n'
     )
     ok, skipped = collect(root, tmp_path)
-    assert sorted(ok) == ["one.wav", "three.wav", "two.wav"]
+    assert sorted(ok) == ["four.wav", "one.wav", "three.wav", "two.wav"]
+    assert caption_of(ok["four.wav"]) == "two lines. blues, 80 bpm"  # a quoted cell on 2 lines
     assert ok["one.wav"].metadata == {"description": "a sunny tune", "genre": "pop", "bpm": "120"}
     assert caption_of(ok["one.wav"]) == "a sunny tune. pop, 120 bpm"
     assert ok["two.wav"].metadata == {"genre": "jazz"}  # empty cells are left out

@@ -107,7 +107,7 @@ def format_value(value, spec: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, str):
-        return value.strip()
+        return " ".join(value.split())  # one line: newlines and runs of spaces become a space
     if isinstance(value, Sequence):
         return ", ".join(text for text in (format_value(v) for v in value) if text)
     if spec:
@@ -117,10 +117,19 @@ def format_value(value, spec: str = "") -> str:
     return str(value)
 
 
+def _whole_bpm(value):
+    """92.4 or "92.4" (a csv cell) -> 92: captions say "92 bpm"; other values stay as they are."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return round(number) if math.isfinite(number) else None
+
+
 def _render_field(part: _Part, metadata: Mapping) -> str:
     value = metadata.get(part.field)
-    if part.field == "bpm" and isinstance(value, float) and math.isfinite(value) and not part.spec:
-        value = round(value)  # "92 bpm", not "92.4 bpm"
+    if part.field == "bpm" and not part.spec:
+        value = _whole_bpm(value)
     try:
         text = format_value(value, part.spec)
     except (TypeError, ValueError):

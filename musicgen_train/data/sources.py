@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -188,7 +189,7 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
         yield 0, f"cannot read {path.name}: {err}"
         return
     if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may span lines
         if not reader.fieldnames or "file_name" not in reader.fieldnames:
             yield 1, f"{path.name} has no file_name column (columns: {reader.fieldnames})"
             return
