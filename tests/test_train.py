@@ -56,7 +56,8 @@ def test_demo_trains_through_the_cli_and_writes_checkpoints(home, tmp_path, caps
     assert last["hyper_parameters"]["cfg"]["run_dir"] == str(run_dir)
     samples = list((run_dir / "samples" / "step-000003").glob("*.wav"))
     assert len(samples) == 1 and "soft-jazz-piano" in samples[0].name
-    rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
+    with open(next(run_dir.rglob("metrics.csv"))) as metrics:
+        rows = list(csv.DictReader(metrics))
     val = [float(r["val/ce"]) for r in rows if r.get("val/ce")]
     assert len(val) == 2  # before training and at step 3
     assert all(r.get(f"train/ce_q{k}") is not None for r in rows for k in range(4))
