@@ -30,15 +30,14 @@ def validate(cfg: DictConfig) -> None:
     validate_optim(cfg)
     validate_trainer(cfg)
     validate_callbacks(cfg)
-    check_choice(cfg, "ckpt_path", ("last", "best", None)) if not _is_path(cfg.ckpt_path) else None
+    if cfg.get("ckpt_path") is not None and not isinstance(cfg.ckpt_path, str):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path!r} is not allowed: last, best or a checkpoint file path"
+        )
     for module, function in (("strategy", "validate_strategy"), ("loggers", "validate_logger")):
         name = f"musicgen_train.training.{module}"
         if importlib.util.find_spec(name) is not None:
             getattr(importlib.import_module(name), function)(cfg)
-
-
-def _is_path(value) -> bool:
-    return isinstance(value, str) and value not in ("last", "best") and bool(value)
 
 
 def validate_finetune(cfg: DictConfig) -> None:
