@@ -1,0 +1,218 @@
+"""The inference service under load, on this machine: one JSON object per line.
+
+1. Latency of the status and health endpoints with 100 concurrent clients, while the server is
+   idle and while it generates (target: p99 < 200 ms during generation).
+2. Generation throughput with 1, 4 and 8 concurrent jobs, batched (``max_batch_size=8``) vs one
+   by one (``max_batch_size=1``): two servers, run side by side on the same jobs.
+
+Each server is the real thing: ``musicgen-train serve`` (uvicorn) in its own process on
+127.0.0.1, with its own temporary database and audio folder; clients are httpx.
+
+    python bench/serve.py [--model tiny] [--duration 2.0] [--clients 100] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import httpx
+import numpy as np
+
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server(model: str, *overrides: str):
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="musicgen-serve-bench-"))
+    command = [
+        sys.executable,
+        "-m",
+        "musicgen_train.cli",
+        "serve",
+        f"model={model}",
+        f"serve.port={port}",
+        f"serve.database_url=sqlite:///{work}/jobs.db",
+        f"serve.storage={work}/audio",
+        "serve.rate_limit.requests=100000/minute",
+        "serve.rate_limit.generations=100000/minute",
+        "serve.log_level=warning",
+        *overrides,
+    ]
+    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("MUSICGEN_SERVE_API_KEYS", None)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"server exited with {process.returncode}")
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def submit(base: str, count: int, duration: float) -> list[str]:
+    """``count`` jobs posted at once (concurrently), as many clients would."""
+
+    async def post_all():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            body = {"prompt": "bench", "duration": duration}
+            answers = await asyncio.gather(
+                *(client.post("/v1/generations", json=body) for _ in range(count))
+            )
+        return [answer.json()["id"] for answer in answers]
+
+    return asyncio.run(post_all())
+
+
+def wait_all(base: str, ids: list[str]) -> list[dict]:
+    with httpx.Client(base_url=base, timeout=60) as client:
+        while True:
+            jobs = [client.get(f"/v1/generations/{job_id}").json() for job_id in ids]
+            if all(job["status"] in FINISHED for job in jobs):
+                return jobs
+            time.sleep(0.05)
+
+
+async def load(base: str, clients: int, rounds: int, job_id: str) -> dict[str, list[float]]:
+    """``clients`` concurrent clients (aiohttp: httpx's pool is itself slow at this
+    concurrency), each asking for status, liveness and readiness ``rounds`` times."""
+    times: dict[str, list[float]] = {"status": [], "health": [], "ready": []}
+    paths = {"status": f"/v1/generations/{job_id}", "health": "/health", "ready": "/health/ready"}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base, connector=connector) as session:
+
+        async def one_client():
+            for _ in range(rounds):
+                for name, path in paths.items():
+                    started = time.perf_counter()
+                    async with session.get(path) as response:
+                        await response.read()
+                    times[name].append(time.perf_counter() - started)
+                    if response.status != 200:
+                        raise SystemExit(f"{path}: {response.status}")
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return times
+
+
+def latency(args) -> None:
+    with server(args.model, "serve.worker.torch_threads=1") as base:
+        idle_job = wait_all(base, submit(base, 1, 0.5))[0]["id"]
+        asyncio.run(load(base, args.clients, 1, idle_job))  # warm up connections and routes
+        for phase in ("idle", "generating"):
+            job_id = idle_job
+            if phase == "generating":
+                # Long enough to outlast the load; checked below.
+                job_id = submit(base, 1, args.long_duration)[0]
+                while httpx.get(f"{base}/v1/generations/{job_id}").json()["status"] == "queued":
+                    time.sleep(0.01)
+            times = asyncio.run(load(base, args.clients, args.rounds, job_id))
+            still = httpx.get(f"{base}/v1/generations/{job_id}").json()["status"]
+            for endpoint, values in times.items():
+                ms = np.array(values) * 1000
+                print(
+                    json.dumps(
+                        {
+                            "bench": "serve_latency",
+                            "model": args.model,
+                            "phase": phase,
+                            "endpoint": endpoint,
+                            "clients": args.clients,
+                            "requests": len(ms),
+                            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+                            "max_ms": round(float(ms.max()), 1),
+                            "generation_still_running": phase == "generating"
+                            and still == "running",
+                        }
+                    ),
+                    flush=True,
+                )
+            if phase == "generating":
+                wait_all(base, [job_id])
+
+
+def throughput(args) -> None:
+    for mode, batch in (("batched", args.max_batch), ("one_by_one", 1)):
+        overrides = (
+            "serve.worker.torch_threads=1",
+            f"serve.worker.max_batch_size={batch}",
+            "serve.worker.batch_wait=0.1",
+        )
+        with server(args.model, *overrides) as base:
+            wait_all(base, submit(base, 1, args.duration))  # warm-up, not timed
+            for jobs in (1, 4, 8):
+                started = time.perf_counter()
+                finished = wait_all(base, submit(base, jobs, args.duration))
+                wall = time.perf_counter() - started
+                ok = sum(job["status"] == "succeeded" for job in finished)
+                print(
+                    json.dumps(
+                        {
+                            "bench": "serve_throughput",
+                            "model": args.model,
+                            "mode": mode,
+                            "concurrent_jobs": jobs,
+                            "duration_s": args.duration,
+                            "succeeded": ok,
+                            "wall_s": round(wall, 2),
+                            "jobs_per_s": round(jobs / wall, 3),
+                            "audio_s_per_s": round(jobs * args.duration / wall, 3),
+                        }
+                    ),
+                    flush=True,
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per job")
+    parser.add_argument(
+        "--long-duration",
+        type=float,
+        default=20.0,
+        help="seconds of the job generated during the latency load",
+    )
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--skip", choices=["latency", "throughput"], default=None)
+    args = parser.parse_args()
+    if args.skip != "latency":
+        latency(args)
+    if args.skip != "throughput":
+        throughput(args)
+
+
+if __name__ == "__main__":
+    main()
