@@ -424,3 +424,57 @@ def test_demo_end_to_end_through_the_cli(tmp_path, work_home):
     batch = next(iter(dm.train_dataloader()))
     assert batch["codes"].shape == (4, 4, 250)  # batch 4, 5 s crops at 50 frames/s
     assert batch["codes"].max() < 64 and batch["padding_mask"].all()
+
+
+def test_kill_sigterm_keeps_finished_batches(tmp_path, encoder):
+    """`kill <pid>` (SIGTERM) stops prepare like Ctrl-C: encoded batches are written first."""
+    import os
+    import signal
+
+    class KilledEncoder(CountingEncoder):
+        def encode(self, audio):
+            if self.batches == 2:  # killed while the third batch starts
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().encode(audio)
+
+    source = tmp_path / "audio"
+    make_good_folder(source, count=3)
+    cfg = data_config(overrides(source, tmp_path / "cache", "data.shard_size=100"))
+    killed = KilledEncoder(encoder)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, encoder=killed)
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is put back
+    assert len(TokenCache(cfg.data.output).known_entries()) == killed.segments == 4
+    resumed = CountingEncoder(encoder)
+    prepare(cfg, encoder=resumed)
+    assert resumed.segments == 7 - 4
+
+
+def test_stereo_checkpoint_interleaves_left_and_right(tiny_model_dir):
+    """Stereo MusicGen: the mono codec encodes each channel; codebooks alternate L, R, L, R."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from musicgen_train.model.tiny import tiny_config
+
+    config = tiny_config()
+    config.decoder.audio_channels = 2
+    config.decoder.num_codebooks = 8
+    torch.manual_seed(0)
+    model = MusicgenForConditionalGeneration(config).eval()
+    stereo = CodecEncoder(model, "tiny-stereo", channels=2)
+    assert (stereo.num_codebooks, stereo.channels, stereo.bandwidth) == (8, 2, 1.2)
+    audio = tone(0.5, 300, channels=2).T[None]  # [1, 2, samples], right quieter
+    codes = stereo.encode(audio)
+    assert codes.shape == (1, 8, 25)
+    with torch.no_grad():
+        left, right = (
+            model.audio_encoder.encode(torch.from_numpy(audio[:, c : c + 1]), bandwidth=1.2)
+            .audio_codes[0]
+            .numpy()
+            for c in (0, 1)
+        )
+    np.testing.assert_array_equal(codes[:, 0::2], left)
+    np.testing.assert_array_equal(codes[:, 1::2], right)
+    with pytest.raises(UserError, match="data.channels=1 does not fit tiny-stereo"):
+        CodecEncoder(model, "tiny-stereo", channels=1)

@@ -81,4 +81,9 @@ class CodecEncoder:
         codes = out.audio_codes  # [chunks=1, batch, K, frames]
         if codes.shape[0] != 1:
             raise UserError("the model's EnCodec chunks its input: MusicGen codecs must not")
+        if codes.shape[2] * self.channels != self.num_codebooks:
+            raise UserError(
+                f"{self.model_id}: its EnCodec gives {codes.shape[2]} codebooks per channel at "
+                f"{self.bandwidth} kbps but the decoder reads {self.num_codebooks}"
+            )
         return codes[0]

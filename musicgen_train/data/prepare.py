@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ def prepare_items(
     counts = {"encoded": 0, "reused": 0}
 
     bar = tqdm(items, desc="prepare", unit="file", disable=not data.get("progress", True))
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         for item in bar:
             result = _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data)
@@ -111,6 +114,7 @@ def prepare_items(
         raise
     finally:
         bar.close()
+        _restore_sigterm(previous_sigterm)
 
     entries = _final_entries(files, writer, cfg)
     cache.commit(entries)
@@ -137,6 +141,22 @@ def prepare_items(
             + f"; see {cache.report_path}"
         )
     return report
+
+
+def _sigterm_as_interrupt():
+    """`kill` stops prepare the way Ctrl-C does, so the batches already encoded are written."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data):
