@@ -28,6 +28,13 @@ class Statistics:
     cov: np.ndarray
     count: int
     identity: dict = field(default_factory=dict)  # the embedder that produced the frames
+    _root: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def cov_root(self) -> np.ndarray:
+        """cov^1/2, computed once: a reference is compared with many sets (bootstrap, per song)."""
+        if self._root is None:
+            self._root = psd_sqrt(_as_covariance("cov", self.cov, self.mu.shape[0]))
+        return self._root
 
 
 def _as_vector(name: str, value) -> np.ndarray:
@@ -55,16 +62,19 @@ def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (eigenvectors * roots) @ eigenvectors.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, root1=None) -> float:
     """tr((S1 S2)^1/2) through the symmetric M = S1^1/2 S2 S1^1/2 (same eigenvalues as S1 S2)."""
-    root1 = psd_sqrt(sigma1)
+    root1 = psd_sqrt(sigma1) if root1 is None else root1
     middle = root1 @ sigma2 @ root1
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): real, finite and >= 0."""
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, root1=None) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): real, finite and >= 0.
+
+    ``root1`` may pass sigma1^1/2 when it is already known.
+    """
     mu1, mu2 = _as_vector("mu1", mu1), _as_vector("mu2", mu2)
     if mu1.shape != mu2.shape:
         raise ValueError(f"mu1 and mu2 differ in dimension: {mu1.shape[0]} vs {mu2.shape[0]}")
@@ -72,7 +82,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma2 = _as_covariance("sigma2", sigma2, mu1.shape[0])
     diff = mu1 - mu2
     distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-    distance -= 2.0 * trace_sqrt_product(sigma1, sigma2)
+    distance -= 2.0 * trace_sqrt_product(sigma1, sigma2, root1)
     # Mathematically >= 0; cancellation between large traces can leave a tiny negative residue.
     return max(float(distance), 0.0)
 
@@ -95,7 +105,15 @@ def statistics_from_embeddings(frames, identity: dict | None = None) -> Statisti
 
 
 def fad(stats: Statistics, reference: Statistics) -> float:
-    return frechet_distance(stats.mu, stats.cov, reference.mu, reference.cov)
+    """FAD of ``stats`` against ``reference`` (whose square root is computed once and kept)."""
+    if stats.mu.shape != reference.mu.shape:
+        raise ValueError(
+            f"embeddings of dimension {stats.mu.shape[0]} cannot be compared with reference "
+            f"statistics of dimension {reference.mu.shape[0]}"
+        )
+    return frechet_distance(
+        reference.mu, reference.cov, stats.mu, stats.cov, root1=reference.cov_root()
+    )
 
 
 # --- reference statistics in fadtk's layout ---------------------------------------------------

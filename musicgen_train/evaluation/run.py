@@ -92,6 +92,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
         "models": models,
         "metrics": {k: v.get("value") for k, v in models[0]["metrics"].items()},
         "skipped": suite.skipped,
+        "cache": {"hits": suite.cache.hits, "misses": suite.cache.misses},
         "report_dir": str(out),
     }
     report["report"] = str(

@@ -57,7 +57,8 @@ class MetricSuite:
             try:
                 self.reference = build_reference(cfg, prompt_set)
             except ReferenceUnavailable as err:
-                self._skip("fad", f"no reference: {err}")
+                for embedder in self.embedders:
+                    self._skip(f"fad_{embedder.name}", f"no reference: {err}")
 
     def _skip(self, metric: str, reason: str) -> None:
         line = f"{metric}: skipped: {reason}"

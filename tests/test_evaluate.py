@@ -1,0 +1,219 @@
+"""``musicgen-train evaluate``: generation, FAD against a reference, CLAP, reports, skips."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from evaluation_models import save_tiny_clap, tone
+
+from musicgen_train.cli import main
+from musicgen_train.config import load_config
+from musicgen_train.data.audio import read_audio, write_audio
+from musicgen_train.errors import ConfigError, UserError
+from musicgen_train.evaluation import (
+    frechet_distance,
+    save_statistics,
+    statistics_from_files,
+)
+from musicgen_train.evaluation.logmel import LogMelEmbedder
+from musicgen_train.evaluation.prompts import load_prompt_set
+from musicgen_train.evaluation.run import evaluate
+
+FAST = ["eval.generation.duration=2.0", "eval.bootstrap.samples=50", "eval.report_spectrograms=2"]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    rows = [{"id": "low", "text": "a low calm drone"}, {"id": "high", "text": "a bright whistle"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    for i, hz in enumerate((110, 220, 330, 440)):
+        write_audio(folder / f"{i}.wav", tone(3.0, 44_100, hz), 44_100)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    return save_tiny_clap(tmp_path_factory.mktemp("clap"))
+
+
+def overrides(prompts_file, reference_folder, *extra):
+    return [*FAST, f"eval.prompts={prompts_file}", f"eval.reference={reference_folder}", *extra]
+
+
+@pytest.mark.slow
+def test_demo_evaluation_on_a_fresh_machine(work_home):
+    """eval=demo prepares its reference (the demo's valid split), and writes every output."""
+    cfg = load_config(["eval=demo", "eval.compare_with=tiny", *FAST])
+    report = evaluate(cfg, model_source="tiny")
+    out = work_home / "runs" / "demo" / "eval" / "tiny"
+    assert report["report_dir"] == str(out)
+    saved = json.loads((out / "eval_report.json").read_text())
+    assert saved["metrics"] == report["metrics"]
+    assert (out / "report.html").is_file() and (out / "fad_logmel_per_prompt.png").is_file()
+    assert (out / "spectrograms_model.png").is_file() and (
+        out / "spectrograms_compare.png"
+    ).is_file()
+    assert report["reference"]["description"].startswith("valid split of the token cache")
+    assert report["reference"]["clips"] >= 1
+    fad = report["models"][0]["metrics"]["fad_logmel"]
+    assert fad["value"] > 0 and fad["interval"][0] <= fad["value"] <= fad["interval"][1]
+    assert fad["sample_rate"] == 16_000 and "1.0 s windows" in fad["window"]
+    assert fad["comparable_to_published"] is False and fad["clips"] == 4
+    # CLAP is not available offline: one clear line, no number.
+    assert report["metrics"]["clap_score"] is None
+    assert any(
+        line.startswith("clap_score: skipped: CLAP checkpoint") for line in report["skipped"]
+    )
+    assert "clap_score: skipped" in (out / "report.html").read_text()
+    # Generated audio, one file per prompt and model, at the model's rate.
+    for model in report["models"]:
+        for row in model["per_prompt"]:
+            audio, rate = read_audio(row["audio"][0])
+            assert rate == 32_000 and audio.shape[1] == 64_000
+    # The same model with the same seeds: the side-by-side columns agree.
+    first, second = (m["metrics"]["fad_logmel"]["value"] for m in report["models"])
+    assert first == pytest.approx(second)
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory, prompts_file, reference_folder):
+    """One evaluation against a folder of reference audio, with its own work_dir."""
+    home = tmp_path_factory.mktemp("home")
+    cfg = load_config(
+        overrides(prompts_file, reference_folder, "eval.clap_score=false", f"work_dir={home}")
+    )
+    return cfg, evaluate(cfg, model_source="tiny", output_dir=home / "first")
+
+
+def test_fad_against_a_folder_matches_the_formula(folder_run, reference_folder):
+    _, report = folder_run
+    entry = report["models"][0]["metrics"]["fad_logmel"]
+    embedder = LogMelEmbedder()
+    reference = statistics_from_files(sorted(reference_folder.glob("*.wav")), embedder)
+    generated = statistics_from_files(
+        [r["audio"][0] for r in report["models"][0]["per_prompt"]], embedder
+    )
+    expected = frechet_distance(generated.mu, generated.cov, reference.mu, reference.cov)
+    assert entry["value"] == pytest.approx(expected, rel=1e-6)
+    assert entry["reference_clips"] == 4 and entry["reference_frames"] == reference.count
+    assert len(entry["per_song"]) == 2 and all(v >= 0 for v in entry["per_song"])
+    assert entry["fad_inf"]["skipped"].startswith("needs at least 500")
+    assert report["skipped"] == [] and "clap_score" not in report["metrics"]
+
+
+def test_second_evaluation_reads_embeddings_from_the_cache(folder_run):
+    cfg, first = folder_run
+    assert first["cache"]["misses"] == 6  # 4 reference files + 2 generations
+    second = evaluate(cfg, model_source="tiny", output_dir=Path(cfg.work_dir) / "second")
+    assert second["cache"] == {"hits": 6, "misses": 0}  # same seeds: the same audio bytes
+    assert second["metrics"] == first["metrics"]
+
+
+def test_npz_reference_gives_the_same_fad(folder_run, work_home, prompts_file, reference_folder):
+    stats = statistics_from_files(sorted(reference_folder.glob("*.wav")), LogMelEmbedder())
+    npz = save_statistics(work_home / "reference.npz", "logmel", stats)
+    cfg = load_config(
+        [*FAST, f"eval.prompts={prompts_file}", "eval.clap_score=false", f"eval.reference={npz}"]
+    )
+    from_npz = evaluate(cfg, "tiny", work_home / "n")
+    assert from_npz["metrics"]["fad_logmel"] == pytest.approx(
+        folder_run[1]["metrics"]["fad_logmel"]
+    )
+    assert from_npz["reference"]["stats_file"] == str(npz)
+
+
+def test_clap_fad_and_score_with_a_local_checkpoint(
+    work_home, prompts_file, reference_folder, clap_dir
+):
+    cfg = load_config(
+        overrides(
+            prompts_file,
+            reference_folder,
+            f"eval.clap.checkpoint={clap_dir}",
+            "eval.embedders=[logmel,clap,vggish]",
+        )
+    )
+    report = evaluate(cfg, model_source="tiny", output_dir=work_home / "clap")
+    score = report["models"][0]["metrics"]["clap_score"]
+    assert -1 <= score["value"] <= 1 and score["sample_rate"] == 48_000
+    assert score["checkpoint"] == str(clap_dir) and "10 s windows" in score["window"]
+    per_prompt = [row["clap_score"] for row in report["models"][0]["per_prompt"]]
+    assert score["value"] == pytest.approx(np.mean(per_prompt))
+    assert report["models"][0]["metrics"]["fad_clap"]["value"] >= 0
+    # No VGGish weights: skipped with one line, in the JSON and the HTML, and no number.
+    assert report["metrics"]["fad_vggish"] is None
+    (line,) = [s for s in report["skipped"] if s.startswith("fad_vggish")]
+    assert "eval.vggish.weights is null" in line
+    assert "fad_vggish: skipped" in (work_home / "clap" / "report.html").read_text()
+    assert (work_home / "clap" / "clap_score_per_prompt.png").is_file()
+    assert [e["embedder"] for e in report["embedders"]] == ["logmel", "clap"]
+
+
+def test_missing_reference_skips_fad_with_one_line(work_home, prompts_file):
+    cfg = load_config(
+        [*FAST, f"eval.prompts={prompts_file}", "eval.reference=prompts", "eval.clap_score=false"]
+    )
+    report = evaluate(cfg, model_source="tiny", output_dir=work_home / "none")
+    assert report["metrics"]["fad_logmel"] is None
+    assert report["skipped"] == [
+        f"fad_logmel: skipped: no reference: prompt set {prompts_file} lists no reference audio"
+    ]
+
+
+def test_prompt_sets(tmp_path):
+    demo = load_prompt_set("demo")
+    assert demo.name == "demo" and len(demo.prompts) == 4
+    assert len(load_prompt_set("jazz").prompts) >= 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"id": 2}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: needs a non-empty \"text\""):
+        load_prompt_set(str(bad))
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(UserError, match="bad.jsonl:2: not valid JSON"):
+        load_prompt_set(str(bad))
+    with pytest.raises(UserError, match="neither a prompts.jsonl"):
+        load_prompt_set("no-such-set")
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="eval.embedders contains 'fad'"):
+        load_config(["eval.embedders=[logmel,fad]"])
+    with pytest.raises(ConfigError, match="eval.bootstrap.confidence"):
+        load_config(["eval.bootstrap.confidence=1.5"])
+
+
+def test_cli_bad_prompt_set_is_one_line(capsys):
+    assert main(["evaluate", "eval.prompts=/no/such/prompts.jsonl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("musicgen-train: error: eval.prompts=")
+
+
+def test_training_callback_logs_metrics(work_home, prompts_file, reference_folder, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from musicgen_train.evaluation.callback import EvaluationCallback
+    from musicgen_train.training.module import MusicgenLightningModule
+
+    cfg = load_config(overrides(prompts_file, reference_folder, "eval.clap_score=false"))
+    module = MusicgenLightningModule(cfg)
+    callback = EvaluationCallback(cfg, tmp_path / "run", every_n_epochs=2, max_prompts=1)
+    logger = CSVLogger(tmp_path / "logs")
+    trainer = SimpleNamespace(current_epoch=0, is_global_zero=True, loggers=[logger], global_step=3)
+    callback.on_train_epoch_end(trainer, module)  # epoch 1: not yet
+    assert not (tmp_path / "run" / "eval_epochs").exists()
+    trainer.current_epoch = 1
+    callback.on_train_epoch_end(trainer, module)
+    assert module.training  # left as it was found
+    assert (tmp_path / "run" / "eval_epochs" / "epoch=2" / "low.wav").is_file()
+    logger.save()
+    logged = (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "eval/fad_logmel" in logged
