@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -167,3 +169,32 @@ def test_http_stream_is_a_wav_stream_matching_the_stored_audio(
 
         events = client.get(job["links"]["events"]).text
         assert '"status": "succeeded"' in events and events.startswith("event: ")
+
+
+def test_stream_link_of_a_job_another_replica_runs(tmp_path, tiny_model_dir, tiny_loaded):
+    """Replica A is asked for the stream of a queued job; replica B (same database and audio
+    store) runs it. A's reader gets no live chunks, notices the job ended, sends the file."""
+    settings = make_settings(tmp_path, tiny_model_dir)
+    replica_a = create_app(settings, served(tiny_loaded))  # never started: it runs no jobs
+    svc_a = replica_a.state.service
+    job = svc_a.store.create(
+        model="tiny", prompt="elsewhere", params={"duration": 0.3}, fmt="wav", stream=False
+    )
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(
+            TestClient(replica_a).get(f"/v1/generations/{job.id}/stream").content
+        )
+    )
+    reader.start()
+    while svc_a.broker.get(job.id) is None:  # A's reader is following its (empty) live stream
+        time.sleep(0.01)
+    with TestClient(create_app(settings, served(tiny_loaded))) as replica_b:
+        assert wait_for(replica_b, job.id)["status"] == "succeeded"
+        stored, _ = sf.read(
+            io.BytesIO(replica_b.get(f"/v1/generations/{job.id}/audio").content), dtype="float32"
+        )
+    reader.join(60)
+    assert not reader.is_alive()
+    _, pcm = parse_wav_stream(received[0])
+    np.testing.assert_allclose(pcm, stored, atol=1.5 / 32767)

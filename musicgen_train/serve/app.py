@@ -442,11 +442,15 @@ def _wav_stream(svc: Service, job: Job) -> StreamingResponse:
     header = wav_stream_header(served.sample_rate, served.channels)
     live = svc.broker.open(job.id) if job.status == states.QUEUED else svc.broker.get(job.id)
 
+    async def finished() -> bool:
+        job_now = await svc.read(svc.store.get, job.id)
+        return job_now.status in states.FINISHED
+
     async def body():
         yield header
         sent = 0
         if live is not None:
-            async for chunk in live.follow():
+            async for chunk in live.follow(finished):
                 sent += len(chunk)
                 yield chunk
         if sent:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
 UNKNOWN_SIZE = 0xFFFFFFFF
 POLL_SECONDS = 0.02
+CHECK_SECONDS = 1.0  # how often an idle reader asks the store whether the job ended
 
 
 def wav_stream_header(sample_rate: int, channels: int, bits: int = 16) -> bytes:
@@ -62,8 +64,13 @@ class LiveStream:
     def close(self) -> None:
         self.done = True
 
-    async def follow(self) -> AsyncIterator[bytes]:
-        sent = 0
+    async def follow(
+        self, finished: Callable[[], Awaitable[bool]] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Every chunk from the first, as they come, until the stream closes, or until
+        ``finished()`` says the job is over without this stream being closed (another replica
+        ran it)."""
+        sent, idle_since = 0, time.monotonic()
         while True:
             with self.lock:
                 new, done = self.chunks[sent:], self.done
@@ -72,8 +79,18 @@ class LiveStream:
             sent += len(new)
             if done and not new:
                 return
-            if not new:
-                await asyncio.sleep(POLL_SECONDS)
+            if new:
+                idle_since = time.monotonic()
+                continue
+            if finished is not None and time.monotonic() - idle_since > CHECK_SECONDS:
+                idle_since = time.monotonic()
+                if await finished():
+                    with self.lock:
+                        rest = self.chunks[sent:]
+                    for chunk in rest:
+                        yield chunk
+                    return
+            await asyncio.sleep(POLL_SECONDS)
 
 
 class StreamBroker:
