@@ -48,6 +48,14 @@ class SamplesCallback(Callback):
         if step == 0 or step % self.every_n_steps or step == self._last_step:
             return  # (with accumulation, several batches share one optimizer step)
         self._last_step = step
+        if _shards_weights(trainer):
+            if step == self.every_n_steps:
+                log.warning(
+                    "samples skipped: %s shards the weights across processes, so one "
+                    "process cannot generate alone",
+                    type(trainer.strategy).__name__,
+                )
+            return
         if trainer.is_global_zero:
             self.write_samples(trainer, module)
 
@@ -70,6 +78,13 @@ class SamplesCallback(Callback):
         return log_audio(
             trainer, "samples", list(audio), loaded.sample_rate, self.prompts, self.run_dir
         )
+
+
+def _shards_weights(trainer) -> bool:
+    name = type(trainer.strategy).__name__
+    stage = getattr(trainer.strategy, "config", None) or {}
+    zero3 = name == "DeepSpeedStrategy" and stage.get("zero_optimization", {}).get("stage") == 3
+    return name == "FSDPStrategy" or zero3
 
 
 def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +50,18 @@ def run(cfg: DictConfig) -> TrainResult:
     return result
 
 
+# With an OnExceptionCheckpoint, Lightning turns fit(ckpt_path=None) into "last" and warns; a
+# fresh run has moved earlier checkpoints aside, so there is nothing to find and nothing to say.
+_QUIET = (
+    r".*fit\(ckpt_path=None\)` was called without a model.*",
+    r".*fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint.*",
+)
+
+
 def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     """Train on the recipe's token cache; ``callbacks`` are added to the project's own."""
+    for pattern in _QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
     from musicgen_train.data.datamodule import TokenDataModule
     from musicgen_train.data.prepare import ensure_token_cache
     from musicgen_train.training.module import MusicgenLightningModule
