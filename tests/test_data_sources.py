@@ -71,6 +71,12 @@ def test_folder_finds_every_format_nested_and_takes_captions_in_order(folder, tm
     assert caption_of(ok["rock/deep/c.ogg"]) == "a quiet organ"
     assert caption_of(ok["d.mp3"]) == "jazz"
     assert ok["d.mp3"].metadata == {}
+    # with data.caption.default set, a file without metadata gets it as its description, so
+    # that estimated fields add to it instead of replacing it
+    ok, _ = collect(folder, tmp_path, caption={"default": "lounge"})
+    assert ok["d.mp3"].metadata == {"description": "lounge"}
+    assert build_caption({**ok["d.mp3"].metadata, "bpm": 96}, CAPTION) == "lounge. 96 bpm"
+    assert ok["rock/deep/c.ogg"].metadata == {"description": "a quiet organ"}
     # every real audio file decodes at its own rate and channel count
     expected = {"a.wav": (44100, 2), "rock/b.flac": (22050, 1), "rock/deep/c.ogg": (32000, 1),
                 "d.mp3": (48000, 1), "e.opus": (48000, 1)}  # fmt: skip

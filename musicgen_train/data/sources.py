@@ -8,7 +8,7 @@ name is still yielded and reported there.
 Caption metadata of a file in a folder comes from the first of: a row of ``metadata.jsonl`` or
 ``metadata.csv`` (Hugging Face audiofolder convention: ``file_name`` plus columns), a sidecar
 ``<name>.json`` (audiocraft's music-info fields), a sidecar ``<name>.txt`` (the description),
-or nothing (then the caption is ``data.caption.default``).
+or nothing (then the description is ``data.caption.default``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,22 @@ TEXT_COLUMNS = ("description", "text", "caption", "prompt")
 
 
 def iter_source(data_cfg: Mapping, work_dir: str | Path) -> Iterator[Item]:
-    """Dispatch on ``data.source``: ``demo`` | folder | ``data.jsonl`` | HF dataset id or folder."""
+    """Dispatch on ``data.source``: ``demo`` | folder | ``data.jsonl`` | HF dataset id or folder.
+    A file without any metadata gets ``data.caption.default`` as its description, so that
+    estimated tempo and key add to it ("jazz. 96 bpm, G major") rather than replace it."""
+    items = _items(data_cfg, work_dir)  # a source that cannot be read fails here, at once
+    default = str((data_cfg.get("caption") or {}).get("default") or "").strip()
+    return _with_default_description(items, default) if default else items
+
+
+def _with_default_description(items: Iterator[Item], default: str) -> Iterator[Item]:
+    for item in items:
+        if isinstance(item, AudioItem) and not item.metadata:
+            item.metadata = {"description": default}
+        yield item
+
+
+def _items(data_cfg: Mapping, work_dir: str | Path) -> Iterator[Item]:
     source = str(data_cfg.get("source") or "").strip()
     if not source:
         raise UserError("data.source is empty: give a folder, a data.jsonl, a dataset id or demo")
@@ -318,9 +333,12 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
 
 def iter_hf_dataset(data_cfg: Mapping, source: str | Path) -> Iterator[Item]:
     hf_cfg = data_cfg.get("hf") or {}
-    dataset, split = load_hf_dataset(hf_cfg, source)
+    dataset, split = load_hf_dataset(hf_cfg, source)  # errors now, not at the first item
     column = hf_cfg.get("audio_column") or "audio"
-    text_column = hf_cfg.get("text_column")
+    return _hf_items(dataset, split, source, column, hf_cfg.get("text_column"))
+
+
+def _hf_items(dataset, split: str, source, column: str, text_column: str | None) -> Iterator[Item]:
     for index, row in enumerate(dataset):
         where = f"{source}[{split}][{index}]"
         audio = row.pop(column)
