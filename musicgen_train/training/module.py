@@ -60,7 +60,9 @@ class MusicgenLightningModule(pl.LightningModule):
         self.model = loaded.model
         self.processor = loaded.processor
         self.model_path = loaded.path
-        self._codec = None  # loaded on first use by samples; kept out of the state dict
+        # The codec, loaded on first use by samples; a dict so that nn.Module does not register
+        # it as a submodule (it must stay out of the state dict and the checkpoints).
+        self._codec_cache: dict = {}
         self._configure_trainable()
         # from_pretrained returns eval mode and Lightning keeps the mode it finds: train mode
         # (dropout on) for the decoder, eval mode for the frozen T5 (see ``train``).
@@ -235,9 +237,7 @@ class MusicgenLightningModule(pl.LightningModule):
         state = checkpoint.get("state_dict")
         if state is not None:
             checkpoint["state_dict"] = {
-                k: v
-                for k, v in state.items()
-                if k.removeprefix("model.") in trainable or not k.startswith("model.")
+                k: v for k, v in state.items() if k.removeprefix("model.") in trainable
             }
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
@@ -263,10 +263,12 @@ class MusicgenLightningModule(pl.LightningModule):
     @contextmanager
     def codec_attached(self):
         """The model with its real codec for as long as the block runs (samples need audio)."""
-        if self._codec is None:
-            self._codec = load_codec(self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed)
+        if "codec" not in self._codec_cache:
+            self._codec_cache["codec"] = load_codec(
+                self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed
+            )
         stand_in = self.model.audio_encoder
-        self.model.audio_encoder = self._codec.to(self.device)
+        self.model.audio_encoder = self._codec_cache["codec"].to(self.device)
         try:
             yield self.model
         finally:
