@@ -478,3 +478,28 @@ def test_stereo_checkpoint_interleaves_left_and_right(tiny_model_dir):
     np.testing.assert_array_equal(codes[:, 1::2], right)
     with pytest.raises(UserError, match="data.channels=1 does not fit tiny-stereo"):
         CodecEncoder(model, "tiny-stereo", channels=1)
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        (
+            "data.segment_seconds=0",
+            "data.segment_seconds=0 is not allowed: it must be a number > 0",
+        ),
+        ("data.hop_seconds=-1", "data.hop_seconds=-1 is not allowed"),
+        ("data.hop_seconds=40", "must be <= data.segment_seconds"),
+        ("data.crop_seconds=0", "data.crop_seconds=0 is not allowed"),
+        ("data.valid_fraction=1", "data.valid_fraction=1 is not allowed"),
+        ("data.min_segment_ratio=1.5", "data.min_segment_ratio=1.5"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("data.batch_size=2.5", "must be a whole number"),
+        ("data.num_workers=-1", "data.num_workers=-1"),
+        ("data.silence_db=6", "data.silence_db=6"),
+        ("data.output=''", "data.output is empty"),
+    ],
+)
+def test_bad_data_settings_fail_when_composed(override, words):
+    with pytest.raises(ConfigError) as err:
+        data_config(["data=folder", override])
+    assert words in str(err.value)

@@ -107,10 +107,12 @@ def prepare_items(
             counts["reused" if reused else "encoded"] += 1
             bar.set_postfix(ok=len(files), skipped=len(skipped), refresh=False)
         writer.finish()
-    except KeyboardInterrupt:
-        # Keep every batch already encoded; the next run starts from there.
+    except BaseException as err:
+        # Ctrl-C, kill or a crash: keep every batch already encoded; a re-run starts from there.
         writer.flush()
-        log.warning("prepare interrupted: finished shards are kept, re-run to resume")
+        log.warning(
+            "prepare stopped (%s): finished shards are kept, re-run to resume", type(err).__name__
+        )
         raise
     finally:
         bar.close()
