@@ -231,3 +231,14 @@ def test_metrics_count_requests_audio_and_generations(client):
     assert _metric(text, "musicgen_queue_depth") == 0
     # Raw paths (with ids) never become labels: only route templates do.
     assert job_id not in text and 'route="/v1/generations/{job_id}"' in text
+
+
+def test_a_job_past_its_timeout_fails_with_the_reason(tmp_path, tiny_model_dir, tiny_loaded):
+    # 2 s of audio is ~100 decoding steps; the deadline passes long before the last one.
+    settings = make_settings(tmp_path, tiny_model_dir, jobs={"timeout": 0.01})
+    with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        job_id = client.post("/v1/generations", json={"prompt": "a", "duration": 2.0}).json()["id"]
+        job = wait_for(client, job_id)
+        assert job["status"] == "failed"
+        assert job["error"] == "timed out after 0.01 s (serve.jobs.timeout)"
+        assert client.get(f"/v1/generations/{job_id}/audio").status_code == 409
