@@ -28,7 +28,7 @@ from musicgen_train.errors import UserError
 SAMPLE_RATE = 32000
 CLIP_SECONDS = 10.0
 CLIPS_PER_STYLE = 6
-DEMO_VERSION = 1
+DEMO_VERSION = 1  # bump when the synthesis changes: existing demo folders are rewritten
 _PITCH = {"C": 0, "C#": 1, "D": 2, "Eb": 3, "E": 4, "F": 5, "F#": 6, "G": 7, "Ab": 8, "A": 9,
           "Bb": 10, "B": 11}  # fmt: skip
 
@@ -310,6 +310,9 @@ def ensure_demo_folder(root: Path, seed: int = 0) -> Path:
     scratch = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     write_demo_files(scratch, seed)
+    if _is_complete(root, info):  # another process finished meanwhile: keep its files
+        shutil.rmtree(scratch)
+        return root
     if root.exists():
         shutil.rmtree(root)  # an outdated demo folder of ours (checked above)
     try:
