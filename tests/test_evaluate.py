@@ -217,3 +217,19 @@ def test_training_callback_logs_metrics(work_home, prompts_file, reference_folde
     logger.save()
     logged = (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "eval/fad_logmel" in logged
+
+
+def test_unreadable_reference_clip_is_skipped_with_a_note(tmp_path, reference_folder):
+    from musicgen_train.evaluation.cache import EmbeddingCache
+    from musicgen_train.evaluation.clips import Clip
+    from musicgen_train.evaluation.reference import Reference, ReferenceUnavailable
+
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wav")
+    good = [Clip(p) for p in sorted(reference_folder.glob("*.wav"))]
+    reference = Reference("test", [*good, Clip(broken)])
+    stats = reference.statistics(LogMelEmbedder(), EmbeddingCache(None))
+    assert stats.count == 4 * 4  # the 4 readable clips of 3 s, 4 windows each
+    assert len(reference.notes) == 1 and str(broken) in reference.notes[0]
+    with pytest.raises(ReferenceUnavailable, match="no reference clip"):
+        Reference("test", [Clip(broken)]).statistics(LogMelEmbedder(), EmbeddingCache(None))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_train.data.audio import AUDIO_EXTENSIONS
+from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.embedders import Embedder
@@ -59,7 +60,17 @@ class Reference:
                 return load_statistics(self.stats_file, [embedder.name, *embedder.fadtk_names])
             except KeyError as err:
                 raise ReferenceUnavailable(str(err).strip("'\"")) from err
-        frames = [cache.embed(clip, embedder) for clip in self.clips]
+        frames = []
+        for clip in self.clips:
+            try:
+                frames.append(cache.embed(clip, embedder))
+            except (OSError, RuntimeError, ValueError) as err:  # soundfile's errors included
+                note = f"reference clip {clip.path} skipped: {str(err).splitlines()[0]}"
+                if note not in self.notes:
+                    log.warning("reference: %s", note)
+                    self.notes.append(note)
+        if not frames:
+            raise ReferenceUnavailable("no reference clip could be read")
         return statistics_from_embeddings(np.concatenate(frames), embedder.identity())
 
 
@@ -95,7 +106,11 @@ def _valid_split(cfg, limit: int | None) -> Reference:
         from musicgen_train.data.prepare import ensure_token_cache
 
         log.info("reference: preparing the token cache %s (it is missing)", cache_dir)
-        cache_dir = Path(ensure_token_cache(cfg))
+        try:
+            cache_dir = Path(ensure_token_cache(cfg))
+        except UserError as err:
+            message = f"the token cache {cache_dir} could not be prepared: {err}"
+            raise ReferenceUnavailable(message) from err
         manifest = cache_dir / "manifest.jsonl"
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     valid = sorted((r for r in rows if r.get("split") == "valid"), key=lambda r: r["id"])
