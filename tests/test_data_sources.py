@@ -260,8 +260,11 @@ def test_unknown_sources_fail_with_one_clear_line(tmp_path):
     (tmp_path / "song.wav").write_bytes(b"x")
     with pytest.raises(UserError, match="is a file but not a .jsonl manifest"):
         collect(tmp_path / "song.wav", tmp_path)
-    # not a path: tried as a hub dataset id, which cannot be reached offline
-    with pytest.raises(UserError, match="nobody/no-such-dataset.*Hugging Face dataset") as err:
+    for missing in (tmp_path / "nowhere", "./music", "~/no/such/folder", "songs.jsonl"):
+        with pytest.raises(UserError, match="there is no such folder or file"):
+            collect(missing, tmp_path)
+    # "owner/name": tried as a hub dataset id, which cannot be reached offline
+    with pytest.raises(UserError, match="nobody/no-such-dataset.*nor a Hugging Face") as err:
         collect("nobody/no-such-dataset", tmp_path)
     assert "\n" not in str(err.value)
 

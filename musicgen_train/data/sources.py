@@ -71,7 +71,9 @@ def _items(data_cfg: Mapping, work_dir: str | Path) -> Iterator[Item]:
             f"data.source={source!r} is a file but not a .jsonl manifest: give a folder of "
             "audio, an audiocraft data.jsonl, a Hugging Face dataset or demo"
         )
-    return iter_hf_dataset(data_cfg, source)
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or path.suffix:
+        raise UserError(f"data.source={source!r}: there is no such folder or file")
+    return iter_hf_dataset(data_cfg, source)  # "name" or "owner/name": a hub dataset id
 
 
 # --- metadata helpers --------------------------------------------------------------------------
@@ -301,11 +303,10 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
         else:
             dataset = datasets.load_dataset(source, hf_cfg.get("config_name"), split=split)
     except Exception as err:  # the hub, the cache and the loaders raise many types
-        what = "folder" if isinstance(source, Path) else "path, nor a Hugging Face dataset"
-        raise UserError(
-            f"data.source={str(source)!r} is not a readable folder, manifest or audio {what}: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+        hub = "a local folder or file, nor a Hugging Face dataset that can be loaded"
+        what = "a readable dataset folder" if isinstance(source, Path) else hub
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise UserError(f"data.source={str(source)!r} is not {what} ({reason})") from err
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise UserError(
