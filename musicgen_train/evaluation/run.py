@@ -23,11 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    report = evaluate(cfg)
-    log.info("evaluation report: %s", report["report"])
-    for name, value in report["metrics"].items():
-        log.info("  %-20s %s", name, f"{value:.4f}" if value is not None else "skipped")
-    return report
+    return evaluate(cfg)
 
 
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
@@ -95,9 +91,11 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
         "cache": {"hits": suite.cache.hits, "misses": suite.cache.misses},
         "report_dir": str(out),
     }
+    log.info("evaluation of %s: %s", sources[0][1], _summary(report["metrics"]))
     report["report"] = str(
         write_report(out, report, prompt_set, generations, int(ecfg.get("report_spectrograms", 4)))
     )
+    log.info("evaluation report: %s", report["report"])
     return report
 
 
@@ -159,3 +157,7 @@ def _with_seed(params: GenerationParams, seed: int | None) -> GenerationParams:
 def _file_name(prompt_id: str, sample: int, samples: int) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", prompt_id).strip("_") or "prompt"
     return f"{slug}.wav" if samples == 1 else f"{slug}-{sample}.wav"
+
+
+def _summary(metrics: dict) -> str:
+    return ", ".join(f"{k}={'skipped' if v is None else f'{v:.4f}'}" for k, v in metrics.items())
