@@ -106,15 +106,11 @@ def test_damaged_download_is_refused(registry):
     weights.write_bytes(data)
 
 
-def test_pyfunc_generates_the_same_audio_as_the_engine(registry, tiny_loaded):
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(registry.uri)
-    mlflow.set_registry_uri(registry.uri)
-    try:
-        pyfunc = mlflow.pyfunc.load_model("models:/tiny-test@staging")
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+def test_pyfunc_generates_the_same_audio_as_the_engine(registry, tiny_loaded, monkeypatch):
+    # How a user points MLflow at the registry (environment, not the process-wide setter).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry.uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny-test@staging")
     params = {"duration": 0.3, "seed": 7, "top_k": 20}
     frame = pyfunc.predict(pd.DataFrame({"prompt": ["calm piano", "fast drums"]}), params=params)
     assert list(frame.columns) == ["prompt", "audio", "sample_rate"]
@@ -206,7 +202,7 @@ def test_loader_finds_the_registry_of_the_composed_config(registry, monkeypatch)
     assert "tiny-test-v1-" in loaded.path
 
 
-@pytest.mark.parametrize("fail_at", ["log_model", "create_model_version", "set_alias", "tag"])
+@pytest.mark.parametrize("fail_at", ["save_model", "create_model_version", "set_alias", "tag"])
 def test_failed_registration_leaves_nothing_registered(
     registry, model_folder, monkeypatch, fail_at
 ):
@@ -214,7 +210,7 @@ def test_failed_registration_leaves_nothing_registered(
         raise RuntimeError(f"injected failure at {fail_at}")
 
     targets = {
-        "log_model": (mlflow.pyfunc, "log_model"),
+        "save_model": (mlflow.pyfunc, "save_model"),
         "create_model_version": (MlflowClient, "create_model_version"),
         "set_alias": (MlflowClient, "set_registered_model_alias"),
         "tag": (MlflowClient, "set_model_version_tag"),
@@ -240,8 +236,7 @@ def test_failed_registration_leaves_nothing_registered(
 def test_version_without_the_complete_tag_is_refused(registry):
     """A version left by a hard kill mid-registration (before the last step) is not used."""
     source = registry.client.get_model_version("tiny-test", "1").source
-    with registry._active():  # MLflow resolves a models:/ source with the global tracking URI
-        registry.client.create_model_version("tiny-test", source=source)
+    registry.client.create_model_version("tiny-test", source=source)
     number = max(_versions(registry, "tiny-test"))
     try:
         with pytest.raises(RegistryError, match="did not finish"):

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
@@ -180,18 +182,6 @@ class Registry:
             self.experiment, artifact_location=local_artifact_root(self.uri)
         )
 
-    @contextmanager
-    def _active(self) -> Iterator[None]:
-        # mlflow.pyfunc.log_model works on the global tracking URI: point it here for the call.
-        before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(before[0])
-            mlflow.set_registry_uri(before[1])
-
     def register(
         self,
         folder: Path,
@@ -206,44 +196,59 @@ class Registry:
     ) -> ModelVersion:
         """Log ``folder`` as a pyfunc model and make it the next version of ``name``.
 
-        Any failure on the way deletes what was created: the version, a registered model this
-        call created, the logged model and the run.
+        Only this client's URI is used (never MLflow's global tracking URI). Any failure on the
+        way deletes what was created: the version, a registered model this call created, the
+        logged model and the run.
         """
         tags = {k: str(v) for k, v in dict(tags).items()}
         experiment_id = self._experiment_id()
+        run = self.client.create_run(experiment_id, run_name=f"export-{name}", tags=tags)
+        run_id = run.info.run_id
         created_model = version = logged = None
-        with self._active():
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{name}")
-            try:
-                mlflow.set_tags(tags)
-                mlflow.log_params(dict(params))
-                if metrics:
-                    mlflow.log_metrics(dict(metrics))
-                with _quiet_logging():
-                    logged = mlflow.pyfunc.log_model(
-                        name="model",
-                        python_model=MusicgenPyfunc(),
-                        artifacts={ARTIFACT_KEY: str(folder)},
-                        signature=signature(generation_defaults),
-                        pip_requirements=requirements,
-                    )
-                if not self._exists(name):
-                    created_model = self.client.create_registered_model(name)
-                version = self.client.create_model_version(
-                    name,
-                    source=logged.model_uri,
-                    run_id=run.info.run_id,
-                    tags=tags,
-                    model_id=logged.model_id,
-                )
-                if alias:
-                    self.set_alias(name, alias, version.version)
-                self.client.set_model_version_tag(name, version.version, COMPLETE_TAG, "complete")
-            except BaseException:
-                self._roll_back(run.info.run_id, name, created_model, version, logged)
-                raise
-            mlflow.end_run()
+        try:
+            self._log_run_data(run_id, metrics, params)
+            logged = self.client.create_logged_model(
+                experiment_id, name="model", source_run_id=run_id
+            )
+            self._log_pyfunc(logged.model_id, folder, generation_defaults, requirements)
+            self.client.finalize_logged_model(logged.model_id, "READY")
+            if not self._exists(name):
+                created_model = self.client.create_registered_model(name)
+            version = self.client.create_model_version(
+                name,
+                source=self.client.get_logged_model(logged.model_id).artifact_location,
+                run_id=run_id,
+                tags=tags,
+                model_id=logged.model_id,
+            )
+            if alias:
+                self.set_alias(name, alias, version.version)
+            self.client.set_model_version_tag(name, version.version, COMPLETE_TAG, "complete")
+            self.client.set_terminated(run_id)
+        except BaseException:
+            self._roll_back(run_id, name, created_model, version, logged)
+            raise
         return self.client.get_model_version(name, version.version)
+
+    def _log_run_data(self, run_id: str, metrics: Mapping, params: Mapping) -> None:
+        now = int(time.time() * 1000)
+        metric_list = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()]
+        param_list = [Param(k, str(v)) for k, v in dict(params).items()]
+        self.client.log_batch(run_id, metrics=metric_list)
+        for start in range(0, len(param_list), 100):  # MLflow takes at most 100 per batch
+            self.client.log_batch(run_id, params=param_list[start : start + 100])
+
+    def _log_pyfunc(self, model_id: str, folder: Path, defaults: Mapping, requirements) -> None:
+        with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp, _quiet_logging():
+            local = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(
+                path=str(local),
+                python_model=MusicgenPyfunc(),
+                artifacts={ARTIFACT_KEY: str(folder)},
+                signature=signature(defaults),
+                pip_requirements=requirements,
+            )
+            self.client.log_model_artifacts(model_id, str(local))
 
     def _exists(self, name: str) -> bool:
         try:
@@ -260,7 +265,7 @@ class Registry:
             steps.append(lambda: self.client.delete_registered_model(name))
         if logged is not None:
             steps.append(lambda: self.client.delete_logged_model(logged.model_id))
-        steps.append(lambda: mlflow.end_run("FAILED"))
+        steps.append(lambda: self.client.set_terminated(run_id, "FAILED"))
         steps.append(lambda: self.client.delete_run(run_id))
         for step in steps:
             try:
@@ -271,7 +276,7 @@ class Registry:
 
 @contextmanager
 def _quiet_logging() -> Iterator[None]:
-    """Hide log_model's advice (input examples, models-from-code): the choices are deliberate.
+    """Hide save_model's advice (input examples, models-from-code): the choices are deliberate.
 
     The pyfunc class is pickled by reference to musicgen_train, which must be installed to load it.
     """
