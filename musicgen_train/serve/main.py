@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 from omegaconf import DictConfig
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> None:
     settings = ServeSettings.from_config(cfg)
+    # The generation thread holds the GIL between torch ops; a request waiting for it waits up to
+    # one switch interval per handoff (Python's default is 5 ms). Shorter turns keep it fast.
+    sys.setswitchinterval(settings.worker.switch_interval)
     app = create_app(settings)
     names = ", ".join(f"{m.name} ({m.source})" for m in settings.models)
     log.info("serving %s on http://%s:%d (API docs at /docs)", names, settings.host, settings.port)

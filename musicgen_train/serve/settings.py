@@ -47,6 +47,9 @@ class WorkerSettings(_Section):
     # torch intra-op threads for generation; None keeps torch's default (all cores). On a CPU
     # shared with the HTTP server, leaving a core free keeps status requests fast.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    # Seconds a thread may hold the GIL while another waits (sys.setswitchinterval), set by
+    # `musicgen-train serve`: requests wait less for the generation thread.
+    switch_interval: float = Field(default=0.0005, gt=0, le=0.1)
 
 
 class StreamSettings(_Section):
