@@ -9,7 +9,6 @@ loaded for training; it is attached only to decode samples and at export.
 from __future__ import annotations
 
 import hashlib
-import logging
 from contextlib import contextmanager
 
 import lightning.pytorch as pl
@@ -24,8 +23,6 @@ from musicgen_train.model import lora as lora_wiring
 from musicgen_train.model.codec import attach_codec, has_codec, load_codec, load_without_codec
 from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels
 from musicgen_train.training.ema import EMA
-
-log = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, *parts: int) -> int:
