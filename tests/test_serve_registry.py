@@ -10,6 +10,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from serve_helpers import one_torch_thread, wait_for  # noqa: F401 - one_torch_thread: a fixture
 
+from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.model import load_musicgen
 from musicgen_train.registry.checkpoint import DEFAULT_GENERATION
@@ -78,3 +79,14 @@ def test_serves_a_registry_alias_next_to_a_local_folder(tmp_path, registry_uri, 
             assert job["status"] == "succeeded" and job["model"] == name
             audio = client.get(job["links"]["audio"]).content
             assert sf.info(io.BytesIO(audio)).frames == int(0.3 * 32000)
+
+
+def test_serve_refuses_a_model_that_cannot_exist(registry_uri, tmp_path, capsys):
+    home = [f"serve.database_url=sqlite:///{tmp_path}/jobs.db", f"serve.storage={tmp_path}/a"]
+    assert (
+        main(["serve", "model=models:/serve-test@nope", f"registry.uri={registry_uri}", *home]) == 2
+    )
+    assert "has no alias 'nope'" in capsys.readouterr().err
+    assert main(["serve", f"model={tmp_path}/missing", *home]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/missing" in err and "does not exist" in err and err.count("\n") == 1
