@@ -142,3 +142,22 @@ def test_nothing_from_a_request_becomes_a_path(tmp_path):
     assert remote.get(key) == b"data" and remote.exists(key)
     remote.delete(key)
     assert not remote.exists(key)
+
+
+def test_shutdown_requeues_the_running_job_and_the_next_start_runs_it(
+    tmp_path, tiny_model_dir, tiny_loaded
+):
+    settings = make_settings(tmp_path, tiny_model_dir)
+    with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        job_id = client.post("/v1/generations", json={"prompt": "a", "duration": 2.0}).json()["id"]
+        wait_for(client, job_id, states=("running",))
+    # The app shut down mid-generation: the job went back to the queue, with the reason.
+    store = JobStore(settings.database_url)
+    job = store.get(job_id)
+    assert (
+        job.status == "queued" and job.error == "re-queued: the server shut down while generating"
+    )
+    store.close()
+    with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        job = wait_for(client, job_id)
+        assert job["status"] == "succeeded" and job["attempts"] == 2

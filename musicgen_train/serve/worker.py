@@ -51,10 +51,19 @@ def batch_key(job: Job) -> tuple:
 
 
 class Supervisor(StoppingCriteria):
-    """Called by ``generate`` after every step: heartbeats, cancellation and the timeout."""
+    """Called by ``generate`` after every step: heartbeats, cancellation, the timeout, and the
+    server shutting down."""
 
-    def __init__(self, store: JobStore, jobs: list[Job], deadline: float, on_tick: Callable):
+    def __init__(
+        self,
+        store: JobStore,
+        jobs: list[Job],
+        deadline: float,
+        on_tick: Callable,
+        stopping: threading.Event,
+    ):
         self.store, self.jobs, self.deadline, self.on_tick = store, jobs, deadline, on_tick
+        self.stopping = stopping
         self.progress = 0.0
         self.canceled: set[str] = set()
         self.last_beat = 0.0
@@ -68,6 +77,8 @@ class Supervisor(StoppingCriteria):
             raise GenerationAborted("timeout")
         if len(self.canceled) == len(self.jobs):
             raise GenerationAborted("canceled")
+        if self.stopping.is_set():
+            raise GenerationAborted("shutdown")
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def beat(self) -> None:
@@ -175,7 +186,8 @@ class Worker:
         served = self.models[jobs[0].model]
         params = job_params(jobs[0])
         started = time.monotonic()
-        supervisor = Supervisor(self.store, jobs, started + self.settings.jobs.timeout, self._tick)
+        deadline = started + self.settings.jobs.timeout
+        supervisor = Supervisor(self.store, jobs, deadline, self._tick, self.stopping)
         streamer = self._streamer(served, jobs, params, supervisor)
         self.metrics.active.inc(len(jobs))
         self.metrics.batch_size.observe(len(jobs))
@@ -251,6 +263,9 @@ class Worker:
             if why == "timeout":
                 reason = f"timed out after {timeout:g} s (serve.jobs.timeout)"
                 self._finish(job, "failed", lambda j, r=reason: self.store.fail(j.id, r))
+            elif why == "shutdown":  # the next start (or another replica) runs it again
+                self.store.requeue(job.id, "re-queued: the server shut down while generating")
+                self.broker.close(job.id)
             else:  # the cancel request already set the status
                 self.broker.close(job.id)
 
