@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def make_good_folder(root: Path, count: int = 3) -> list[Path]:
 
 
 def comparable(entries: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in ("shard", "index")} for e in entries]
+    where = ("shard", "index", "file_stat")  # where the codes are, not what they are
+    return [{k: v for k, v in e.items() if k not in where} for e in entries]
 
 
 # --- segmentation ------------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def test_segments_of_one_song_stay_on_one_side(tmp_path, encoder):
     }
 
 
-def test_incremental_rerun_encodes_only_changes(tmp_path, encoder):
+def test_incremental_rerun_encodes_only_changes(tmp_path, encoder, monkeypatch):
     source = tmp_path / "audio"
     files = make_good_folder(source)
     cfg = data_config(overrides(source, tmp_path / "cache"))
@@ -289,6 +291,18 @@ def test_incremental_rerun_encodes_only_changes(tmp_path, encoder):
     report = prepare(cfg, encoder=again)
     assert again.segments == 0 and report["files_reused"] == 3
     assert {e["id"]: e for e in TokenCache(cfg.data.output).manifest()} == before
+
+    # Unchanged size and mtime: not even read. A touched file is read, hashed and reused.
+    import musicgen_train.data.prepare as prepare_module
+
+    reads = []
+    real_read = prepare_module.read_bytes
+    monkeypatch.setattr(prepare_module, "read_bytes", lambda item: reads.append(item) or
+                        real_read(item))  # fmt: skip
+    os.utime(files[0], ns=(1, 1))
+    report = prepare(cfg, encoder=again)
+    assert [item.path for item in reads] == [files[0]] and again.segments == 0
+    assert report["files_reused"] == 3
 
     write_tone(files[1], 2.7, 999, seed=7)  # changed content
     files[2].unlink()  # removed
@@ -428,7 +442,6 @@ def test_demo_end_to_end_through_the_cli(tmp_path, work_home):
 
 def test_kill_sigterm_keeps_finished_batches(tmp_path, encoder):
     """`kill <pid>` (SIGTERM) stops prepare like Ctrl-C: encoded batches are written first."""
-    import os
     import signal
 
     class KilledEncoder(CountingEncoder):
@@ -497,9 +510,24 @@ def test_stereo_checkpoint_interleaves_left_and_right(tiny_model_dir):
         ("data.num_workers=-1", "data.num_workers=-1"),
         ("data.silence_db=6", "data.silence_db=6"),
         ("data.output=''", "data.output is empty"),
+        ("data.encode_threads=0", "data.encode_threads=0"),
     ],
 )
 def test_bad_data_settings_fail_when_composed(override, words):
     with pytest.raises(ConfigError) as err:
         data_config(["data=folder", override])
     assert words in str(err.value)
+
+
+def test_encode_threads_apply_while_encoding_only(tmp_path, encoder):
+    class ThreadSpy(CountingEncoder):
+        def encode(self, audio):
+            self.threads = torch.get_num_threads()
+            return super().encode(audio)
+
+    write_tone(tmp_path / "audio" / "a.wav", 1.0, 300)
+    cfg = data_config(overrides(tmp_path / "audio", tmp_path / "cache", "data.encode_threads=1"))
+    before = torch.get_num_threads()
+    spy = ThreadSpy(encoder)
+    prepare(cfg, encoder=spy)
+    assert spy.threads == 1 and torch.get_num_threads() == before

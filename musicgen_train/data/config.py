@@ -32,12 +32,14 @@ def validate(cfg: DictConfig) -> None:
         ("data.shard_size", 1, None, False),
         ("data.batch_size", 1, None, False),
         ("data.num_workers", 0, None, False),
+        ("data.encode_threads", 1, None, True),
     ):
         if OmegaConf.select(cfg, key, default="<unset>") != "<unset>":
             check_range(
                 cfg, key, low if low is not None else float("-inf"), high, allow_none=allow_none
             )
-    for key in ("data.encode_batch_size", "data.shard_size", "data.batch_size", "data.num_workers"):
+    whole = ("encode_batch_size", "shard_size", "batch_size", "num_workers", "encode_threads")
+    for key in (f"data.{name}" for name in whole):
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, int):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be a whole number")

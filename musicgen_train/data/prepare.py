@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -96,6 +97,9 @@ def prepare_items(
 
     bar = tqdm(items, desc="prepare", unit="file", disable=not data.get("progress", True))
     previous_sigterm = _sigterm_as_interrupt()
+    previous_threads = torch.get_num_threads()
+    if data.get("encode_threads"):
+        torch.set_num_threads(int(data.encode_threads))
     try:
         for item in bar:
             result = _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data)
@@ -117,6 +121,7 @@ def prepare_items(
     finally:
         bar.close()
         _restore_sigterm(previous_sigterm)
+        torch.set_num_threads(previous_threads)
 
     entries = _final_entries(files, writer, cfg)
     cache.commit(entries)
@@ -166,25 +171,28 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
     ``(_FileResult, reused)``."""
     if isinstance(item, SkippedItem):
         return item
-    try:
-        raw = read_bytes(item)
-    except OSError as err:
-        return SkippedItem(source=item.source, reason=f"cannot be read: {err.strerror or err}")
-    digest = content_hash(raw)
-    done = [
-        e
-        for e in by_key.get(item.key, [])
-        if (e["content_hash"], e["settings"]) == (digest, settings)
-    ]
-    done.sort(key=lambda e: e["segment"])
+    stat = _file_stat(item)
+    previous = [e for e in by_key.get(item.key, []) if e["settings"] == settings]
+    raw = None
+    if stat is not None and previous and all(e.get("file_stat") == stat for e in previous):
+        digest = previous[0]["content_hash"]  # same size and mtime: not read again
+    else:
+        raw = _read(item)
+        if isinstance(raw, SkippedItem):
+            return raw
+        digest = content_hash(raw)
+    done = sorted((e for e in previous if e["content_hash"] == digest), key=lambda e: e["segment"])
     if done and len(done) == done[0]["file_segments"]:
         metadata = {**done[0].get("estimated", {}), **item.metadata}
         result = _FileResult(item.key, item.source, done[0]["file_duration"])
         for entry in done:
-            entry = {**entry, "metadata": metadata, "source": _source_of(item)}
+            entry = {**entry, "metadata": metadata, "source": _source_of(item), "file_stat": stat}
             result.entries.append(entry)
         writer.caption(result.entries, metadata, caption_cfg)
         return result, True
+    raw = _read(item) if raw is None else raw
+    if isinstance(raw, SkippedItem):
+        return raw
 
     decoded = validate(
         item, raw, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
@@ -210,6 +218,7 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
             "file_segments": len(segments),
             "file_duration": round(decoded.duration, 6),
             "content_hash": digest,
+            "file_stat": stat,
             "settings": settings,
         }
         if segment.index in have:  # finished by an interrupted run
@@ -237,6 +246,24 @@ def _jsonable(value):
     return json.loads(
         json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
     )
+
+
+def _read(item: AudioItem) -> bytes | SkippedItem:
+    try:
+        return read_bytes(item)
+    except OSError as err:
+        return SkippedItem(source=item.source, reason=f"cannot be read: {err.strerror or err}")
+
+
+def _file_stat(item: AudioItem) -> list[int] | None:
+    """Size and modification time: an unchanged file is recognised without reading it."""
+    if item.path is None:
+        return None
+    try:
+        info = item.path.stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
 
 
 def _source_of(item: AudioItem) -> str:
