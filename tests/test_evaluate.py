@@ -233,3 +233,20 @@ def test_unreadable_reference_clip_is_skipped_with_a_note(tmp_path, reference_fo
     assert len(reference.notes) == 1 and str(broken) in reference.notes[0]
     with pytest.raises(ReferenceUnavailable, match="no reference clip"):
         Reference("test", [Clip(broken)]).statistics(LogMelEmbedder(), EmbeddingCache(None))
+
+
+def test_stats_action_writes_fadtk_npz(work_home, reference_folder, prompts_file):
+    out = work_home / "stats.npz"
+    args = [
+        f"eval.reference={reference_folder}",
+        f"eval.stats_output={out}",
+        f"eval.prompts={prompts_file}",
+        "eval.embedders=[logmel,vggish]",
+    ]
+    assert main(["evaluate", "stats", *args]) == 0
+    with np.load(out) as data:
+        assert {"logmel.mu", "logmel.cov"} <= set(data.files)
+        assert not any(k.startswith("vggish") for k in data.files)  # no weights: not written
+    expected = statistics_from_files(sorted(reference_folder.glob("*.wav")), LogMelEmbedder())
+    np.testing.assert_allclose(np.load(out)["logmel.mu"], expected.mu)
+    assert main(["evaluate", "nonsense"]) == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.data.audio import write_audio
+from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.prompts import PromptSet, load_prompt_set
 from musicgen_train.evaluation.suite import MetricSuite
@@ -22,8 +23,36 @@ from musicgen_train.generation import GenerationEngine, GenerationParams
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict:
-    return evaluate(cfg)
+def run(cfg: DictConfig, action: str | None = None) -> dict:
+    """``musicgen-train evaluate`` (generate and score) or ``musicgen-train evaluate stats``."""
+    if action is None:
+        return evaluate(cfg)
+    if action == "stats":
+        return write_reference_statistics(cfg)
+    raise UserError(f"unknown evaluate action {action!r}: use `evaluate` or `evaluate stats`")
+
+
+def write_reference_statistics(cfg: DictConfig, path=None) -> dict:
+    """Embed the reference (``eval.reference``) with every available embedder of
+    ``eval.embedders`` and save the statistics as one ``.npz`` in fadtk's layout."""
+    from musicgen_train.evaluation.frechet import save_statistics
+
+    path = Path(path or cfg.eval.get("stats_output") or Path(cfg.work_dir) / "reference.npz")
+    suite = MetricSuite(cfg, load_prompt_set(cfg.eval.prompts))
+    if suite.reference is None:
+        raise UserError("; ".join(suite.skipped) or "no reference to compute statistics from")
+    written = {}
+    for embedder in suite.embedders:
+        stats = suite.reference_statistics(embedder)
+        save_statistics(path, embedder.name, stats)
+        written[embedder.name] = {"frames": stats.count, **embedder.identity()}
+    log.info(
+        "reference statistics of %s -> %s (%s)",
+        suite.reference.description,
+        path,
+        ", ".join(written) or "no embedder available",
+    )
+    return {"path": str(path), "statistics": written, "skipped": suite.skipped}
 
 
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
