@@ -1,6 +1,7 @@
 """The train stage end to end on the demo recipe: CLI, checkpoints, resume, precision, loss."""
 
 import csv
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -9,7 +10,11 @@ import torch
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.training.module import MusicgenLightningModule
-from musicgen_train.training.train import train
+from musicgen_train.training.train import (
+    archive_previous_checkpoints,
+    resolve_ckpt_path,
+    train,
+)
 
 # Small and quick: 1 s crops, batches of 4 (6 batches per epoch on the demo), CSV logs.
 FAST = [
@@ -33,6 +38,7 @@ def home(tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow
 def test_demo_trains_through_the_cli_and_writes_checkpoints(home, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = main(
@@ -67,6 +73,15 @@ def test_demo_trains_through_the_cli_and_writes_checkpoints(home, tmp_path, caps
     assert all(r.get(f"train/ce_q{k}") is not None for r in rows for k in range(4))
     err = capsys.readouterr()
     assert str(run_dir) in err.err + err.out
+    # ckpt_path=best reads the best from last.ckpt; a fresh run moves old checkpoints aside.
+    best = resolve_ckpt_path("best", run_dir)
+    assert best and Path(best).name.startswith("best-step=3-") and Path(best).exists()
+    assert resolve_ckpt_path("last", run_dir) == "last"
+    archive_previous_checkpoints(run_dir)
+    assert not (run_dir / "checkpoints").exists()
+    (moved,) = run_dir.glob("checkpoints-*")
+    assert (moved / "last.ckpt").exists()
+    assert resolve_ckpt_path("last", run_dir) is None  # nothing left to resume: start afresh
 
 
 def test_bad_resume_path_and_fp16_on_cpu_are_one_line_errors(home, tmp_path, capsys):
