@@ -11,6 +11,7 @@ from transformers import MusicgenForCausalLM
 from musicgen_train.config import load_config
 from musicgen_train.model.codec import CodecNotLoaded
 from musicgen_train.model.delay import IGNORE_INDEX
+from musicgen_train.model.loader import ModelNotFoundError
 from musicgen_train.training.ema import EMA
 from musicgen_train.training.module import MusicgenLightningModule
 
@@ -274,3 +275,11 @@ def test_loading_a_checkpoint_of_another_mode_names_the_problem(tmp_path):
     lora = make_module("finetune=lora")
     with pytest.raises(KeyError, match="finetune mode"):
         lora.on_load_checkpoint(checkpoint)
+
+
+def test_missing_base_model_is_one_clear_line():
+    with pytest.raises(ModelNotFoundError) as err:
+        make_module("model=facebook/musicgen-small")
+    message = str(err.value)
+    assert "facebook/musicgen-small" in message and "HF_HUB_OFFLINE=1" in message
+    assert "\n" not in message

@@ -8,13 +8,18 @@ codec: its tensors in the checkpoint are skipped (never read), the rest loads as
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from torch import nn
 from transformers import AutoProcessor, MusicgenConfig, MusicgenForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from musicgen_train.model.loader import ModelNotFoundError, resolve_model_source
+from musicgen_train.model.loader import (
+    ModelNotFoundError,
+    _missing_message,  # the loader's one-line explanation, shared on purpose
+    resolve_model_source,
+)
 
 
 class CodecNotLoaded(nn.Module):
@@ -61,9 +66,8 @@ def load_without_codec(source: str, *, tiny_seed: int = 0) -> CodecFreeModel:
         )
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ModelNotFoundError(
-            f"model '{source}' could not be loaded from {path}: {err}".splitlines()[0]
-        ) from err
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise ModelNotFoundError(_missing_message(source, path, offline)) from err
     return CodecFreeModel(model=model, processor=processor, path=str(path))
 
 
