@@ -332,10 +332,11 @@ def test_cache_of_another_codec_is_refused(tmp_path, encoder):
     other = data_config(overrides(source, output, "model.tiny_seed=1"))
     with pytest.raises(UserError, match="another codec.*data.overwrite=true"):
         prepare(other)
-    report = prepare(
-        data_config(overrides(source, output, "model.tiny_seed=1", "data.overwrite=true"))
-    )
+    rebuild = data_config(overrides(source, output, "model.tiny_seed=1", "data.overwrite=true"))
+    report = prepare(rebuild)
     assert report["files_encoded"] == 1
+    # The same process ensuring the cache again (pipeline, then training) does not rebuild it.
+    assert prepare(rebuild)["files_reused"] == 1
     info = json.loads((output / "cache_info.json").read_text())["codec"]
     assert info["weights_sha256"] != encoder.weights_hash()
 

@@ -33,6 +33,7 @@ from musicgen_train.data.validate import DecodedItem, content_hash, read_bytes, 
 from musicgen_train.errors import UserError
 
 log = logging.getLogger(__name__)
+_REBUILT: set[str] = set()  # caches this process has (re)built
 
 
 def run(cfg: DictConfig) -> Path:
@@ -78,7 +79,9 @@ def prepare_items(
     data = cfg.data
     encoder = encoder or CodecEncoder.from_config(cfg)
     cache = TokenCache(data.output)
-    cache.open_for(encoder.identity(), overwrite=bool(data.get("overwrite", False)))
+    # data.overwrite rebuilds once per process: the pipeline and training both ensure the cache.
+    overwrite = bool(data.get("overwrite", False)) and str(cache.root) not in _REBUILT
+    cache.open_for(encoder.identity(), overwrite=overwrite)
     known = cache.known_entries()
     cache.remove_unreferenced_shards(known)
     previous_keys = {e["key"]: e["source"] for e in cache.manifest()}
@@ -125,6 +128,8 @@ def prepare_items(
 
     entries = _final_entries(files, writer, cfg)
     cache.commit(entries)
+    if overwrite:
+        _REBUILT.add(str(cache.root))
     kept = {f.key for f in files}
     now_skipped = {s["path"] for s in skipped}
     removed = [
