@@ -206,7 +206,7 @@ def create_app(settings: ServeSettings, models: dict[str, ServedModel] | None = 
     return app
 
 
-def _add_routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of routes reads best
+def _add_routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         return INDEX_HTML.read_text()

@@ -35,7 +35,6 @@ class ServedModel:
         return {
             "name": self.name,
             "source": self.spec.source,
-            "path": self.engine.loaded.path,
             "sample_rate": self.sample_rate,
             "channels": self.channels,
             "frame_rate": self.engine.loaded.frame_rate,

@@ -217,7 +217,8 @@ class Worker:
 
     def _streamer(self, served, jobs, params, supervisor) -> CodecStreamer:
         frame_rate = served.engine.loaded.frame_rate
-        kwargs = served.engine._generate_kwargs(params)
+        num_codebooks = served.engine.model.config.decoder.num_codebooks
+        kwargs = params.generate_kwargs(frame_rate, num_codebooks)
         live = {i: self.broker.get(job.id) for i, job in enumerate(jobs)}
         live = {i: stream for i, stream in live.items() if stream is not None}
 
