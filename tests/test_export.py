@@ -347,3 +347,89 @@ def test_pipeline_registers_the_final_model(tmp_path, registry_uri, full_run, ca
     assert outputs["registered_model"] == f"models:/{cfg.registry.name}/1"
     assert f"registered model: models:/{cfg.registry.name}/1" in capsys.readouterr().out
     assert _versions(cfg) == [1]
+
+
+DEEPSPEED_SCRIPT = """
+import sys
+import deepspeed
+import deepspeed.comm.torch as ds_torch
+import lightning
+import torch
+from torch import nn
+
+from musicgen_train.config import load_config
+from musicgen_train.training.module import MusicgenLightningModule
+
+# The shared-memory collective op is a CPU speed-up that DeepSpeed compiles on first use
+# (minutes); one process does not need it. Everything else below is real DeepSpeed ZeRO-2.
+ds_torch.build_shm_op = lambda: None
+deepspeed.init_distributed(dist_backend="gloo")
+out = sys.argv[1]
+module = MusicgenLightningModule(load_config(["finetune.ema.decay=0"]))
+
+
+class LightningLike(nn.Module):  # Lightning's DeepSpeed strategy wraps the module like this
+    def __init__(self, module):
+        super().__init__()
+        self._forward_module = module
+
+    def forward(self, batch):
+        return self._forward_module(batch)["loss"]
+
+
+wrapper = LightningLike(module)
+trainable = [p for p in wrapper.parameters() if p.requires_grad]
+config = {
+    "train_micro_batch_size_per_gpu": 1,
+    "zero_optimization": {"stage": 2},
+    "zero_allow_untested_optimizer": True,
+}
+engine, *_ = deepspeed.initialize(
+    model=wrapper, optimizer=torch.optim.AdamW(trainable, lr=0.05), config=config
+)
+torch.manual_seed(0)
+batch = {"texts": ["calm piano"], "codes": torch.randint(0, 64, (1, 4, 20)),
+         "padding_mask": torch.ones(1, 20, dtype=torch.bool)}
+engine.backward(engine(batch))
+engine.step()
+client = {"hyper_parameters": dict(module.hparams), "global_step": 1, "epoch": 0,
+          "pytorch-lightning_version": lightning.__version__}
+engine.save_checkpoint(out + "/zero", client_state=client)
+name = "decoder.model.decoder.layers.0.fc1.weight"
+torch.save({name: dict(module.model.named_parameters())[name].detach().clone()},
+           out + "/reference.pt")
+"""
+
+
+@pytest.mark.slow
+def test_deepspeed_zero_checkpoint_is_consolidated_and_exported(tmp_path, registry_uri):
+    pytest.importorskip("deepspeed", reason="DeepSpeed checkpoints need the distributed extra")
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29541",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", DEEPSPEED_SCRIPT, str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    zero = tmp_path / "zero"
+    assert (zero / "latest").exists()
+    result = export_checkpoint(_cfg(tmp_path, registry_uri), str(zero))
+    reference = torch.load(tmp_path / "reference.pt")
+    saved = load_file(result.model_dir / "model.safetensors")
+    for weight, value in reference.items():
+        torch.testing.assert_close(saved[weight], value, rtol=0, atol=0)
+    base = load_file(Path(load_musicgen("tiny").path) / "model.safetensors")
+    assert not torch.equal(
+        saved["decoder.model.decoder.layers.0.fc1.weight"],
+        base["decoder.model.decoder.layers.0.fc1.weight"],
+    )  # it trained
+    assert result.version == 1
