@@ -89,9 +89,8 @@ def _offline_roberta_tokenizer(cls):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tokenizer.train_from_iterator(
-        ["music"], trainers.BpeTrainer(vocab_size=300, special_tokens=specials)
-    )
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(["music"], trainer)
     return cls(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -174,5 +173,14 @@ def bench_frechet() -> None:
 
 
 if __name__ == "__main__":
+    # Other processes on the machine slow every figure down alike; say how busy it was.
+    emit(
+        bench="environment",
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        scipy=scipy.__version__,
+    )
     bench_frechet()
     bench_embedders()
