@@ -191,10 +191,14 @@ def run_group(model_name: str, finetune: str, args) -> list[dict]:
     from musicgen_train.training.module import MusicgenLightningModule
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     source = model_source(model_name)
     cfg = load_config([f"model={source}", f"finetune={finetune}", "logger=csv"])
     module = MusicgenLightningModule(cfg)
     module.train()
+    with torch.no_grad():  # page in the memory-mapped weights before anything is measured
+        for parameter in module.parameters():
+            parameter.sum()
     batches = Batches(module, source, args.batch, args.crop_seconds)
     trainable = [p for _, p in module.trainable_parameters()]
     generator = torch.Generator().manual_seed(0)
@@ -249,12 +253,8 @@ def run_group(model_name: str, finetune: str, args) -> list[dict]:
 # --- the sweep --------------------------------------------------------------------------------
 
 
-def _ratio(result: dict, base: dict, key: str) -> float:
-    return round(result[key] / max(base[key], 1e-9), 3)
-
-
 def ratios(results: list[dict]) -> list[dict]:
-    """Side-by-side ratios within each model: LoRA/full, bf16/fp32, audio/cache (on tokens/s)."""
+    """Side-by-side ratios within each model: LoRA/full, bf16/fp32, audio/cache."""
     index = {(r["model"], r["finetune"], r["precision"], r["codes"]): r for r in results}
     out = []
     comparisons = {
@@ -276,12 +276,10 @@ def ratios(results: list[dict]) -> list[dict]:
                     "ratio": name,
                     "model": key[0],
                     "case": "/".join(v for i, v in enumerate(key[1:], 1) if i != position),
-                    "tokens_per_s": round(
-                        other_result["tokens_per_s"] / base_result["tokens_per_s"], 3
-                    ),
-                    "step_peak_mb": round(
-                        other_result["step_peak_mb"] / max(base_result["step_peak_mb"], 1), 3
-                    ),
+                    **{
+                        key: round(other_result[key] / max(base_result[key], 1e-9), 3)
+                        for key in ("tokens_per_s", "tokens_per_cpu_s", "step_peak_mb")
+                    },
                 }
             )
     return out
@@ -302,7 +300,17 @@ def sweep(args) -> None:
     for model, finetune in itertools.product(args.models, ("full", "lora")):
         given = {"crop_seconds": args.crop_seconds, "steps": args.steps, "warmup": args.warmup}
         settings = {**DEFAULTS[model], **{k: v for k, v in given.items() if v is not None}}
-        command = [sys.executable, __file__, "--group", model, finetune, "--batch", str(args.batch)]
+        command = [
+            sys.executable,
+            __file__,
+            "--group",
+            model,
+            finetune,
+            "--batch",
+            str(args.batch),
+            "--threads",
+            str(args.threads),
+        ]
         for key, value in settings.items():
             command += [f"--{key.replace('_', '-')}", str(value)]
         done = subprocess.run(command, capture_output=True, text=True)
@@ -341,6 +349,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps per case (tiny 3, small 1)")
     parser.add_argument("--warmup", type=int, help="untimed steps before them (tiny 1, small 0)")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 on a shared machine, where every multi-threaded op waits for "
+        "the other threads' time slices",
+    )
     parser.add_argument("--crop-seconds", type=float, help="seconds of audio per sample (5, 1)")
     parser.add_argument(
         "--group",
