@@ -405,7 +405,18 @@ def test_items_from_memory(tmp_path, encoder):
     cfg = data_config(overrides(tmp_path, tmp_path / "cache"))
     report = prepare_items(cfg, items, encoder=encoder)
     entry = TokenCache(cfg.data.output).manifest()[0]
-    assert report["files_ok"] == 1 and entry["source"] == "hf:test[0]"
+    assert report["files_ok"] == 1 and entry["origin"] == "hf:test[0]"
+    # The bytes are kept in the cache as a file, so evaluation can cut reference audio from it.
+    kept = Path(entry["source"])
+    assert kept.parent == Path(cfg.data.output) / "sources" and kept.suffix == ".wav"
+    assert kept.read_bytes() == data
+    again = prepare_items(cfg, items, encoder=encoder)  # reused: the same kept file
+    assert again["files_reused"] == 1 and TokenCache(cfg.data.output).manifest()[0] == entry
+    other = [AudioItem(key="row-1", source="hf:test[1]", data=encode_audio_bytes(
+        tone(2.0, 500).T, SR, fmt="flac"))]  # fmt: skip
+    prepare_items(cfg, other, encoder=encoder)
+    assert not kept.exists()  # the row left the dataset: its kept file went with it
+    assert Path(TokenCache(cfg.data.output).manifest()[0]["source"]).suffix == ".flac"
     assert entry["metadata"] == {"description": "a tone", "bpm": 90}
     assert "a tone" in entry["caption"] and "90 bpm" in entry["caption"]
 

@@ -66,6 +66,7 @@ class TokenCache:
         self.journal_path = self.root / "journal.jsonl"
         self.report_path = self.root / "prepare_report.json"
         self.shards_dir = self.root / "shards"
+        self.sources_dir = self.root / "sources"  # audio that came as bytes, kept as files
 
     # --- codec identity --------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class TokenCache:
         for path in (self.info_path, self.manifest_path, self.journal_path, self.report_path):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.shards_dir, ignore_errors=True)
+        shutil.rmtree(self.sources_dir, ignore_errors=True)
 
     # --- segments ----------------------------------------------------------------------------
 
@@ -145,6 +147,10 @@ class TokenCache:
         atomic_write_bytes(self.manifest_path, text.encode())
         self.journal_path.unlink(missing_ok=True)
         self.remove_unreferenced_shards(entries)
+        kept = {e["source"] for e in entries}
+        for path in self.sources_dir.glob("*") if self.sources_dir.exists() else ():
+            if str(path) not in kept:
+                path.unlink()
 
     def remove_unreferenced_shards(self, entries: Iterable[dict]) -> list[str]:
         used = {e["shard"] for e in entries}

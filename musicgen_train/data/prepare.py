@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from musicgen_train.data.cache import TokenCache, atomic_write_json
+from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_write_json
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.segment import Segment, SegmentPlan, conform, cut_segments, frames_for
@@ -188,10 +188,11 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
         digest = content_hash(raw)
     done = sorted((e for e in previous if e["content_hash"] == digest), key=lambda e: e["segment"])
     if done and len(done) == done[0]["file_segments"]:
-        metadata = {**done[0].get("estimated", {}), **item.metadata}
+        metadata = _jsonable({**done[0].get("estimated", {}), **item.metadata})
         result = _FileResult(item.key, item.source, done[0]["file_duration"])
+        source = _source_of(item) if item.path is not None else done[0]["source"]
         for entry in done:
-            entry = {**entry, "metadata": metadata, "source": _source_of(item), "file_stat": stat}
+            entry = {**entry, "metadata": metadata, "source": source, "file_stat": stat}
             result.entries.append(entry)
         writer.caption(result.entries, metadata, caption_cfg)
         return result, True
@@ -205,6 +206,7 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
     if isinstance(decoded, SkippedItem):
         return decoded
     metadata, estimated = _metadata(decoded, caption_cfg)
+    source = _source_of(item) if item.path is not None else _keep_bytes(writer.cache, raw, digest)
     audio = conform(decoded.audio, decoded.sample_rate, encoder.sample_rate, encoder.channels)
     segments = cut_segments(audio, encoder.sample_rate, plan)
     result = _FileResult(item.key, item.source, decoded.duration)
@@ -213,7 +215,8 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
         entry = {
             "id": _segment_id(item.key, digest, settings, segment.index),
             "key": item.key,
-            "source": _source_of(item),
+            "source": source,
+            "origin": item.source,
             "metadata": metadata,
             "estimated": estimated,
             "offset": round(segment.offset, 6),
@@ -269,6 +272,21 @@ def _file_stat(item: AudioItem) -> list[int] | None:
     except OSError:
         return None
     return [info.st_size, info.st_mtime_ns]
+
+
+def _keep_bytes(cache: TokenCache, raw: bytes, digest: str) -> str:
+    """Audio that came as bytes (HF datasets) is kept in the cache as a file, so the manifest's
+    ``source`` always names a readable file (evaluation cuts reference clips from it)."""
+    import io
+
+    import soundfile as sf
+
+    suffix = "." + sf.info(io.BytesIO(raw)).format.lower()
+    path = cache.sources_dir / f"{digest[:24]}{suffix}"
+    if not path.exists():
+        cache.sources_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, raw)
+    return str(path)
 
 
 def _source_of(item: AudioItem) -> str:
