@@ -243,6 +243,8 @@ def test_lora_merge_gives_the_adapter_models_outputs(tmp_path, registry_uri, lor
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(adapter))
     assert apart.version == 2
     verify_checksums(apart.model_dir)  # the adapter is covered by the checksums too
+    card = (apart.model_dir / "README.md").read_text()
+    assert "| lora | adapter kept apart |" in card and "PeftModel.from_pretrained" in card
     from transformers import MusicgenForConditionalGeneration
 
     bare = MusicgenForConditionalGeneration.from_pretrained(apart.model_dir).eval()

@@ -257,3 +257,40 @@ def test_hub_push_without_network_fails_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="needs a Hugging Face token"):
         push_to_hub(tmp_path, "someone/musicgen-test")
     assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_model_card_states_data_metrics_and_embedders():
+    from musicgen_train.registry.model_card import render_model_card, report_metrics
+
+    eval_report = {
+        "metrics": {"fad_vggish": 4.25, "clap_score": None},
+        "embedders": [{"embedder": "vggish", "checkpoint": "vggish.pt", "sample_rate": 16000}],
+        "prompt_set": {"name": "musiccaps-mini", "prompts": 32},
+        "report_dir": "/runs/x/eval",
+    }
+    prepare_report = {
+        "source": "/music/jazz",
+        "files_ok": 120,
+        "files_skipped": 3,
+        "totals": {"hours": 2.5, "segments": 900, "tokens": 1800000},
+        "splits": {"train": {"files": 108, "segments": 810}},
+    }
+    card = render_model_card(
+        name="jazz",
+        base_model="facebook/musicgen-small",
+        train_cfg={"seed": 1, "finetune": {"name": "lora"}, "secret_section": {"x": 1}},
+        prepare_report=prepare_report,
+        eval_report=eval_report,
+        export_info={"lora": "adapter kept apart"},
+    )
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "base_model: facebook/musicgen-small" in card
+    assert "| fad_vggish | 4.25 |" in card and "| clap_score | skipped |" in card
+    assert "- embedder: vggish, checkpoint: vggish.pt, sample_rate: 16000" in card
+    assert "| files used | 120 |" in card and "| files skipped | 3 |" in card
+    assert "| train split | 108 files, 810 segments |" in card
+    assert "musiccaps-mini (32 prompts)" in card
+    assert "finetune:\n  name: lora" in card and "secret_section" not in card
+    assert "Intended use and limits" in card
+    assert 'PeftModel.from_pretrained(model.decoder, "jazz/adapter")' in card
+    assert report_metrics(eval_report) == {"fad_vggish": 4.25}

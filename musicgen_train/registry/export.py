@@ -34,7 +34,12 @@ from musicgen_train.registry.checkpoint import (
 )
 from musicgen_train.registry.checksums import CHECKSUM_FILE, sha256_file
 from musicgen_train.registry.commands import METRIC_PREFIX, open_registry, registered_name
-from musicgen_train.registry.model_card import flatten, render_model_card, report_metrics
+from musicgen_train.registry.model_card import (
+    ADAPTER_APART,
+    flatten,
+    render_model_card,
+    report_metrics,
+)
 from musicgen_train.registry.model_folder import atomic_folder
 
 log = logging.getLogger(__name__)
@@ -80,7 +85,6 @@ def export_checkpoint(
     train_cfg = training_config(module)
     if eval_report is None:
         eval_report = find_eval_report(cfg, path)
-    prepare_report = _read_json(Path(str(train_cfg.data.output)) / "prepare_report.json")
     options = {
         "merge_lora": bool(cfg.export.merge_lora),
         "use_ema": bool(cfg.export.use_ema),
@@ -91,7 +95,7 @@ def export_checkpoint(
         name=name,
         base_model=facts["base_model"],
         train_cfg=OmegaConf.to_container(train_cfg, resolve=True),
-        prepare_report=prepare_report,
+        prepare_report=_read_json(Path(str(train_cfg.data.output)) / "prepare_report.json"),
         eval_report=eval_report,
         export_info=facts,
     )
@@ -101,20 +105,11 @@ def export_checkpoint(
     # a failure anywhere leaves the previous export in place and no version behind.
     with atomic_folder(dest) as folder:
         write_checkpoint_folder(folder, module, readme=readme, **options)
-        tags = {
-            **{k: v for k, v in flatten(facts).items() if not k.startswith("generation.")},
-            "data_hash": data_hash(Path(str(train_cfg.data.output))),
-            "git_commit": git_commit() or "unknown",
-            "checkpoint_sha256": content_hash(path)[:16],
-            "model_sha256": sha256_file(folder / CHECKSUM_FILE),
-            "recipe": str(train_cfg.get("recipe", "")),
-            **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
-        }
         version = registry.register(
             folder,
             name,
             alias=cfg.registry.alias,
-            tags=tags,
+            tags=_version_tags(facts, train_cfg, path, folder, metrics),
             metrics=metrics,
             params=_params(train_cfg),
             generation_defaults=options["generation"],
@@ -139,10 +134,23 @@ def _export_facts(module, train_cfg: DictConfig, path: Path, options: dict) -> d
     return {
         "base_model": str(train_cfg.model.id),
         "finetune": str(OmegaConf.select(train_cfg, "finetune.name")),
-        "lora": ("merged" if options["merge_lora"] else "adapter kept apart") if lora else "none",
+        "lora": ("merged" if options["merge_lora"] else ADAPTER_APART) if lora else "none",
         "weights": "EMA" if ema and options["use_ema"] else "last optimizer step",
         "checkpoint": str(path),
         "generation": options["generation"],
+    }
+
+
+def _version_tags(facts: dict, train_cfg, checkpoint: Path, folder: Path, metrics: dict) -> dict:
+    """Base model, data hash, git commit, fingerprints and metrics of one version."""
+    return {
+        **{k: v for k, v in flatten(facts).items() if not k.startswith("generation.")},
+        "data_hash": data_hash(Path(str(train_cfg.data.output))),
+        "git_commit": git_commit() or "unknown",
+        "checkpoint_sha256": content_hash(checkpoint)[:16],
+        "model_sha256": sha256_file(folder / CHECKSUM_FILE),
+        "recipe": str(train_cfg.get("recipe", "")),
+        **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
     }
 
 

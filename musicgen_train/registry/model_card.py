@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+ADAPTER_APART = "adapter kept apart"  # export_info["lora"] of an export.merge_lora=false export
+
 # The parts of the training config a reader needs to reproduce the run.
 TRAINING_SECTIONS = ("seed", "model", "finetune", "optim", "trainer", "strategy", "data")
 
@@ -110,30 +112,27 @@ def _evaluation_section(report: Mapping | None) -> str:
     if not report:
         return "This model was exported without an evaluation report."
     metrics = {k: v if v is not None else "skipped" for k, v in report.get("metrics", {}).items()}
-    parts = [_table(metrics, ("metric", "value"))]
+    parts = [_table(metrics, ("metric", "value"))]  # blocks, separated by blank lines
     embedders = report.get("embedders") or []
     if embedders:
-        parts.append("Embedders (FAD is computed on these embeddings):\n")
-        parts += [
+        items = [
             "- " + ", ".join(f"{k}: {v}" for k, v in flatten(e).items() if v is not None)
             for e in embedders
         ]
+        parts.append("Embedders (FAD is computed on these embeddings):\n\n" + "\n".join(items))
     prompt_set = report.get("prompt_set") or {}
     if prompt_set:
-        parts.append(
-            f"\nPrompt set: {prompt_set.get('name')} ({prompt_set.get('prompts')} prompts)."
-        )
+        parts.append(f"Prompt set: {prompt_set.get('name')} ({prompt_set.get('prompts')} prompts).")
     reference = report.get("reference") or {}
     if reference.get("description"):
         parts.append(f"Reference audio: {reference['description']}.")
     generation = report.get("generation") or {}
     if generation:
-        parts.append(
-            "Generation: " + ", ".join(f"{k}={v}" for k, v in flatten(generation).items()) + "."
-        )
+        settings = ", ".join(f"{k}={v}" for k, v in flatten(generation).items())
+        parts.append(f"Generation: {settings}.")
     if report.get("created"):
         parts.append(f"Evaluated {report['created']}.")
-    return "\n".join(parts)
+    return "\n\n".join(parts)
 
 
 def render_model_card(
@@ -147,7 +146,7 @@ def render_model_card(
 ) -> str:
     """The whole README.md of an exported model folder."""
     training = {k: train_cfg[k] for k in TRAINING_SECTIONS if k in train_cfg}
-    adapter = not export_info.get("merge_lora", True) and export_info.get("lora", False)
+    adapter = export_info.get("lora") == ADAPTER_APART
     parts = [
         _front_matter(name, base_model),
         f"# {name}\n",
