@@ -1,4 +1,4 @@
-"""``python train.py``: prepare (if needed) -> train -> evaluate -> export, one recipe end to end."""
+"""``python train.py``: prepare (if needed) -> train -> evaluate -> export, for one recipe."""
 
 from __future__ import annotations
 
