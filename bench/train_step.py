@@ -8,7 +8,7 @@ config (as ``train`` does) and times four cases in turn: fp32 vs bf16-mixed (aut
 what Lightning's ``bf16-mixed`` does) x codes read from the token cache vs codes computed from
 audio by the model's EnCodec in every step (fp32, no grad). A step is forward + backward +
 AdamW on a batch of ``--batch`` crops of ``--crop-seconds`` seconds. Defaults keep the sweep
-near 10 minutes on 2 CPU cores: tiny 5 s crops, 1 warm-up + 3 timed steps; small 1 s crops,
+near 10 minutes on 2 CPU cores: tiny 5 s crops, 1 warm-up + 3 timed steps; small 2 s crops,
 1 timed step (no warm-up: the first step's one-off costs are small next to a full step).
 
 Models (random weights, built and saved once under ``$MUSICGEN_TRAIN_CACHE/bench``):
@@ -288,7 +288,7 @@ def ratios(results: list[dict]) -> list[dict]:
 # Per-model defaults that keep the whole sweep under 10 minutes on 2 shared CPU cores.
 DEFAULTS = {
     "tiny": {"crop_seconds": 5.0, "steps": 3, "warmup": 1},
-    "small": {"crop_seconds": 1.0, "steps": 1, "warmup": 0},
+    "small": {"crop_seconds": 2.0, "steps": 1, "warmup": 0},
 }
 
 
@@ -356,7 +356,7 @@ def main() -> None:
         help="torch threads; 1 on a shared machine, where every multi-threaded op waits for "
         "the other threads' time slices",
     )
-    parser.add_argument("--crop-seconds", type=float, help="seconds of audio per sample (5, 1)")
+    parser.add_argument("--crop-seconds", type=float, help="seconds of audio per sample (5, 2)")
     parser.add_argument(
         "--group",
         nargs=2,
