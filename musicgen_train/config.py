@@ -50,7 +50,7 @@ def group_options(group: str) -> list[str]:
 
 
 def _rewrite_model_override(override: str) -> list[str]:
-    """``model=facebook/musicgen-small`` (not a config name) becomes ``model=custom model.id=...``."""
+    """``model=org/name`` (not a config name) becomes ``model=custom model.id=org/name``."""
     value = override.split("=", 1)[1]
     if value in group_options("model"):
         return [override]
@@ -115,7 +115,11 @@ def check_choice(cfg: DictConfig, key: str, allowed: Sequence) -> None:
 
 
 def check_range(
-    cfg: DictConfig, key: str, low: float | None = None, high: float | None = None, *,
+    cfg: DictConfig,
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
     allow_none: bool = False,
 ) -> None:
     value = OmegaConf.select(cfg, key)

@@ -15,7 +15,7 @@ from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.errors import ConfigError, UserError
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.model import load_musicgen
+from musicgen_train.model.loader import load_musicgen, load_options
 from musicgen_train.registry.checkpoint import DEFAULT_GENERATION
 from musicgen_train.registry.checksums import ChecksumError
 from musicgen_train.registry.hub import push_to_hub
@@ -196,8 +196,9 @@ def test_bad_uris_and_config_values_are_named():
 
 
 def test_loader_finds_the_registry_of_the_composed_config(registry, monkeypatch):
-    load_config([f"registry.uri={registry.uri}"])  # composing records where the registry is
-    loaded = load_musicgen("models:/tiny-test@staging")
+    cfg = load_config([f"registry.uri={registry.uri}"])
+    assert load_options(cfg)["registry_uri"] == registry.uri
+    loaded = load_musicgen("models:/tiny-test@staging", **load_options(cfg))
     assert loaded.source == "models:/tiny-test@staging"
     assert "tiny-test-v1-" in loaded.path
 

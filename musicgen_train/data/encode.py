@@ -41,9 +41,9 @@ class CodecEncoder:
 
     @classmethod
     def from_config(cls, cfg) -> CodecEncoder:
-        from musicgen_train.model import load_musicgen
+        from musicgen_train.model.loader import load_musicgen, load_options
 
-        loaded = load_musicgen(cfg.model.id, tiny_seed=int(cfg.model.get("tiny_seed", 0)))
+        loaded = load_musicgen(cfg.model.id, **load_options(cfg))
         return cls(loaded.model, cfg.model.id, channels=int(cfg.data.channels))
 
     def identity(self) -> dict:

@@ -58,7 +58,7 @@ def write_reference_statistics(cfg: DictConfig, path=None) -> dict:
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
     """Generate, score and report; returns the content of ``eval_report.json`` + ``report_dir``."""
     from musicgen_train.evaluation.report import write_report
-    from musicgen_train.model import load_musicgen
+    from musicgen_train.model.loader import load_musicgen, load_options
 
     ecfg = cfg.eval
     sources = [("model", str(model_source or cfg.model.id))]
@@ -71,7 +71,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
 
     models, generations, codec = [], {}, None
     for label, source in sources:
-        loaded = load_musicgen(source, tiny_seed=int(cfg.model.get("tiny_seed", 0)))
+        loaded = load_musicgen(source, **load_options(cfg))
         log.info(
             "evaluate: generating %d prompt(s) x %d with %s",
             len(prompt_set.prompts),

@@ -56,9 +56,11 @@ def _quiet_from_pretrained(path: str, **kwargs) -> MusicgenForConditionalGenerat
         hf_logging.set_verbosity(level)
 
 
-def load_without_codec(source: str, *, tiny_seed: int = 0) -> CodecFreeModel:
+def load_without_codec(
+    source: str, *, tiny_seed: int = 0, registry_uri: str | None = None
+) -> CodecFreeModel:
     """Text encoder, decoder and projection of ``source``; the codec stays on disk."""
-    path = resolve_model_source(source, tiny_seed=tiny_seed)
+    path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
     try:
         config = MusicgenConfig.from_pretrained(path)
         model = _quiet_from_pretrained(
@@ -75,18 +77,23 @@ def has_codec(model: MusicgenForConditionalGeneration) -> bool:
     return not isinstance(model.audio_encoder, CodecNotLoaded)
 
 
-def load_codec(source: str, *, tiny_seed: int = 0) -> nn.Module:
+def load_codec(source: str, *, tiny_seed: int = 0, registry_uri: str | None = None) -> nn.Module:
     """The EnCodec of ``source`` (the composite is loaded once and all but the codec dropped)."""
-    path = resolve_model_source(source, tiny_seed=tiny_seed)
+    path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
     codec = _quiet_from_pretrained(path).audio_encoder
     return codec.eval().requires_grad_(False)
 
 
 def attach_codec(
-    model: MusicgenForConditionalGeneration, source: str, *, tiny_seed: int = 0
+    model: MusicgenForConditionalGeneration,
+    source: str,
+    *,
+    tiny_seed: int = 0,
+    registry_uri: str | None = None,
 ) -> MusicgenForConditionalGeneration:
     """Give ``model`` its real codec back (in place), on the device of the model's weights."""
     if not has_codec(model):
         device = next(model.decoder.parameters()).device
-        model.audio_encoder = load_codec(source, tiny_seed=tiny_seed).to(device)
+        codec = load_codec(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
+        model.audio_encoder = codec.to(device)
     return model

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from musicgen_train.errors import UserError
@@ -41,7 +42,9 @@ class LoadedModel:
         return float(self.model.config.audio_encoder.frame_rate)
 
 
-def resolve_model_source(source: str, *, tiny_seed: int = 0) -> str:
+def resolve_model_source(
+    source: str, *, tiny_seed: int = 0, registry_uri: str | None = None
+) -> str:
     """Turn what the user wrote into something ``from_pretrained`` accepts (a folder or hub id)."""
     source = str(source)
     if source == "tiny":
@@ -49,7 +52,7 @@ def resolve_model_source(source: str, *, tiny_seed: int = 0) -> str:
     if source.startswith("models:/"):
         from musicgen_train.registry.resolve import download_registry_model
 
-        return str(download_registry_model(source))
+        return str(download_registry_model(source, registry_uri))
     path = Path(source).expanduser()
     if path.suffix == ".ckpt" or (path.is_dir() and _is_lightning_checkpoint_dir(path)):
         from musicgen_train.registry.checkpoint import checkpoint_to_pretrained
@@ -71,6 +74,19 @@ def resolve_model_source(source: str, *, tiny_seed: int = 0) -> str:
     return source  # a hub id
 
 
+def load_options(cfg) -> dict:
+    """The loader's keyword arguments that a composed config decides: which tiny model, and
+    which registry ``models:/`` URIs name (``registry.uri``, else MLFLOW_TRACKING_URI, else the
+    local store under ``work_dir``)."""
+    from musicgen_train.registry.location import configured_tracking_uri
+
+    registry_uri = OmegaConf.select(cfg, "registry.uri")
+    return {
+        "tiny_seed": int(OmegaConf.select(cfg, "model.tiny_seed", default=0) or 0),
+        "registry_uri": configured_tracking_uri(registry_uri, cfg.work_dir),
+    }
+
+
 def _is_lightning_checkpoint_dir(path: Path) -> bool:
     # DeepSpeed writes a checkpoint as a folder holding a "checkpoint" subfolder and "latest".
     return (path / "latest").exists() or (path / "checkpoint").is_dir()
@@ -80,11 +96,12 @@ def load_musicgen(
     source: str,
     *,
     tiny_seed: int = 0,
+    registry_uri: str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> LoadedModel:
     """Load model and processor, or raise ModelNotFoundError with one clear line."""
-    path = resolve_model_source(source, tiny_seed=tiny_seed)
+    path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         kwargs = {"dtype": dtype} if dtype is not None else {}

@@ -53,7 +53,3 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"checkpoint={checkpoint!r} is not allowed: give best, last, or a checkpoint path"
         )
-    from musicgen_train.registry.location import configured_tracking_uri, remember_tracking_uri
-
-    # model=models:/name@alias in any stage then finds this config's registry.
-    remember_tracking_uri(configured_tracking_uri(cfg.registry.uri, cfg.work_dir))

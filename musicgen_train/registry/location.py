@@ -24,17 +24,6 @@ def configured_tracking_uri(uri: str | None, work_dir: str | Path) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(work_dir)
 
 
-# The registry named by the most recently composed config (registry/config.py records it), so
-# that ``model=models:/name@alias`` finds it from any stage without passing the config around.
-_current_uri: str | None = None
-
-
-def remember_tracking_uri(uri: str) -> None:
-    global _current_uri
-    _current_uri = uri
-
-
-def current_tracking_uri() -> str:
-    if _current_uri:
-        return _current_uri
+def default_tracking_uri() -> str:
+    """The registry when no config says which: MLFLOW_TRACKING_URI, else the default work dir's."""
     return configured_tracking_uri(None, os.environ.get("MUSICGEN_TRAIN_HOME") or "outputs")

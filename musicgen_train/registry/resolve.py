@@ -13,7 +13,7 @@ from pathlib import Path
 from musicgen_train.errors import UserError
 from musicgen_train.model.tiny import cache_root
 from musicgen_train.registry.checksums import verify_checksums
-from musicgen_train.registry.location import current_tracking_uri
+from musicgen_train.registry.location import default_tracking_uri
 from musicgen_train.registry.model_folder import atomic_folder
 from musicgen_train.registry.store import Registry, VersionRef
 
@@ -40,7 +40,7 @@ def _cache_folder(registry: Registry, version) -> Path:
 
 def download_registry_model(uri: str, tracking_uri: str | None = None) -> Path:
     """The verified model folder of the version ``uri`` names (downloaded once, then cached)."""
-    registry = Registry(tracking_uri or current_tracking_uri())
+    registry = Registry(tracking_uri or default_tracking_uri())
     version = registry.resolve(parse_registry_uri(uri))
     folder = _cache_folder(registry, version)
     if not folder.is_dir():

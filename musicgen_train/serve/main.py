@@ -43,6 +43,6 @@ def check_sources(settings: ServeSettings) -> None:
     for spec in settings.models:
         is_path = spec.source.startswith((".", "/", "~"))
         if spec.source.startswith("models:/"):
-            model_info(spec.source)
+            model_info(spec.source, spec.registry_uri)
         elif is_path and not Path(spec.source).expanduser().exists():
             raise ModelNotFoundError(f"model {spec.name}: path {spec.source} does not exist")

@@ -44,17 +44,17 @@ class ServedModel:
         }
 
 
-def model_info(source: str) -> dict:
+def model_info(source: str, registry_uri: str | None = None) -> dict:
     """Registry version and evaluation metrics (the version's ``metric.*`` tags) of a
     ``models:/`` source; other sources have neither."""
     if not source.startswith("models:/"):
         return {"registry": None, "metrics": None}
     from musicgen_train.registry.commands import METRIC_PREFIX
-    from musicgen_train.registry.location import current_tracking_uri
+    from musicgen_train.registry.location import default_tracking_uri
     from musicgen_train.registry.resolve import parse_registry_uri
     from musicgen_train.registry.store import Registry
 
-    registry = Registry(current_tracking_uri())
+    registry = Registry(registry_uri or default_tracking_uri())
     version = registry.resolve(parse_registry_uri(source))
     tags = dict(version.tags or {})
     metrics = {
@@ -76,5 +76,8 @@ def model_info(source: str) -> dict:
 
 def load_served_model(spec: ModelSpec, device: str = "cpu") -> ServedModel:
     log.info("loading model %s from %s on %s", spec.name, spec.source, device)
-    loaded = load_musicgen(spec.source, tiny_seed=spec.tiny_seed, device=device)
-    return ServedModel(spec=spec, engine=GenerationEngine(loaded), info=model_info(spec.source))
+    loaded = load_musicgen(
+        spec.source, tiny_seed=spec.tiny_seed, registry_uri=spec.registry_uri, device=device
+    )
+    info = model_info(spec.source, spec.registry_uri)
+    return ServedModel(spec=spec, engine=GenerationEngine(loaded), info=info)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from musicgen_train.errors import ConfigError
+from musicgen_train.model.loader import load_options
 
 RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$")
 
@@ -27,6 +28,7 @@ class ModelSpec(_Section):
     source: str  # what the loader resolves: tiny, hub id, folder, .ckpt, models:/name@alias
     max_duration: float = Field(default=30.0, gt=0, le=600)
     tiny_seed: int = 0
+    registry_uri: str | None = None  # the registry models:/ sources name
 
 
 class QueueSettings(_Section):
@@ -145,7 +147,7 @@ def _default_model(cfg: DictConfig) -> dict:
         "name": name,
         "source": str(model.id),
         "max_duration": float(model.max_duration),
-        "tiny_seed": int(model.get("tiny_seed", 0)),
+        **load_options(cfg),
     }
 
 
@@ -154,11 +156,12 @@ def _model_spec(item, cfg: DictConfig) -> dict:
         item = dict(item)
         item.setdefault("name", model_name_from_source(str(item.get("source", ""))))
         item.setdefault("max_duration", float(cfg.model.max_duration))
-        return item
+        return {**load_options(cfg), **item}
     return {
         "name": model_name_from_source(str(item)),
         "source": str(item),
         "max_duration": float(cfg.model.max_duration),
+        **load_options(cfg),
     }
 
 

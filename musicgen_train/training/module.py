@@ -22,6 +22,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from musicgen_train.model import lora as lora_wiring
 from musicgen_train.model.codec import attach_codec, has_codec, load_codec, load_without_codec
 from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels
+from musicgen_train.model.loader import load_options
 from musicgen_train.training.ema import EMA
 
 
@@ -53,7 +54,7 @@ class MusicgenLightningModule(pl.LightningModule):
         plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
         self.save_hyperparameters({"cfg": plain})
         self.cfg = OmegaConf.create(plain)
-        loaded = load_without_codec(self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed)
+        loaded = load_without_codec(self.cfg.model.id, **load_options(self.cfg))
         self.model = loaded.model
         self.processor = loaded.processor
         self.model_path = loaded.path
@@ -261,9 +262,7 @@ class MusicgenLightningModule(pl.LightningModule):
     def codec_attached(self):
         """The model with its real codec for as long as the block runs (samples need audio)."""
         if "codec" not in self._codec_cache:
-            self._codec_cache["codec"] = load_codec(
-                self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed
-            )
+            self._codec_cache["codec"] = load_codec(self.cfg.model.id, **load_options(self.cfg))
         stand_in = self.model.audio_encoder
         self.model.audio_encoder = self._codec_cache["codec"].to(self.device)
         try:
@@ -282,6 +281,6 @@ class MusicgenLightningModule(pl.LightningModule):
             self.ema.copy_to(self.trainable_parameters())
         model = lora_wiring.merge_lora(self.model) if merge_lora else self.model
         if not has_codec(model):
-            attach_codec(model, self.cfg.model.id, tiny_seed=self.cfg.model.tiny_seed)
+            attach_codec(model, self.cfg.model.id, **load_options(self.cfg))
         self.model = model
         return model.eval()
