@@ -11,12 +11,12 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     """Run every stage the recipe asks for and return where each result went."""
-    from musicgen_train.data.prepare import ensure_token_cache
-    from musicgen_train.training.train import train
+    from musicgen_train.training.train import is_main_process, train
 
-    outputs: dict = {"token_cache": str(ensure_token_cache(cfg))}
-    trained = train(cfg)
-    outputs.update(trained.summary())
+    trained = train(cfg)  # prepares the token cache first when it is missing or incomplete
+    outputs: dict = {"token_cache": str(cfg.data.output), **trained.summary()}
+    if not is_main_process():
+        return outputs  # other DDP ranks: evaluating and registering is rank 0's job
     evaluation: dict | None = None  # the evaluation report, when evaluation ran
     final = trained.best_checkpoint or trained.last_checkpoint
     if cfg.eval.get("after_training") and final:

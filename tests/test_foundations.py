@@ -23,11 +23,10 @@ from musicgen_train.model.tiny import build_tiny_model, ensure_tiny_model
 
 def test_tiny_model_is_deterministic_and_has_musicgen_token_layout(tmp_path):
     a, b, c = build_tiny_model(seed=1), build_tiny_model(seed=1), build_tiny_model(seed=2)
-    for (name, pa), (_, pb), (_, pc) in zip(
-        a.named_parameters(), b.named_parameters(), c.named_parameters(), strict=True
-    ):
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), name
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    pairs = zip(a.parameters(), c.parameters(), strict=True)
+    assert any(not torch.equal(pa, pc) for pa, pc in pairs)
     assert a.config.decoder.num_codebooks == 4
     assert a.config.decoder.pad_token_id == a.config.decoder.vocab_size == 64
     assert a.config.audio_encoder.sampling_rate == 32_000

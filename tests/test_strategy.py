@@ -129,7 +129,6 @@ def test_deepspeed_without_cuda_is_one_clear_error():
         build_strategy(load_config(["strategy=deepspeed_stage_2"]))
 
 
-@pytest.mark.slow  # the train stage prepares the demo data before it builds the Trainer
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
 def test_cli_deepspeed_on_cpu_exits_2_with_one_line(work_home):
     done = subprocess.run(

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from musicgen_train.errors import UserError
 from musicgen_train.training.callbacks import best_checkpoint, build_callbacks, checkpoint_dir
+from musicgen_train.training.loggers import build_loggers
+from musicgen_train.training.strategy import build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,15 @@ class TrainResult:
 def run(cfg: DictConfig) -> TrainResult:
     """CLI stage ``musicgen-train train``: train, then print where everything went."""
     result = train(cfg)
-    for key, value in result.summary().items():
-        log.info("  %-16s %s", key, value)
+    if is_main_process():
+        for key, value in result.summary().items():
+            log.info("  %-16s %s", key, value)
     return result
+
+
+def is_main_process() -> bool:
+    """False in the other ranks of a multi-process run (Lightning sets the rank it launched)."""
+    return rank_zero_only.rank == 0
 
 
 # With an OnExceptionCheckpoint, Lightning turns fit(ckpt_path=None) into "last" and warns; a
@@ -67,6 +76,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     from musicgen_train.training.module import MusicgenLightningModule
 
     started = time.perf_counter()
+    # Settings that cannot work here (DeepSpeed or fp16 without CUDA) fail before any work.
+    check_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    strategy = build_strategy(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
@@ -75,7 +87,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     ensure_token_cache(cfg)
     datamodule = TokenDataModule.from_config(cfg)
     module = MusicgenLightningModule(cfg)
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=callbacks or [])
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=callbacks or [], strategy=strategy)
     log.info("training %s (%s) -> %s", cfg.model.id, cfg.finetune.name, run_dir)
     metrics = {}
     if cfg.trainer.val_before_training and ckpt_path is None:
@@ -121,28 +133,12 @@ def build_trainer(
         deterministic=t.deterministic,
         benchmark=t.benchmark,
         enable_progress_bar=t.enable_progress_bar,
-        strategy=_strategy(cfg),
-        logger=_loggers(cfg, run_dir),
+        strategy=overrides.pop("strategy", None) or build_strategy(cfg),
+        logger=build_loggers(cfg, run_dir) or False,
         callbacks=[*build_callbacks(cfg, run_dir), *extra_callbacks],
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
-
-
-def _strategy(cfg: DictConfig):
-    try:
-        from musicgen_train.training.strategy import build_strategy
-    except ImportError:
-        return "auto"
-    return build_strategy(cfg)
-
-
-def _loggers(cfg: DictConfig, run_dir: Path):
-    try:
-        from musicgen_train.training.loggers import build_loggers
-    except ImportError:
-        return False
-    return build_loggers(cfg, run_dir) or False
 
 
 def check_precision(precision: str, accelerator: str) -> None:
