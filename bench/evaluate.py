@@ -48,7 +48,6 @@ def real_shaped_embedders():
         ClapFeatureExtractor,
         ClapModel,
         ClapProcessor,
-        EncodecConfig,
         EncodecModel,
         RobertaTokenizerFast,
     )
@@ -57,25 +56,12 @@ def real_shaped_embedders():
     from musicgen_train.evaluation.encodec_embedder import EncodecEmbedder
     from musicgen_train.evaluation.logmel import LogMelEmbedder
     from musicgen_train.evaluation.vggish import VGGish, VGGishEmbedder
+    from musicgen_train.model.shapes import encodec_32khz_config
 
     torch.manual_seed(0)
     yield "logmel", LogMelEmbedder()
     yield "vggish", VGGishEmbedder(VGGish(), checkpoint="random weights, real shape")
-    codec = EncodecModel(
-        EncodecConfig(
-            sampling_rate=32_000,
-            audio_channels=1,
-            num_filters=64,
-            hidden_size=128,
-            codebook_size=2048,
-            codebook_dim=128,
-            num_lstm_layers=2,
-            upsampling_ratios=[8, 5, 4, 4],
-            target_bandwidths=[2.2],
-            normalize=False,
-            pad_mode="reflect",
-        )
-    )
+    codec = EncodecModel(encodec_32khz_config())
     yield "encodec", EncodecEmbedder(codec, checkpoint="random weights, encodec_32khz shape")
     tokenizer = _offline_roberta_tokenizer(RobertaTokenizerFast)
     processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(), tokenizer=tokenizer)

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig
+from transformers import MusicgenConfig, MusicgenDecoderConfig
 
 from musicgen_train.config import load_config
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.prepare import prepare
 from musicgen_train.model import load_musicgen
+from musicgen_train.model.shapes import encodec_32khz_config
 from musicgen_train.model.tiny import tiny_config
 
 
@@ -49,24 +50,7 @@ def write_inputs(folder: Path, files: int, seconds: float) -> float:
 def real_shape_encoder() -> CodecEncoder:
     """A MusicGen whose codec has facebook/encodec_32khz's shape (tiny text side, random init)."""
     tiny = tiny_config()
-    audio = EncodecConfig(
-        sampling_rate=32000,
-        audio_channels=1,
-        target_bandwidths=[2.2],
-        hidden_size=128,
-        num_filters=64,
-        num_residual_layers=1,
-        upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2,
-        codebook_size=2048,
-        codebook_dim=128,
-        normalize=False,
-        chunk_length_s=None,
-        overlap=None,
-        use_causal_conv=False,
-        pad_mode="reflect",
-        norm_type="weight_norm",
-    )
+    audio = encodec_32khz_config()
     decoder = MusicgenDecoderConfig(
         vocab_size=2048, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
         ffn_dim=128, num_codebooks=4, pad_token_id=2048, bos_token_id=2048,

@@ -39,14 +39,9 @@ from pathlib import Path
 
 def small_shape_folder() -> Path:
     """musicgen-small's shape with random weights, saved like a hub checkpoint (once)."""
-    from transformers import (
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config
 
+    from musicgen_train.model.shapes import encodec_32khz_config, musicgen_small_decoder_config
     from musicgen_train.model.tiny import build_tiny_processor, cache_root, init_codebooks
 
     folder = cache_root() / "bench" / "musicgen-small-shape-v1"
@@ -64,33 +59,8 @@ def small_shape_folder() -> Path:
         pad_token_id=0,
         eos_token_id=1,
     )
-    codec = EncodecConfig(  # facebook/encodec_32khz
-        sampling_rate=32000,
-        audio_channels=1,
-        target_bandwidths=[2.2],
-        hidden_size=128,
-        num_filters=64,
-        num_residual_layers=1,
-        upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2,
-        codebook_size=2048,
-        codebook_dim=128,
-        normalize=False,
-        chunk_length_s=None,
-        overlap=None,
-    )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        ffn_dim=4096,
-        num_codebooks=4,
-        max_position_embeddings=2048,
-        pad_token_id=2048,
-        bos_token_id=2048,
-        decoder_start_token_id=2048,
-    )
+    codec = encodec_32khz_config()
+    decoder = musicgen_small_decoder_config()
     config = MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
     config.decoder_start_token_id = config.pad_token_id = 2048
     model = MusicgenForConditionalGeneration(config)

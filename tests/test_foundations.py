@@ -130,3 +130,19 @@ def test_audio_roundtrip_resample_and_channels(tmp_path):
     np.testing.assert_allclose(to_channels(stereo, 1)[0], stereo.mean(axis=0))
     decoded, rate = read_audio(encode_audio_bytes(stereo, 44_100, "wav"))
     assert decoded.shape == (2, 44_100) and rate == 44_100
+
+
+def test_real_checkpoint_shapes_for_benchmarks():
+    from musicgen_train.model.shapes import encodec_32khz_config, musicgen_small_decoder_config
+
+    codec = encodec_32khz_config()
+    assert codec.frame_rate == 50 and codec.sampling_rate == 32_000
+    # 4 codebooks of 2048 codes (11 bits) at 50 frames/s is MusicGen's 2.2 kbps.
+    assert codec.target_bandwidths[0] * 1000 == 4 * 50 * 11
+    decoder = musicgen_small_decoder_config()
+    assert (decoder.hidden_size, decoder.num_hidden_layers, decoder.num_attention_heads) == (
+        1024,
+        24,
+        16,
+    )
+    assert decoder.pad_token_id == decoder.vocab_size == 2048

@@ -1,0 +1,43 @@
+"""The shapes of the real checkpoints, for benchmarks that need real sizes but no download."""
+
+from __future__ import annotations
+
+from transformers import EncodecConfig, MusicgenDecoderConfig
+
+
+def encodec_32khz_config() -> EncodecConfig:
+    """facebook/encodec_32khz, MusicGen's codec: 4 codebooks of 2048 codes at 50 frames/s."""
+    return EncodecConfig(
+        sampling_rate=32_000,
+        audio_channels=1,
+        target_bandwidths=[2.2],
+        hidden_size=128,
+        num_filters=64,
+        num_residual_layers=1,
+        upsampling_ratios=[8, 5, 4, 4],
+        num_lstm_layers=2,
+        codebook_size=2048,
+        codebook_dim=128,
+        normalize=False,
+        chunk_length_s=None,
+        overlap=None,
+        use_causal_conv=False,
+        pad_mode="reflect",
+        norm_type="weight_norm",
+    )
+
+
+def musicgen_small_decoder_config() -> MusicgenDecoderConfig:
+    """facebook/musicgen-small's decoder: 1024 wide, 24 layers, 16 heads (420 M parameters)."""
+    return MusicgenDecoderConfig(
+        vocab_size=2048,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        ffn_dim=4096,
+        num_codebooks=4,
+        max_position_embeddings=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+        decoder_start_token_id=2048,
+    )
