@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.model import load_musicgen
-from musicgen_train.model.loader import LoadedModel
+from musicgen_train.model.loader import LoadedModel, load_musicgen, load_options
 from musicgen_train.registry.checkpoint import (
     CheckpointError,
     checkpoint_to_pretrained,
@@ -140,7 +139,7 @@ def test_round_trip_train_export_register_load_by_alias(tmp_path, registry_uri, 
     module = load_checkpoint_module(full_run.best_checkpoint)
     own = LoadedModel(module.export_model(), module.processor, "checkpoint", "checkpoint")
     expected = GenerationEngine(own).generate(PROMPTS, PARAMS)
-    by_alias = load_musicgen(f"models:/{name}@staging")
+    by_alias = load_musicgen(f"models:/{name}@staging", **load_options(cfg))
     audio = GenerationEngine(by_alias).generate(PROMPTS, PARAMS)
     assert audio.shape == (2, 1, int(0.4 * 32000))
     np.testing.assert_allclose(audio, expected, atol=1e-4)
