@@ -210,6 +210,18 @@ def test_prepare_folder_with_bad_files(tmp_path):
     assert {e["split"] for e in entries} == {"train", "valid"}  # 2 files: one of each
 
 
+def test_manifest_names_sources_by_absolute_path(tmp_path, monkeypatch):
+    # A relative data.source (e.g. the demo under a relative work_dir) must still be found by
+    # evaluation, which reads the manifest from wherever it runs.
+    make_good_folder(tmp_path / "audio", count=2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", *overrides(Path("audio"), Path("cache"))]) == 0
+    sources = {e["source"] for e in TokenCache(tmp_path / "cache").manifest()}
+    assert len(sources) == 2
+    for source in sources:
+        assert Path(source).is_absolute() and Path(source).is_file()
+
+
 def test_zero_usable_files_is_an_error(tmp_path, capsys):
     source = tmp_path / "audio"
     make_bad_folder(source)

@@ -290,7 +290,8 @@ def _keep_bytes(cache: TokenCache, raw: bytes, digest: str) -> str:
 
 
 def _source_of(item: AudioItem) -> str:
-    return str(item.path) if item.path is not None else item.source
+    # Absolute, so that evaluation finds the file whatever folder it runs from.
+    return str(item.path.resolve()) if item.path is not None else item.source
 
 
 def _segment_id(key: str, digest: str, settings: str, index: int) -> str:
