@@ -19,6 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from musicgen_train.errors import ConfigError
 
 DEFAULT_RECIPE = "demo"
+# Short keys for what people type most: `musicgen-train serve host=0.0.0.0 port=8000`.
+SHORTHANDS = {"host": "serve.host", "port": "serve.port"}
 # Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
 STAGE_PACKAGES = ("model", "data", "training", "evaluation", "registry", "serve")
 
@@ -67,6 +69,9 @@ def split_overrides(overrides: Iterable[str]) -> tuple[str, list[str]]:
             recipe = item.split("=", 1)[1]
         elif item.startswith("model="):
             rest.extend(_rewrite_model_override(item))
+        elif item.split("=", 1)[0] in SHORTHANDS:
+            key, value = item.split("=", 1)
+            rest.append(f"{SHORTHANDS[key]}={value}")
         else:
             rest.append(item)
     return recipe, rest

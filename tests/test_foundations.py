@@ -75,6 +75,8 @@ def test_config_composes_recipe_and_overrides():
     custom = load_config(["model=some/local-model"])
     assert custom.model.name == "custom" and custom.model.id == "some/local-model"
     assert OmegaConf.select(cfg, "recipe") == "demo"
+    served = load_config(["host=0.0.0.0", "port=9123"])
+    assert (served.serve.host, served.serve.port) == ("0.0.0.0", 9123)
 
 
 def test_config_errors_name_key_and_choices():
