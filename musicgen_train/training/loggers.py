@@ -3,7 +3,7 @@
 W&B is the default. It runs offline unless it can upload (``WANDB_API_KEY`` set, or
 ``logger.mode=online``), and then says how to upload the run later. CSV, TensorBoard and MLflow
 (a local SQLite store under the work dir unless a tracking URI is given) are the alternatives.
-Audio samples always land as wav files under ``<run_dir>/samples/step-XXXXXX/`` too.
+Audio samples always land as wav files under ``<run_dir>/samples/step-000100/`` too.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def log_audio(
 ) -> list[Path]:
     """Log generated samples (``[channels, samples]`` or ``[samples]`` each) to every logger.
 
-    Wav files are written under ``<run_dir>/samples/step-XXXXXX/`` whatever the logger; W&B gets
+    Wav files are written under ``<run_dir>/samples/step-000100/`` whatever the logger; W&B gets
     ``wandb.Audio`` panels, TensorBoard audio summaries, MLflow the files as run artifacts.
     Only the global-zero process writes; the others return an empty list.
     """
