@@ -272,6 +272,12 @@ def test_split_by_file():
     assert list(assign_splits(keys[:2], 0, 0.01).values()).count("valid") == 1
     assert set(assign_splits(keys, 0, 0.0).values()) == {"train"}
     assert assign_splits(keys[:1], 0, 0.5) == {"song0.wav": "train"}
+    # Stratified: every group gets its own share, so each is on both sides.
+    groups = {k: ("jazz" if i % 2 else "rock") for i, k in enumerate(keys)}
+    by_group = assign_splits(keys, 3, 0.2, groups)
+    for group in ("jazz", "rock"):
+        sides = [by_group[k] for k in keys if groups[k] == group]
+        assert sides.count("valid") == max(1, round(0.2 * len(sides)))
 
 
 def test_segments_of_one_song_stay_on_one_side(tmp_path, encoder):
@@ -447,8 +453,11 @@ def test_demo_end_to_end_through_the_cli(tmp_path, work_home):
     assert report["files_ok"] == clips and report["skipped"] == []
     assert report["totals"]["segments"] == clips  # 10 s clips in 10 s windows
     assert report["totals"]["hours"] == pytest.approx(clips * CLIP_SECONDS / 3600, abs=1e-5)
-    assert report["splits"]["valid"]["files"] == round(0.1 * clips)
+    # Split per style (data.stratify_by=genre): one held-out clip of every style.
+    assert report["splits"]["valid"]["files"] == len(DEMO_STYLES)
     entries = TokenCache(output).manifest()
+    valid_genres = sorted(e["metadata"]["genre"] for e in entries if e["split"] == "valid")
+    assert valid_genres == sorted(s.genre for s in DEMO_STYLES)
     captions = {e["caption"] for e in entries}
     assert len(captions) > len(DEMO_STYLES)  # each clip says its own tempo and key
     assert all(any(s.genre in c for s in DEMO_STYLES) for c in captions)
@@ -528,6 +537,7 @@ def test_stereo_checkpoint_interleaves_left_and_right(tiny_model_dir):
         ("data.hop_seconds=40", "must be <= data.segment_seconds"),
         ("data.crop_seconds=0", "data.crop_seconds=0 is not allowed"),
         ("data.valid_fraction=1", "data.valid_fraction=1 is not allowed"),
+        ("data.stratify_by=3", "data.stratify_by=3 is not allowed"),
         ("data.min_segment_ratio=1.5", "data.min_segment_ratio=1.5"),
         ("data.batch_size=0", "data.batch_size=0"),
         ("data.batch_size=2.5", "must be a whole number"),

@@ -45,6 +45,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: it must be a whole number")
     if OmegaConf.select(cfg, "data.channels") is not None:
         check_choice(cfg, "data.channels", [1, 2])
+    stratify_by = OmegaConf.select(cfg, "data.stratify_by")
+    if stratify_by is not None and not (isinstance(stratify_by, str) and stratify_by.strip()):
+        raise ConfigError(
+            f"data.stratify_by={stratify_by!r} is not allowed: give a caption field such as "
+            "genre, or null"
+        )
     if OmegaConf.select(cfg, "data.output") in ("", None):
         raise ConfigError("data.output is empty: give the folder of the token cache")
     hop, segment = OmegaConf.select(cfg, "data.hop_seconds"), cfg.data.get("segment_seconds")

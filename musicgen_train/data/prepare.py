@@ -351,9 +351,19 @@ class _ShardWriter:
 # --- split, report -----------------------------------------------------------------------------
 
 
-def assign_splits(keys: Iterable[str], seed: int, valid_fraction: float) -> dict[str, str]:
+def assign_splits(
+    keys: Iterable[str], seed: int, valid_fraction: float, groups: dict[str, str] | None = None
+) -> dict[str, str]:
     """``key -> "train" | "valid"``, by file, from a seeded hash: the same files always land on
-    the same side. At least one valid file when there are two or more and the fraction is > 0."""
+    the same side. At least one valid file when there are two or more and the fraction is > 0.
+    With ``groups`` (key -> group, e.g. the genre), each group is split on its own, so that every
+    group is represented on both sides."""
+    if groups is not None:
+        splits: dict[str, str] = {}
+        for group in sorted(set(groups.values())):
+            members = [k for k in keys if groups[k] == group]
+            splits.update(assign_splits(members, seed, valid_fraction))
+        return splits
     keys = sorted(set(keys))
     count = 0
     if len(keys) >= 2 and valid_fraction > 0:
@@ -364,9 +374,10 @@ def assign_splits(keys: Iterable[str], seed: int, valid_fraction: float) -> dict
 
 
 def _final_entries(files: list[_FileResult], writer: _ShardWriter, cfg: DictConfig) -> list[dict]:
-    splits = assign_splits(
-        (f.key for f in files), int(cfg.seed), float(cfg.data.get("valid_fraction", 0.1))
-    )
+    keys = [f.key for f in files]
+    field = cfg.data.get("stratify_by")
+    groups = {f.key: _metadata_value(f, field) for f in files} if field else None
+    splits = assign_splits(keys, int(cfg.seed), float(cfg.data.get("valid_fraction", 0.1)), groups)
     entries = []
     for result in sorted(files, key=lambda f: f.key):
         for entry in sorted(result.entries, key=lambda e: e["segment"]):
@@ -375,6 +386,12 @@ def _final_entries(files: list[_FileResult], writer: _ShardWriter, cfg: DictConf
     if missing:  # would be a bug in the writer: never write a manifest pointing nowhere
         raise RuntimeError(f"segments without codes: {missing[:3]}")
     return entries
+
+
+def _metadata_value(result: _FileResult, field: str) -> str:
+    """The file's caption field ``field`` (files without it form one group of their own)."""
+    metadata = result.entries[0].get("metadata", {}) if result.entries else {}
+    return str(metadata.get(field, ""))
 
 
 def _report(cfg, cache, encoder, files, skipped, removed, entries, counts) -> dict:
