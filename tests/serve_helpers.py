@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from musicgen_train.generation import GenerationEngine
-from musicgen_train.serve.models import ServedModel, model_info
-from musicgen_train.serve.settings import ModelSpec, ServeSettings
+from musicgen_train.serve.settings import ServeSettings
 
 FINISHED = ("succeeded", "failed", "canceled")
 
@@ -31,12 +30,9 @@ def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> ServeSettings
     return ServeSettings(**values)
 
 
-def served(loaded, name: str = "tiny", max_duration: float = 2.0) -> dict[str, ServedModel]:
-    """The session's tiny model, already loaded, as an app's served models."""
-    spec = ModelSpec(name=name, source=loaded.path, max_duration=max_duration)
-    return {
-        name: ServedModel(spec=spec, engine=GenerationEngine(loaded), info=model_info(loaded.path))
-    }
+def served(loaded, name: str = "tiny") -> dict[str, GenerationEngine]:
+    """The session's tiny model, already loaded: the app serves it from the test's process."""
+    return {name: GenerationEngine(loaded)}
 
 
 def wait_for(client, job_id: str, states=FINISHED, limit: float = 120.0) -> dict:

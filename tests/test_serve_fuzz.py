@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from musicgen_train.generation import GenerationEngine  # noqa: E402
 from musicgen_train.model import load_musicgen  # noqa: E402
 from musicgen_train.serve.app import create_app  # noqa: E402
-from musicgen_train.serve.models import ServedModel  # noqa: E402
 from musicgen_train.serve.settings import ModelSpec, ServeSettings  # noqa: E402
 
 # Schemathesis reads the schema at import and runs the app's lifespan: the app gets the tiny model
@@ -28,7 +27,7 @@ APP = create_app(
         queue={"max_size": 1},
         rate_limit={"requests": "100000/minute", "generations": "100000/minute"},
     ),
-    {"tiny": ServedModel(_SPEC, GenerationEngine(load_musicgen("tiny")))},
+    {"tiny": GenerationEngine(load_musicgen("tiny"))},
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 

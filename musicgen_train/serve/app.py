@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import UUID
 
-import torch
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,12 +23,14 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy import text
 
 from musicgen_train.data.audio import read_audio
+from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
 from musicgen_train.serve.auth import Guard, api_key_header, bearer, presented_key
+from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
 from musicgen_train.serve.jobs import Job, JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.middleware import BodySizeLimit, RequestMetrics
-from musicgen_train.serve.models import ServedModel, load_served_model
+from musicgen_train.serve.models import ServedModel, load_engine, model_info
 from musicgen_train.serve.schemas import (
     GenerationRequest,
     GenerationStatus,
@@ -51,16 +52,17 @@ STORED_CHUNK_SECONDS = 0.5
 
 
 class Service:
-    """Everything one app holds: stores, models, worker, guard and metrics."""
+    """Everything one app holds: stores, models, generators, worker, guard and metrics."""
 
-    def __init__(self, settings: ServeSettings, models: dict[str, ServedModel] | None):
+    def __init__(self, settings: ServeSettings, engines: dict[str, GenerationEngine] | None):
         self.settings = settings
+        self.engines = engines
         self.store = JobStore(settings.database_url)
         self.audio = AudioStore(settings.storage)
         self.metrics = ServiceMetrics(queue_depth=lambda: self.store.count(states.QUEUED))
         self.guard = Guard(settings)
         self.broker = StreamBroker()
-        self.models: dict[str, ServedModel] = dict(models or {})
+        self.models: dict[str, ServedModel] = {}
         self.worker = Worker(
             settings, self.store, self.audio, self.models, self.metrics, self.broker
         )
@@ -69,25 +71,49 @@ class Service:
         self.stopping = threading.Event()
 
     def start(self) -> None:
-        if self.settings.worker.torch_threads:
-            torch.set_num_threads(self.settings.worker.torch_threads)
-        if len(self.models) == len(self.settings.models):
-            self.worker.start()
+        if self.engines is not None:  # loaded already: serve them from this process
+            self._start_generators()
         else:
-            threading.Thread(target=self._load_then_start, name="model-loader", daemon=True).start()
+            loader = threading.Thread(target=self._start_generators, name="model-loader")
+            loader.daemon = True
+            loader.start()
         threading.Thread(target=self._cleanup_loop, name="audio-retention", daemon=True).start()
 
-    def _load_then_start(self) -> None:
+    def _start_generators(self) -> None:
         try:
+            generators = self._generators()
+            for generator in set(generators):
+                facts = generator.start()
             for spec in self.settings.models:
-                if spec.name not in self.models:
-                    device = self.settings.torch_device()
-                    self.models[spec.name] = load_served_model(spec, device)
+                info = model_info(spec.source, spec.registry_uri)
+                self.models[spec.name] = ServedModel(spec, facts[spec.name], info)
         except Exception as err:  # readiness reports it; liveness stays up for inspection
             log.exception("loading models failed")
-            self.load_error = f"{type(err).__name__}: {err}"
+            self.load_error = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
             return
-        self.worker.start()
+        self.worker.start(generators)
+
+    def _generators(self) -> list:
+        """One per worker thread: a generation process each, or one shared in-process one."""
+        worker, stream = self.settings.worker, self.settings.stream
+        count = worker.threads
+        if self.engines is None and worker.isolation == "process":
+            device = self.settings.torch_device()
+            return [
+                ProcessGenerator(
+                    self.settings.models,
+                    stream,
+                    device=device,
+                    torch_threads=worker.torch_threads,
+                    nice=worker.nice,
+                )
+                for _ in range(count)
+            ]
+        engines = self.engines
+        if engines is None:
+            device = self.settings.torch_device()
+            engines = {spec.name: load_engine(spec, device) for spec in self.settings.models}
+        return [InlineGenerator(engines, stream, worker.torch_threads)] * count
 
     def _cleanup_loop(self) -> None:
         retention = self.settings.retention_hours * 3600
@@ -176,8 +202,13 @@ def validation_error(field: str, message: str, value) -> RequestValidationError:
 # --- the app ------------------------------------------------------------------------------------
 
 
-def create_app(settings: ServeSettings, models: dict[str, ServedModel] | None = None) -> FastAPI:
-    svc = Service(settings, models)
+def create_app(
+    settings: ServeSettings, engines: dict[str, GenerationEngine] | None = None
+) -> FastAPI:
+    """The service for ``settings``. Its models load at start-up, in a generation process
+    (``serve.worker.isolation``); ``engines`` already loaded (by name) are served from this
+    process instead."""
+    svc = Service(settings, engines)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> None:
     settings = ServeSettings.from_config(cfg)
     check_sources(settings)
-    # The generation thread holds the GIL between torch ops; a request waiting for it waits up to
-    # one switch interval per handoff (Python's default is 5 ms). Shorter turns keep it fast.
+    # With serve.worker.isolation=thread the generation thread holds the GIL between torch ops;
+    # a request waiting for it waits up to one switch interval per handoff (Python's default is
+    # 5 ms). Shorter turns keep it fast.
     sys.setswitchinterval(settings.worker.switch_interval)
     app = create_app(settings)
     names = ", ".join(f"{m.name} ({m.source})" for m in settings.models)

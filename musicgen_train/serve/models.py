@@ -1,4 +1,9 @@
-"""The models a service serves: loaded once through the shared loader, each with its engine."""
+"""The models a service serves: what the API needs to know about each, and how one is loaded.
+
+The generator that runs a model may live in another process (``serve.worker.isolation``), so the
+API side keeps only ``ModelFacts``, a few picklable numbers read from the loaded model, and the
+registry metadata; the weights stay with the generator.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,28 @@ from musicgen_train.serve.settings import ModelSpec
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    sample_rate: int
+    channels: int
+    frame_rate: float
+    num_codebooks: int
+
+    @classmethod
+    def of(cls, engine: GenerationEngine) -> ModelFacts:
+        config = engine.model.config
+        return cls(
+            sample_rate=int(engine.sample_rate),
+            channels=int(config.audio_encoder.audio_channels),
+            frame_rate=float(engine.loaded.frame_rate),
+            num_codebooks=int(config.decoder.num_codebooks),
+        )
+
+
 @dataclass
 class ServedModel:
     spec: ModelSpec
-    engine: GenerationEngine
+    facts: ModelFacts
     info: dict = field(default_factory=dict)
 
     @property
@@ -24,21 +47,20 @@ class ServedModel:
 
     @property
     def sample_rate(self) -> int:
-        return self.engine.sample_rate
+        return self.facts.sample_rate
 
     @property
     def channels(self) -> int:
-        return int(self.engine.model.config.audio_encoder.audio_channels)
+        return self.facts.channels
 
     def describe(self) -> dict:
-        config = self.engine.model.config
         return {
             "name": self.name,
             "source": self.spec.source,
             "sample_rate": self.sample_rate,
             "channels": self.channels,
-            "frame_rate": self.engine.loaded.frame_rate,
-            "num_codebooks": int(config.decoder.num_codebooks),
+            "frame_rate": self.facts.frame_rate,
+            "num_codebooks": self.facts.num_codebooks,
             "limits": {"max_duration": self.spec.max_duration},
             **self.info,
         }
@@ -74,10 +96,9 @@ def model_info(source: str, registry_uri: str | None = None) -> dict:
     }
 
 
-def load_served_model(spec: ModelSpec, device: str = "cpu") -> ServedModel:
+def load_engine(spec: ModelSpec, device: str = "cpu") -> GenerationEngine:
     log.info("loading model %s from %s on %s", spec.name, spec.source, device)
     loaded = load_musicgen(
         spec.source, tiny_seed=spec.tiny_seed, registry_uri=spec.registry_uri, device=device
     )
-    info = model_info(spec.source, spec.registry_uri)
-    return ServedModel(spec=spec, engine=GenerationEngine(loaded), info=info)
+    return GenerationEngine(loaded)

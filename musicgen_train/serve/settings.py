@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -43,12 +44,19 @@ class JobSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    threads: int = Field(default=1, ge=1, le=16)
+    # process: models load and generate in a child process, so the sampling loop never holds
+    # the GIL the HTTP server needs; thread: in the server's own process (less memory, no
+    # start-up of a second interpreter, e.g. for debugging).
+    isolation: Literal["process", "thread"] = "process"
+    threads: int = Field(default=1, ge=1, le=16)  # parallel batches; one process per thread
     max_batch_size: int = Field(default=8, ge=1, le=64)
     batch_wait: float = Field(default=0.05, ge=0, le=5)  # seconds to gather companions
     # torch intra-op threads for generation; None keeps torch's default (all cores). On a CPU
     # shared with the HTTP server, leaving a core free keeps status requests fast.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    # CPU priority of a generation process (os.nice): on a CPU shared with the HTTP server,
+    # requests go first. 0 = the server's own priority.
+    nice: int = Field(default=10, ge=0, le=19)
     # Seconds a thread may hold the GIL while another waits (sys.setswitchinterval), set by
     # `musicgen-train serve`: requests wait less for the generation thread.
     switch_interval: float = Field(default=0.0005, gt=0, le=0.1)

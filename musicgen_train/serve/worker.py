@@ -1,10 +1,10 @@
-"""The generation worker: claims queued jobs and runs them in a thread, off the event loop.
+"""The generation worker: claims queued jobs and hands them to a generator, off the event loop.
 
 Queued jobs whose settings agree (same model, same ``GenerationParams.batch_key()``) share one
-``GenerationEngine.generate`` call. Jobs with an explicit seed run alone, so that a seed always
-gives the same audio. Each step of ``generate`` passes through a stopping criterion that
-heartbeats progress into the store, publishes streamed audio, and aborts the call when every job
-in it was canceled or the batch ran past its timeout.
+``generate`` call. Jobs with an explicit seed run alone, so that a seed always gives the same
+audio. While a batch runs, its ``Monitor`` heartbeats progress into the store, notices canceled
+jobs, and stops the batch when every job in it was canceled, it ran past its timeout, or the
+server is shutting down. Each worker thread has its own generator (see ``generator.py``).
 """
 
 from __future__ import annotations
@@ -15,71 +15,53 @@ import time
 import uuid
 from collections.abc import Callable
 
-import numpy as np
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
-from musicgen_train.data.audio import encode_audio_bytes
 from musicgen_train.generation import GenerationParams
-from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
+from musicgen_train.serve.batch import Batch, Clip, GenerationAborted, reason
+from musicgen_train.serve.generator import GenerationFailed
 from musicgen_train.serve.jobs import RUNNING, Job, JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.models import ServedModel
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import AudioStore, audio_key
-from musicgen_train.serve.streaming import StreamBroker, to_pcm16
+from musicgen_train.serve.streaming import StreamBroker
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 0.25
 RECOVERY_SECONDS = 5.0
-
-
-class GenerationAborted(Exception):
-    """Raised inside ``generate`` to stop it: every job was canceled, or time ran out."""
-
-
-def job_params(job: Job) -> GenerationParams:
-    return GenerationParams(**job.params)
+RESTART_DELAY_SECONDS = 10.0  # between attempts to bring a failed generator back
 
 
 def batch_key(job: Job) -> tuple:
-    params = job_params(job)
+    params = GenerationParams(**job.params)
     # A seeded job runs alone: its audio must not depend on which jobs shared its batch.
     alone = job.id if params.seed is not None else None
     return (job.model, params.batch_key(), alone)
 
 
-class Supervisor(StoppingCriteria):
-    """Called by ``generate`` after every step: heartbeats, cancellation, the timeout, and the
-    server shutting down."""
+class Monitor:
+    """The service's side of a running batch; ``stop_reason`` is asked after every step (or,
+    with a generation process, every ``POLL_SECONDS``) whether to stop."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        jobs: list[Job],
-        deadline: float,
-        on_tick: Callable,
-        stopping: threading.Event,
-    ):
-        self.store, self.jobs, self.deadline, self.on_tick = store, jobs, deadline, on_tick
-        self.stopping = stopping
+    def __init__(self, store: JobStore, jobs: list[Job], deadline: float, stopping, on_beat):
+        self.store, self.jobs, self.deadline = store, jobs, deadline
+        self.stopping, self.on_beat = stopping, on_beat
         self.progress = 0.0
         self.canceled: set[str] = set()
         self.last_beat = 0.0
 
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+    def stop_reason(self) -> str | None:
         now = time.monotonic()
         if now - self.last_beat >= HEARTBEAT_SECONDS:
             self.last_beat = now
             self.beat()
         if now > self.deadline:
-            raise GenerationAborted("timeout")
+            return "timeout"
         if len(self.canceled) == len(self.jobs):
-            raise GenerationAborted("canceled")
+            return "canceled"
         if self.stopping.is_set():
-            raise GenerationAborted("shutdown")
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            return "shutdown"
+        return None
 
     def beat(self) -> None:
         live = [job.id for job in self.jobs if job.id not in self.canceled]
@@ -89,7 +71,7 @@ class Supervisor(StoppingCriteria):
                 self.canceled.add(job_id)
             else:
                 self.store.heartbeat(job_id, self.progress)
-        self.on_tick()
+        self.on_beat()
 
 
 class Worker:
@@ -108,14 +90,19 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.generators: list = []
         self.last_tick = time.monotonic()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, generators: list) -> None:
+        """One thread per generator, each running one batch at a time on its generator."""
         self.recover()
-        for index in range(self.settings.worker.threads):
-            thread = threading.Thread(target=self._loop, name=f"generation-{index}", daemon=True)
+        self.generators = generators
+        for index, generator in enumerate(generators):
+            thread = threading.Thread(
+                target=self._loop, args=(generator,), name=f"generation-{index}", daemon=True
+            )
             thread.start()
             self.threads.append(thread)
 
@@ -124,10 +111,16 @@ class Worker:
         self.wake.set()
         for thread in self.threads:
             thread.join(timeout)
+        for generator in set(self.generators):
+            generator.stop()
 
     @property
     def alive(self) -> bool:
-        return bool(self.threads) and all(t.is_alive() for t in self.threads)
+        return (
+            bool(self.threads)
+            and all(thread.is_alive() for thread in self.threads)
+            and all(generator.alive for generator in self.generators)
+        )
 
     def recover(self) -> dict:
         jobs = self.settings.jobs
@@ -142,10 +135,13 @@ class Worker:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, generator) -> None:
         last_recovery = time.monotonic()
         while not self.stopping.is_set():
             self.last_tick = time.monotonic()
+            if not generator.alive:
+                self._restart(generator)
+                continue
             if self.last_tick - last_recovery > RECOVERY_SECONDS:
                 self.recover()
                 last_recovery = self.last_tick
@@ -155,10 +151,18 @@ class Worker:
                 log.exception("claiming jobs failed")
                 batch = []
             if batch:
-                self.run_batch(batch)
+                self.run_batch(batch, generator)
             else:
                 self.wake.wait(0.5)
                 self.wake.clear()
+
+    def _restart(self, generator) -> None:
+        log.warning("restarting the generation process")
+        try:
+            generator.start()
+        except Exception as err:
+            log.error("the generation process did not start: %s", err)
+            self.stopping.wait(RESTART_DELAY_SECONDS)
 
     def claim_batch(self) -> list[Job]:
         """Claim the oldest queued job and the queued jobs that can share its generate call."""
@@ -182,83 +186,63 @@ class Worker:
                 batch.append(job)
         return batch
 
-    def run_batch(self, jobs: list[Job]) -> None:
+    def run_batch(self, jobs: list[Job], generator) -> None:
         served = self.models[jobs[0].model]
-        params = job_params(jobs[0])
+        live = [self.broker.get(job.id) for job in jobs]  # streams someone is reading
+        batch = Batch(
+            model=served.name,
+            prompts=[job.prompt for job in jobs],
+            params=jobs[0].params,
+            formats=[job.format for job in jobs],
+            streamed=[stream is not None for stream in live],
+        )
         started = time.monotonic()
         deadline = started + self.settings.jobs.timeout
-        supervisor = Supervisor(self.store, jobs, deadline, self._tick, self.stopping)
-        streamer = self._streamer(served, jobs, params, supervisor)
+        monitor = Monitor(self.store, jobs, deadline, self.stopping, self._tick)
+
+        def on_event(event: tuple) -> None:
+            if event[0] == "progress":
+                monitor.progress = event[1]
+            elif event[0] == "audio" and live[event[1]] is not None:
+                live[event[1]].publish(event[2])
+
         self.metrics.active.inc(len(jobs))
         self.metrics.batch_size.observe(len(jobs))
         try:
-            audio = served.engine.generate(
-                [job.prompt for job in jobs],
-                params,
-                stopping_criteria=StoppingCriteriaList([TokenFeed(streamer), supervisor]),
-            )
-            streamer.end()
+            clips = generator.run(batch, on_event, monitor.stop_reason)
         except GenerationAborted as stop:
-            self._abort(jobs, supervisor, str(stop))
+            self._abort(jobs, str(stop))
             return
-        except Exception as err:  # the reason goes to the client; the trace to the log
-            log.exception("generation failed for %d job(s)", len(jobs))
+        except GenerationFailed as err:
             for job in jobs:
-                self._finish(job, "failed", lambda j, e=err: self.store.fail(j.id, _reason(e)))
+                self._finish(job, "failed", lambda j, r=err.reason: self.store.fail(j.id, r))
             return
         finally:
             self.metrics.active.dec(len(jobs))
             self.metrics.generation_seconds.labels(served.name).observe(time.monotonic() - started)
-        for job, clip in zip(jobs, audio, strict=True):
+        for job, clip in zip(jobs, clips, strict=True):
             self._save(job, served, clip)
 
     def _tick(self) -> None:
         self.last_tick = time.monotonic()
 
-    def _streamer(self, served, jobs, params, supervisor) -> CodecStreamer:
-        frame_rate = served.engine.loaded.frame_rate
-        num_codebooks = served.engine.model.config.decoder.num_codebooks
-        kwargs = params.generate_kwargs(frame_rate, num_codebooks)
-        live = {i: self.broker.get(job.id) for i, job in enumerate(jobs)}
-        live = {i: stream for i, stream in live.items() if stream is not None}
-
-        def on_audio(index: int, audio: np.ndarray) -> None:
-            if index in live:
-                live[index].publish(to_pcm16(audio))
-
-        def on_progress(step: int, total: int) -> None:
-            supervisor.progress = step / total
-
-        stream = self.settings.stream
-        return CodecStreamer(
-            served.engine.model,
-            batch_size=len(jobs),
-            max_new_tokens=kwargs["max_new_tokens"],
-            num_samples=int(round(params.duration * served.sample_rate)),
-            on_audio=on_audio if live else None,
-            on_progress=on_progress,
-            chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
-            context_frames=round(stream.context_seconds * frame_rate),
-            lookahead_frames=stream.lookahead_frames,
-            crossfade_frames=min(2, stream.lookahead_frames),
-        )
-
-    def _save(self, job: Job, served: ServedModel, clip: np.ndarray) -> None:
+    def _save(self, job: Job, served: ServedModel, clip: Clip) -> None:
+        if clip.error is not None:
+            self._finish(job, "failed", lambda j: self.store.fail(j.id, clip.error))
+            return
         try:
             key = audio_key(job.id, job.format)
-            self.audio.put(key, encode_audio_bytes(clip, served.sample_rate, job.format))
+            self.audio.put(key, clip.data)
         except Exception as err:
             log.exception("storing audio of job %s failed", job.id)
-            reason = _reason(err)
-            self._finish(job, "failed", lambda j: self.store.fail(j.id, reason))
+            self._finish(job, "failed", lambda j, r=reason(err): self.store.fail(j.id, r))
             return
-        seconds = clip.shape[-1] / served.sample_rate
-        if self._finish(job, "succeeded", lambda j: self.store.succeed(j.id, key, seconds)):
-            self.metrics.audio_seconds.labels(served.name).inc(seconds)
+        if self._finish(job, "succeeded", lambda j: self.store.succeed(j.id, key, clip.seconds)):
+            self.metrics.audio_seconds.labels(served.name).inc(clip.seconds)
         else:  # canceled while its batch finished: the audio is not wanted
             self.audio.delete(key)
 
-    def _abort(self, jobs: list[Job], supervisor: Supervisor, why: str) -> None:
+    def _abort(self, jobs: list[Job], why: str) -> None:
         timeout = self.settings.jobs.timeout
         for job in jobs:
             if why == "timeout":
@@ -276,7 +260,3 @@ class Worker:
             self.metrics.jobs.labels(job.model, status).inc()
         self.broker.close(job.id)
         return changed
-
-
-def _reason(err: Exception) -> str:
-    return f"{type(err).__name__}: {err}"[:500]

@@ -1,0 +1,125 @@
+"""One ``generate`` call for a batch of jobs, wherever the generator lives (thread or process).
+
+``generate_batch`` is all the work a batch needs from the model: it samples codes for every prompt,
+streams decoded PCM while it goes, reports progress, asks ``stop_reason`` after every step
+whether to stop, and returns each job's encoded file. Its inputs and outputs are plain picklable
+values, so the same function runs in the service's own process or in a generation process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from musicgen_train.data.audio import encode_audio_bytes
+from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
+from musicgen_train.serve.settings import StreamSettings
+from musicgen_train.serve.streaming import to_pcm16
+
+PROGRESS_SECONDS = 0.1  # progress events at most this often
+
+# ("progress", fraction) or ("audio", job index, PCM bytes)
+Emit = Callable[[tuple], None]
+# None to go on, else why to stop: "canceled", "timeout" or "shutdown"
+StopReason = Callable[[], str | None]
+
+
+class GenerationAborted(Exception):
+    """``generate`` was stopped on purpose; ``str(err)`` says why ("canceled", "timeout" ...)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    model: str
+    prompts: list[str]
+    params: dict  # GenerationParams fields, shared by every job of the batch
+    formats: list[str]  # wav or flac, per job
+    streamed: list[bool]  # whose PCM someone is listening to
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A job's result: its encoded file and length, or why encoding it failed."""
+
+    data: bytes | None
+    seconds: float
+    error: str | None = None
+
+
+class Checkpoint(StoppingCriteria):
+    """Called by ``generate`` after every step: stops it with the reason ``stop_reason`` gives."""
+
+    def __init__(self, stop_reason: StopReason):
+        self.stop_reason = stop_reason
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        why = self.stop_reason()
+        if why is not None:
+            raise GenerationAborted(why)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def generate_batch(
+    engine: GenerationEngine,
+    batch: Batch,
+    stream: StreamSettings,
+    emit: Emit,
+    stop_reason: StopReason,
+) -> list[Clip]:
+    """Generate the batch; raises ``GenerationAborted`` when ``stop_reason`` says so."""
+    params = GenerationParams(**batch.params)
+    streamer = _streamer(engine, batch, params, stream, emit)
+    criteria = StoppingCriteriaList([TokenFeed(streamer), Checkpoint(stop_reason)])
+    audio = engine.generate(batch.prompts, params, stopping_criteria=criteria)
+    streamer.end()
+    emit(("progress", 1.0))
+    formats = zip(audio, batch.formats, strict=True)
+    return [_encode(clip, engine.sample_rate, fmt) for clip, fmt in formats]
+
+
+def _streamer(engine, batch: Batch, params, stream: StreamSettings, emit: Emit) -> CodecStreamer:
+    frame_rate = engine.loaded.frame_rate
+    num_codebooks = engine.model.config.decoder.num_codebooks
+    max_new_tokens = params.generate_kwargs(frame_rate, num_codebooks)["max_new_tokens"]
+    last_progress = [0.0]
+
+    def on_audio(index: int, audio) -> None:
+        if batch.streamed[index]:
+            emit(("audio", index, to_pcm16(audio)))
+
+    def on_progress(step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last_progress[0] >= PROGRESS_SECONDS:
+            last_progress[0] = now
+            emit(("progress", step / total))
+
+    return CodecStreamer(
+        engine.model,
+        batch_size=len(batch.prompts),
+        max_new_tokens=max_new_tokens,
+        num_samples=int(round(params.duration * engine.sample_rate)),
+        on_audio=on_audio if any(batch.streamed) else None,
+        on_progress=on_progress,
+        chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
+        context_frames=round(stream.context_seconds * frame_rate),
+        lookahead_frames=stream.lookahead_frames,
+        crossfade_frames=min(2, stream.lookahead_frames),
+    )
+
+
+def _encode(clip, sample_rate: int, fmt: str) -> Clip:
+    seconds = clip.shape[-1] / sample_rate
+    try:
+        return Clip(encode_audio_bytes(clip, sample_rate, fmt), seconds)
+    except Exception as err:  # one bad file must not cost the batch's other jobs
+        return Clip(None, seconds, reason(err))
+
+
+def reason(err: BaseException) -> str:
+    """What a client reads in a failed job's ``error``."""
+    return f"{type(err).__name__}: {err}"[:500]

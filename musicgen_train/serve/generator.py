@@ -1,0 +1,278 @@
+"""Where generation runs: in the service's own process (a thread) or in a generation process.
+
+Both generators answer ``run(batch, emit, stop_reason)`` with the same ``batch.generate_batch``;
+they differ only in where the model lives.
+
+- ``ProcessGenerator`` (``serve.worker.isolation: process``, the default) loads the models in a
+  child process and talks to it over a pipe. The sampling loop of ``generate`` is Python code
+  that holds the GIL between torch ops; in a thread it makes every HTTP request wait for its
+  turn, in a child process it cannot. The child runs at a lower CPU priority
+  (``serve.worker.nice``) so that on a shared CPU requests are served first. A child that dies
+  (out of memory, a crash) fails its batch with the reason and is started again.
+- ``InlineGenerator`` (``isolation: thread``, or models handed to ``create_app`` already loaded,
+  as tests and notebooks do) runs the batch in the calling worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+import torch
+
+from musicgen_train.generation import GenerationEngine
+from musicgen_train.serve.batch import (
+    Batch,
+    Clip,
+    Emit,
+    GenerationAborted,
+    StopReason,
+    generate_batch,
+    reason,
+)
+from musicgen_train.serve.models import ModelFacts, load_engine
+from musicgen_train.serve.settings import ModelSpec, StreamSettings
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # how often the service checks cancellation while it waits for events
+ABORT_GRACE_SECONDS = 30.0  # a child that ignores an abort this long is killed
+
+
+class GenerationFailed(Exception):
+    """The batch failed; ``reason`` is what its jobs' clients read."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InlineGenerator:
+    """Runs batches in the calling thread, on engines loaded in this process."""
+
+    def __init__(
+        self,
+        engines: dict[str, GenerationEngine],
+        stream: StreamSettings,
+        torch_threads: int | None = None,
+    ):
+        self.engines, self.stream, self.torch_threads = engines, stream, torch_threads
+
+    alive = True
+
+    def start(self) -> dict[str, ModelFacts]:
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        return {name: ModelFacts.of(engine) for name, engine in self.engines.items()}
+
+    def run(self, batch: Batch, emit: Emit, stop_reason: StopReason) -> list[Clip]:
+        try:
+            return generate_batch(self.engines[batch.model], batch, self.stream, emit, stop_reason)
+        except GenerationAborted:
+            raise
+        except Exception as err:  # the reason goes to the clients; the trace to the log
+            log.exception("generation failed for %d job(s)", len(batch.prompts))
+            raise GenerationFailed(reason(err)) from err
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pass
+
+
+class ProcessGenerator:
+    """Runs batches in a child process that loads the models itself."""
+
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        stream: StreamSettings,
+        *,
+        device: str = "cpu",
+        torch_threads: int | None = None,
+        nice: int = 0,
+    ):
+        self.specs, self.stream, self.device = specs, stream, device
+        self.torch_threads, self.nice = torch_threads, nice
+        self.process = None
+        self.conn = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def start(self) -> dict[str, ModelFacts]:
+        """Start the child and wait until it has loaded every model; raises
+        ``GenerationFailed`` with the child's reason when it cannot."""
+        self.stop()
+        # spawn, not fork: the service has threads (uvicorn, torch's pool) that fork would copy
+        # in whatever state they are, and CUDA cannot be used in a forked child at all.
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(
+            target=child_main,
+            args=(child_end, self.specs, self.stream, self.device, self.torch_threads, self.nice),
+            name="musicgen-generation",
+            daemon=True,
+        )
+        self.process.start()
+        child_end.close()  # so that the child's death reads as EOF here
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            why = f"the generation process exited ({self._exit()}) while loading"
+            raise GenerationFailed(why) from None
+        if kind != "ready":
+            self.stop()
+            raise GenerationFailed(payload)
+        log.info("generation process %d is ready", self.process.pid)
+        return payload
+
+    def run(self, batch: Batch, emit: Emit, stop_reason: StopReason) -> list[Clip]:
+        self._send(("run", batch))
+        asked, asked_at = None, 0.0
+        while True:
+            if self._poll():
+                kind, *payload = self._receive()
+                if kind == "done":
+                    return payload[0]
+                if kind == "aborted":
+                    raise GenerationAborted(payload[0])
+                if kind == "failed":
+                    raise GenerationFailed(payload[0])
+                emit((kind, *payload))  # progress or audio
+            why = stop_reason()
+            if why is not None and asked is None:
+                self._send(("abort", why))
+                asked, asked_at = why, time.monotonic()
+            if asked is not None and time.monotonic() - asked_at > ABORT_GRACE_SECONDS:
+                log.error(
+                    "the generation process ignored an abort for %gs: killing it",
+                    ABORT_GRACE_SECONDS,
+                )
+                self.kill()
+                raise GenerationAborted(asked)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop",))
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
+        self.process = None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(10)
+
+    # --- the pipe; a dead child becomes GenerationFailed ------------------------------------
+
+    def _crashed(self) -> GenerationFailed:
+        self.process.join(5)
+        return GenerationFailed(
+            f"the generation process died ({self._exit()}); it is being restarted"
+        )
+
+    def _exit(self) -> str:
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            return f"signal {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:
+            raise self._crashed() from None
+
+    def _poll(self) -> bool:
+        try:
+            return self.conn.poll(POLL_SECONDS)
+        except OSError:
+            raise self._crashed() from None
+
+    def _receive(self) -> tuple:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise self._crashed() from None
+
+
+# --- the child process -------------------------------------------------------------------------
+
+
+class _ServiceLink:
+    """The child's end of the pipe. When the service is gone there is nobody to generate for:
+    the child exits (``SystemExit`` passes through ``generate`` untouched)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.stopping = False  # the service asked the child to exit
+
+    def send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:
+            raise SystemExit(0) from None
+
+    def receive(self) -> tuple:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise SystemExit(0) from None
+
+    def stop_reason(self) -> str | None:
+        """Called after every step: an abort the service sent meanwhile, if any."""
+        try:
+            while self.conn.poll():
+                message = self.receive()
+                if message[0] == "abort":
+                    return message[1]
+                if message[0] == "stop":
+                    self.stopping = True
+                    return "shutdown"
+        except OSError:
+            raise SystemExit(0) from None
+        return None
+
+
+def child_main(conn, specs, stream, device, torch_threads, nice) -> None:
+    from musicgen_train.cli import setup_logging
+
+    # Ctrl-C reaches the whole process group; the service stops its child over the pipe, after
+    # it has re-queued the running jobs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging()
+    if nice:
+        os.nice(nice)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    link = _ServiceLink(conn)
+    try:
+        engines = {spec.name: load_engine(spec, device) for spec in specs}
+    except Exception as err:
+        link.send(("load_failed", reason(err)))
+        return
+    link.send(("ready", {name: ModelFacts.of(engine) for name, engine in engines.items()}))
+    while not link.stopping:
+        message = link.receive()
+        if message[0] == "stop":
+            return
+        if message[0] != "run":
+            continue  # an abort that arrived after its batch had finished
+        batch: Batch = message[1]
+        try:
+            clips = generate_batch(engines[batch.model], batch, stream, link.send, link.stop_reason)
+        except GenerationAborted as err:
+            link.send(("aborted", str(err)))
+        except Exception as err:
+            log.exception("generation failed for %d job(s)", len(batch.prompts))
+            link.send(("failed", reason(err)))
+        else:
+            link.send(("done", clips))

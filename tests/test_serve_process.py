@@ -1,0 +1,140 @@
+"""Generation in a child process (``serve.worker.isolation=process``, the default).
+
+Each app here starts a real generation process (spawn: a fresh interpreter that loads the model
+from disk), so the app is shared by the tests of the module where it can be.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from serve_helpers import make_settings, wait_for
+from test_serve_stream import parse_wav_stream
+
+from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.serve.app import create_app
+from musicgen_train.serve.jobs import JobStore
+
+
+def wait_ready(client: TestClient, limit: float = 180.0) -> dict:
+    deadline = time.monotonic() + limit
+    while True:
+        ready = client.get("/health/ready")
+        if ready.status_code == 200:
+            return ready.json()
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(0.1)
+
+
+def child_of(client: TestClient):
+    (generator,) = client.app.state.service.worker.generators
+    return generator.process
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("process-serve")
+    settings = make_settings(tmp, tiny_model_dir, worker={"isolation": "process", "nice": 0})
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+    assert child_of(client) is None or not child_of(client).is_alive()
+
+
+def test_the_model_lives_in_another_process_and_gives_the_same_audio(client, tiny_loaded):
+    child = child_of(client)
+    assert child.is_alive() and child.pid != os.getpid()
+    assert client.app.state.service.models["tiny"].sample_rate == 32000
+    body = {"prompt": "calm jazz piano", "duration": 0.3, "seed": 7, "format": "flac"}
+    job = wait_for(client, client.post("/v1/generations", json=body).json()["id"])
+    assert job["status"] == "succeeded" and job["progress"] == 1.0, job
+    audio = client.get(job["links"]["audio"])
+    assert audio.headers["content-type"] == "audio/flac"
+    samples, rate = sf.read(io.BytesIO(audio.content), dtype="float32")
+    # The child loaded the same folder: the seed gives this process's engine's audio.
+    expected = GenerationEngine(tiny_loaded).generate(
+        ["calm jazz piano"], GenerationParams(duration=0.3, seed=7)
+    )[0, 0]
+    assert rate == 32000 and samples.shape == expected.shape
+    np.testing.assert_allclose(samples, expected, atol=1.5 / 32767)
+
+
+def test_audio_streams_across_the_process_boundary(client):
+    body = {"prompt": "drums", "duration": 0.6, "seed": 5}
+    with client.stream("POST", "/v1/generations/stream", json=body) as response:
+        assert response.status_code == 200
+        job_id = response.headers["x-generation-id"]
+        data = b"".join(response.iter_bytes())
+    header, pcm = parse_wav_stream(data)
+    assert header["rate"] == 32000 and pcm.shape == (int(0.6 * 32000),)
+    job = wait_for(client, job_id)
+    stored, _ = sf.read(io.BytesIO(client.get(job["links"]["audio"]).content), dtype="float32")
+    np.testing.assert_allclose(pcm, stored, atol=3 / 32767)
+
+
+def test_cancel_stops_the_child_generating_and_it_stays_up(client):
+    child = child_of(client)
+    job_id = client.post("/v1/generations", json={"prompt": "a", "duration": 2.0}).json()["id"]
+    wait_for(client, job_id, states=("running", "succeeded"))
+    assert client.post(f"/v1/generations/{job_id}/cancel").status_code in (200, 409)
+    job = wait_for(client, job_id)
+    if job["status"] == "canceled":  # the normal case; a very fast machine may finish first
+        assert job["progress"] < 1.0
+    next_id = client.post("/v1/generations", json={"prompt": "b", "duration": 0.2}).json()["id"]
+    assert wait_for(client, next_id)["status"] == "succeeded"
+    assert child_of(client) is child and child.is_alive()  # aborted, not killed
+
+
+def test_a_child_that_dies_fails_its_jobs_with_the_reason_and_comes_back(client):
+    child = child_of(client)
+    job_id = client.post("/v1/generations", json={"prompt": "a", "duration": 2.0}).json()["id"]
+    wait_for(client, job_id, states=("running",))
+    os.kill(child.pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    job = wait_for(client, job_id)
+    assert job["status"] == "failed"
+    assert job["error"] == "the generation process died (signal SIGKILL); it is being restarted"
+    wait_ready(client)
+    assert child_of(client).pid != child.pid
+    next_id = client.post("/v1/generations", json={"prompt": "b", "duration": 0.2}).json()["id"]
+    assert wait_for(client, next_id)["status"] == "succeeded"
+    metrics = client.get("/metrics").text
+    assert 'musicgen_jobs_finished_total{model="tiny",status="failed"} 1.0' in metrics
+
+
+def test_shutdown_requeues_the_running_job_and_stops_the_child(tmp_path, tiny_model_dir):
+    settings = make_settings(tmp_path, tiny_model_dir, worker={"isolation": "process"})
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        child = child_of(client)
+        job_id = client.post("/v1/generations", json={"prompt": "a", "duration": 2.0}).json()["id"]
+        wait_for(client, job_id, states=("running",))
+    assert child.exitcode == 0  # it left on the service's word, not killed
+    store = JobStore(settings.database_url)
+    job = store.get(job_id)
+    store.close()
+    assert job.status == "queued" and job.attempts == 1
+    assert job.error == "re-queued: the server shut down while generating"
+
+
+def test_a_model_the_child_cannot_load_is_one_line_in_readiness(tmp_path, tiny_model_dir):
+    missing = tmp_path / "no-such-model"
+    settings = make_settings(
+        tmp_path, tiny_model_dir, models=[{"name": "gone", "source": str(missing)}]
+    )
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while (error := client.get("/health/ready").json()["detail"]["load_error"]) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and "\n" not in error and str(missing) in error
+        body = {"prompt": "a", "duration": 0.2, "model": "gone"}
+        busy = client.post("/v1/generations", json=body)
+        assert busy.status_code == 503 and str(missing) in busy.json()["detail"]
