@@ -1,8 +1,10 @@
 """The inference service under load, on this machine: one JSON object per line.
 
 1. Latency of the status and health endpoints with 100 concurrent clients, while the server is
-   idle and while it generates (target: p99 < 200 ms during generation), with the service's
-   GIL switch interval (0.5 ms) and Python's default (5 ms).
+   idle and while it generates (target: p99 < 200 ms during generation), for each way of running
+   generation: in a child process (the default, at nice 10, and at the server's priority) and in
+   a thread of the server (``serve.worker.isolation=thread``). The servers are up at once, and
+   each phase is measured on one after the other.
 2. Generation throughput with 1, 4 and 8 concurrent jobs, batched (``max_batch_size=8``) vs one
    by one (``max_batch_size=1``): two servers up at once, the cases alternating between them,
    each keeping its best of ``--repeats``.
@@ -126,23 +128,30 @@ async def load(base: str, clients: int, rounds: int, job_id: str) -> dict[str, l
     return times
 
 
+# label -> the server's overrides; every one runs generation on one torch thread.
+ISOLATION = {
+    "process_nice10": ("serve.worker.isolation=process", "serve.worker.nice=10"),
+    "process_nice0": ("serve.worker.isolation=process", "serve.worker.nice=0"),
+    "thread": ("serve.worker.isolation=thread",),
+}
+
+
 def latency(args) -> None:
-    """The service's GIL switch interval vs Python's default: both servers up at once, each
-    phase measured on one then the other."""
     with contextlib.ExitStack() as stack:
         bases = {}
-        for interval in (0.0005, 0.005):
-            overrides = ("serve.worker.torch_threads=1", f"serve.worker.switch_interval={interval}")
-            base = stack.enter_context(server(args.model, *overrides))
+        for label, overrides in ISOLATION.items():
+            base = stack.enter_context(
+                server(args.model, "serve.worker.torch_threads=1", *overrides)
+            )
             idle_job = wait_all(base, submit(base, 1, 0.5))[0]["id"]
             asyncio.run(load(base, args.clients, 1, idle_job))  # warm up connections and routes
-            bases[interval] = (base, idle_job)
+            bases[label] = (base, idle_job)
         for phase in ("idle", "generating"):
-            for interval, (base, idle_job) in bases.items():
-                measure(args, base, phase, interval, idle_job)
+            for label, (base, idle_job) in bases.items():
+                measure(args, base, phase, label, idle_job)
 
 
-def measure(args, base: str, phase: str, interval: float, idle_job: str) -> None:
+def measure(args, base: str, phase: str, label: str, idle_job: str) -> None:
     job_id = idle_job
     if phase == "generating":
         # Long enough to outlast the load; checked below.
@@ -159,7 +168,7 @@ def measure(args, base: str, phase: str, interval: float, idle_job: str) -> None
                     "bench": "serve_latency",
                     "model": args.model,
                     "phase": phase,
-                    "switch_interval_s": interval,
+                    "generation_in": label,
                     "endpoint": endpoint,
                     "clients": args.clients,
                     "requests": len(ms),

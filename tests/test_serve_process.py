@@ -106,6 +106,7 @@ def test_a_child_that_dies_fails_its_jobs_with_the_reason_and_comes_back(client)
     assert wait_for(client, next_id)["status"] == "succeeded"
     metrics = client.get("/metrics").text
     assert 'musicgen_jobs_finished_total{model="tiny",status="failed"} 1.0' in metrics
+    assert "musicgen_generator_restarts_total 1.0" in metrics
 
 
 def test_shutdown_requeues_the_running_job_and_stops_the_child(tmp_path, tiny_model_dir):

@@ -188,6 +188,7 @@ def test_stream_link_of_a_job_another_replica_runs(tmp_path, tiny_model_dir, tin
     )
     reader.start()
     while svc_a.broker.get(job.id) is None:  # A's reader is following its (empty) live stream
+        assert reader.is_alive(), "the reader of replica A failed"
         time.sleep(0.01)
     with TestClient(create_app(settings, served(tiny_loaded))) as replica_b:
         assert wait_for(replica_b, job.id)["status"] == "succeeded"

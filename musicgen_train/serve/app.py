@@ -30,7 +30,7 @@ from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
 from musicgen_train.serve.jobs import Job, JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.middleware import BodySizeLimit, RequestMetrics
-from musicgen_train.serve.models import ServedModel, load_engine, model_info
+from musicgen_train.serve.models import ModelFacts, ServedModel, load_engine, model_info
 from musicgen_train.serve.schemas import (
     GenerationRequest,
     GenerationStatus,
@@ -66,6 +66,8 @@ class Service:
         self.worker = Worker(
             settings, self.store, self.audio, self.models, self.metrics, self.broker
         )
+        if engines is not None:  # known now, so that a never-started app can describe them
+            self._describe_models({name: ModelFacts.of(e) for name, e in engines.items()})
         self.load_error: str | None = None
         self._db_status, self._db_checked_at = "not checked", -1e9
         self.stopping = threading.Event()
@@ -84,14 +86,18 @@ class Service:
             generators = self._generators()
             for generator in set(generators):
                 facts = generator.start()
-            for spec in self.settings.models:
-                info = model_info(spec.source, spec.registry_uri)
-                self.models[spec.name] = ServedModel(spec, facts[spec.name], info)
+            if not self.models:
+                self._describe_models(facts)
         except Exception as err:  # readiness reports it; liveness stays up for inspection
             log.exception("loading models failed")
             self.load_error = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
             return
         self.worker.start(generators)
+
+    def _describe_models(self, facts: dict[str, ModelFacts]) -> None:
+        for spec in self.settings.models:
+            info = model_info(spec.source, spec.registry_uri)
+            self.models[spec.name] = ServedModel(spec, facts[spec.name], info)
 
     def _generators(self) -> list:
         """One per worker thread: a generation process each, or one shared in-process one."""

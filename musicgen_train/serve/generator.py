@@ -133,6 +133,18 @@ class ProcessGenerator:
 
     def run(self, batch: Batch, emit: Emit, stop_reason: StopReason) -> list[Clip]:
         self._send(("run", batch))
+        try:
+            return self._follow(emit, stop_reason)
+        except (GenerationAborted, GenerationFailed):
+            raise
+        except BaseException:
+            # The service's side failed mid-batch: a child left generating would answer the
+            # next batch with this one's results.
+            self.kill()
+            raise
+
+    def _follow(self, emit: Emit, stop_reason: StopReason) -> list[Clip]:
+        """Pass the child's events on until its batch ends; ask it to stop when told to."""
         asked, asked_at = None, 0.0
         while True:
             if self._poll():
@@ -149,10 +161,7 @@ class ProcessGenerator:
                 self._send(("abort", why))
                 asked, asked_at = why, time.monotonic()
             if asked is not None and time.monotonic() - asked_at > ABORT_GRACE_SECONDS:
-                log.error(
-                    "the generation process ignored an abort for %gs: killing it",
-                    ABORT_GRACE_SECONDS,
-                )
+                log.error("the generation process ignored a stop for %gs", ABORT_GRACE_SECONDS)
                 self.kill()
                 raise GenerationAborted(asked)
 

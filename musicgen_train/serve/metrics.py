@@ -68,5 +68,11 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        self.generator_restarts = Counter(
+            "musicgen_generator_restarts",
+            "Generation processes started again after one died",
+            registry=self.registry,
+        )
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -64,6 +64,12 @@ class Monitor:
         return None
 
     def beat(self) -> None:
+        try:
+            self._beat()
+        except Exception:  # a database hiccup must not cost the generation; the next beat retries
+            log.exception("heartbeat failed")
+
+    def _beat(self) -> None:
         live = [job.id for job in self.jobs if job.id not in self.canceled]
         statuses = self.store.status_of(live)
         for job_id in live:
@@ -158,6 +164,7 @@ class Worker:
 
     def _restart(self, generator) -> None:
         log.warning("restarting the generation process")
+        self.metrics.generator_restarts.inc()
         try:
             generator.start()
         except Exception as err:
@@ -213,9 +220,12 @@ class Worker:
         except GenerationAborted as stop:
             self._abort(jobs, str(stop))
             return
-        except GenerationFailed as err:
+        except Exception as err:  # GenerationFailed, or the service's own side failing
+            why = err.reason if isinstance(err, GenerationFailed) else reason(err)
+            if not isinstance(err, GenerationFailed):
+                log.exception("running a batch of %d job(s) failed", len(jobs))
             for job in jobs:
-                self._finish(job, "failed", lambda j, r=err.reason: self.store.fail(j.id, r))
+                self._finish(job, "failed", lambda j, r=why: self.store.fail(j.id, r))
             return
         finally:
             self.metrics.active.dec(len(jobs))
