@@ -25,7 +25,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MUSICGEN_SERVE_HOST=0.0.0.0 \
     MUSICGEN_SERVE_PORT=8000
 COPY --from=build /wheels /wheels
-RUN pip install --extra-index-url "${TORCH_INDEX}" /wheels/*.whl && rm -rf /wheels \
+# With the clients of the backends replicas share: PostgreSQL (jobs) and Redis (rate limits).
+RUN pip install --extra-index-url "${TORCH_INDEX}" "$(echo /wheels/*.whl)[postgres,redis]" \
+    && rm -rf /wheels \
     && useradd --create-home --uid 10001 musicgen \
     && mkdir -p /data && chown musicgen:musicgen /data
 USER 10001

@@ -20,6 +20,9 @@ os.environ.pop("HF_TOKEN", None)
 
 import pytest  # noqa: E402
 
+# Real PostgreSQL and Redis servers for the service's shared-backend tests.
+pytest_plugins = ["backend_servers"]
+
 
 @pytest.fixture(scope="session")
 def session_dir() -> Path:

@@ -85,6 +85,8 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_the_service():
     stages = [line for line in lines if line.startswith("FROM ")]
     assert len(stages) >= 2 and any("--from=build" in line for line in lines)
     assert any("pip wheel" in line for line in lines)  # installs from pyproject, as a wheel
+    install = next(line for line in lines if line.startswith("RUN pip install"))
+    assert "[postgres,redis]" in install  # what several replicas need to share jobs and limits
     assert docker_user() != 0
     assert "EXPOSE 8000" in lines
     entry = next(line for line in lines if line.startswith("ENTRYPOINT"))

@@ -21,14 +21,23 @@ from musicgen_train.serve.storage import AudioStore, audio_key, delete_expired_a
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The job store's database: a SQLite file, and a real PostgreSQL server (what replicas
+    share), where one is installed."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
 def new_job(store: JobStore, prompt: str = "a", duration: float = 0.2):
     return store.create(
         model="tiny", prompt=prompt, params={"duration": duration}, fmt="wav", stream=False
     )
 
 
-def test_two_stores_racing_for_the_same_jobs_never_both_win(tmp_path):
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_two_stores_racing_for_the_same_jobs_never_both_win(database_url):
+    url = database_url
     stores = [JobStore(url), JobStore(url)]  # two "replicas" on one database
     jobs = [new_job(stores[0], f"p{i}") for i in range(20)]
     wins: dict[str, list[str]] = {job.id: [] for job in jobs}
@@ -54,8 +63,8 @@ def test_two_stores_racing_for_the_same_jobs_never_both_win(tmp_path):
         assert stored.attempts == 1
 
 
-def test_state_changes_only_from_the_right_state(tmp_path):
-    store = JobStore(f"sqlite:///{tmp_path}/jobs.db")
+def test_state_changes_only_from_the_right_state(database_url):
+    store = JobStore(database_url)
     job = new_job(store)
     assert not store.succeed(job.id, "k", 1.0)  # not running yet
     assert store.claim(job.id, "w") and not store.claim(job.id, "w2")
@@ -65,8 +74,8 @@ def test_state_changes_only_from_the_right_state(tmp_path):
     assert store.count("queued") == 0 and store.count("succeeded") == 1
 
 
-def test_stale_running_jobs_are_requeued_then_failed_with_a_reason(tmp_path):
-    store = JobStore(f"sqlite:///{tmp_path}/jobs.db")
+def test_stale_running_jobs_are_requeued_then_failed_with_a_reason(database_url):
+    store = JobStore(database_url)
     job = new_job(store)
     assert store.claim(job.id, "dead-worker")
     assert store.recover_stale(stale_after=60, max_attempts=2) == {"requeued": [], "failed": []}
@@ -79,8 +88,12 @@ def test_stale_running_jobs_are_requeued_then_failed_with_a_reason(tmp_path):
     assert failed.status == "failed" and "server stopped while generating, 2 times" in failed.error
 
 
-def test_restart_runs_queued_jobs_and_recovers_running_ones(tmp_path, tiny_model_dir, tiny_loaded):
-    settings = make_settings(tmp_path, tiny_model_dir, jobs={"stale_after": 0})
+def test_restart_runs_queued_jobs_and_recovers_running_ones(
+    tmp_path, tiny_model_dir, tiny_loaded, database_url
+):
+    settings = make_settings(
+        tmp_path, tiny_model_dir, jobs={"stale_after": 0}, database_url=database_url
+    )
     # The first server accepted three jobs and died while running one of them, twice over for
     # another: nothing of it is left but its database.
     before = JobStore(settings.database_url)
@@ -92,6 +105,7 @@ def test_restart_runs_queued_jobs_and_recovers_running_ones(tmp_path, tiny_model
     before.close()
 
     with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        assert client.get("/health/ready").json()["detail"]["database"] == "ok"
         assert wait_for(client, queued.id)["status"] == "succeeded"
         job = wait_for(client, running.id)
         assert job["status"] == "succeeded" and job["attempts"] == 2

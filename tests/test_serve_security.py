@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -58,6 +59,37 @@ def test_rate_limit_per_key_is_429_with_retry_after(keyed):
     other = {"X-API-Key": "file-key-2"}
     assert keyed.post("/v1/generations", json=JOB, headers=other).status_code == 503
     assert keyed.get(UNKNOWN, headers=first).status_code == 404
+
+
+def replicas(tmp_path, tiny_model_dir, tiny_loaded, rate_limit: dict) -> list[TestClient]:
+    """Two apps on one database, as two replicas of the service (never started: no worker)."""
+    apps = []
+    for name in ("a", "b"):
+        settings = make_settings(tmp_path / name, tiny_model_dir, rate_limit=rate_limit)
+        apps.append(TestClient(create_app(settings, served(tiny_loaded))))
+    return apps
+
+
+def test_replicas_share_rate_limits_through_redis(
+    tmp_path, tiny_model_dir, tiny_loaded, redis_url, monkeypatch
+):
+    key = f"key-{uuid.uuid4().hex}"  # its own counters on the session's Redis
+    monkeypatch.setenv("MUSICGEN_SERVE_API_KEYS", key)
+    headers = {"X-API-Key": key}
+
+    def four_posts(rate_limit: dict) -> list[int]:
+        a, b = replicas(tmp_path, tiny_model_dir, tiny_loaded, rate_limit)
+        return [
+            (a, b)[i % 2].post("/v1/generations", json=JOB, headers=headers).status_code
+            for i in range(4)
+        ]
+
+    # 503: never started, so not ready, but counted; the fourth is one over the budget of 3,
+    # spent across both replicas.
+    shared = {"storage": redis_url, "generations": "3/minute"}
+    assert four_posts(shared) == [503, 503, 503, 429]
+    # In memory, each replica counts on its own: two each, nobody is over.
+    assert four_posts({"storage": "memory://", "generations": "3/minute"}) == [503] * 4
 
 
 def test_open_service_warns_and_limits_by_address(

@@ -117,6 +117,8 @@ class JobStore:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:  # a server: connections it dropped (a restart, a fail-over) are replaced, not used
+            kwargs["pool_pre_ping"] = True
         self.engine = create_engine(url, future=True, **kwargs)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
