@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import uvicorn
+from backend_servers import free_port
 from serve_helpers import make_settings, one_torch_thread, served  # noqa: F401 - a fixture
 
 from musicgen_train.serve.app import create_app
@@ -35,9 +35,7 @@ pytestmark = [
 
 @pytest.fixture
 def server_url(tmp_path, tiny_model_dir, tiny_loaded):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     app = create_app(make_settings(tmp_path, tiny_model_dir), served(tiny_loaded))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

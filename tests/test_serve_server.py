@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+from backend_servers import free_port
 
 CLIENTS = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_ready(base: str, process: subprocess.Popen, limit: float = 180.0) -> None:
