@@ -10,18 +10,14 @@ input, and ``is_longer`` is always False. The same file always gives the same em
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
 
 from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 
 log = logging.getLogger(__name__)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 class ClapEmbedder(Embedder):
@@ -63,11 +59,17 @@ class ClapEmbedder(Embedder):
         checkpoint = str(clap_cfg.get("checkpoint") or "")
         if not checkpoint:
             raise EmbedderUnavailable("no CLAP checkpoint (eval.clap.checkpoint is empty)")
+        hub = hub_kwargs(checkpoint)
         try:
-            model = ClapModel.from_pretrained(checkpoint)
-            processor = ClapProcessor.from_pretrained(checkpoint)
+            model = ClapModel.from_pretrained(checkpoint, **hub)
+            processor = ClapProcessor.from_pretrained(checkpoint, **hub)
         except (OSError, ValueError) as err:
-            how = "HF_HUB_OFFLINE=1, nothing is downloaded" if _offline() else str(err)[:120]
+            if hub_offline():
+                how = "HF_HUB_OFFLINE=1, nothing is downloaded"
+            elif hub:
+                how = "not in the Hugging Face cache, and the hub cannot be reached"
+            else:
+                how = str(err)[:120]
             raise EmbedderUnavailable(
                 f"CLAP checkpoint '{checkpoint}' is not available ({how}): download it once "
                 "(`hf download laion/larger_clap_music`) or set eval.clap.checkpoint to a local "

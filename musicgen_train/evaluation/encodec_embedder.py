@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.model.hub_access import hub_kwargs
 
 
 class EncodecEmbedder(Embedder):
@@ -47,7 +48,8 @@ class EncodecEmbedder(Embedder):
         from transformers import EncodecModel
 
         try:
-            return cls(EncodecModel.from_pretrained(checkpoint), checkpoint=checkpoint)
+            model = EncodecModel.from_pretrained(checkpoint, **hub_kwargs(checkpoint))
+            return cls(model, checkpoint=checkpoint)
         except (OSError, ValueError) as err:
             raise EmbedderUnavailable(
                 f"EnCodec checkpoint '{checkpoint}' is not available offline: download it once "

@@ -8,13 +8,13 @@ codec: its tensors in the checkpoint are skipped (never read), the rest loads as
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from torch import nn
 from transformers import AutoProcessor, MusicgenConfig, MusicgenForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 from musicgen_train.model.loader import (
     ModelNotFoundError,
     _missing_message,  # the loader's one-line explanation, shared on purpose
@@ -61,15 +61,15 @@ def load_without_codec(
 ) -> CodecFreeModel:
     """Text encoder, decoder and projection of ``source``; the codec stays on disk."""
     path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
+    hub = hub_kwargs(path)
     try:
-        config = MusicgenConfig.from_pretrained(path)
+        config = MusicgenConfig.from_pretrained(path, **hub)
         model = _quiet_from_pretrained(
-            path, config=config, audio_encoder=CodecNotLoaded(config.audio_encoder)
+            path, config=config, audio_encoder=CodecNotLoaded(config.audio_encoder), **hub
         )
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, **hub)
     except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        raise ModelNotFoundError(_missing_message(source, path, offline)) from err
+        raise ModelNotFoundError(_missing_message(source, path, hub_offline())) from err
     return CodecFreeModel(model=model, processor=processor, path=str(path))
 
 
@@ -80,7 +80,7 @@ def has_codec(model: MusicgenForConditionalGeneration) -> bool:
 def load_codec(source: str, *, tiny_seed: int = 0, registry_uri: str | None = None) -> nn.Module:
     """The EnCodec of ``source`` (the composite is loaded once and all but the codec dropped)."""
     path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
-    codec = _quiet_from_pretrained(path).audio_encoder
+    codec = _quiet_from_pretrained(path, **hub_kwargs(path)).audio_encoder
     return codec.eval().requires_grad_(False)
 
 

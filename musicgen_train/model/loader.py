@@ -8,7 +8,6 @@ folder saved with ``save_pretrained``, a Lightning checkpoint, or a registry URI
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from omegaconf import OmegaConf
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from musicgen_train.errors import UserError
+from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 from musicgen_train.model.tiny import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,13 @@ def load_musicgen(
 ) -> LoadedModel:
     """Load model and processor, or raise ModelNotFoundError with one clear line."""
     path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hub = hub_kwargs(path)
     try:
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = MusicgenForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
+        model = MusicgenForConditionalGeneration.from_pretrained(path, **hub, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, **hub)
     except (OSError, ValueError) as err:
-        raise ModelNotFoundError(_missing_message(source, path, offline)) from err
+        raise ModelNotFoundError(_missing_message(source, path, hub_offline())) from err
     from musicgen_train.registry.model_folder import merge_saved_adapter
 
     model = merge_saved_adapter(model, path)  # exports with export.merge_lora=false

@@ -64,13 +64,41 @@ def is_main_process() -> bool:
 _QUIET = (
     r".*fit\(ckpt_path=None\)` was called without a model.*",
     r".*fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint.*",
+    # Lightning's own pytree helper and torchdata's loader on torch 2.13: nothing to act on.
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*'set_vital' is deprecated.*",
+    # MusicGen's frozen text encoder and codec are in eval mode on purpose.
+    r".*Found \d+ module\(s\) in eval mode at the start of training.*",
 )
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def route_lightning_logs() -> None:
+    """Lightning's messages once, in the project's format, without its product tips.
+
+    ``import lightning`` adds a console handler of its own to the ``lightning`` logger, which
+    also propagates to the root logger: with the CLI's logging set up, every line printed
+    twice. Where the root logger has handlers, Lightning's is removed."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return  # nobody set up logging (a notebook): Lightning's handler is the only one
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        lightning.removeHandler(handler)
+    for handler in root.handlers:
+        if not any(isinstance(f, _NoAdverts) for f in handler.filters):
+            handler.addFilter(_NoAdverts())
 
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     """Train on the recipe's token cache; ``callbacks`` are added to the project's own."""
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
+    route_lightning_logs()
     from musicgen_train.data.datamodule import TokenDataModule
     from musicgen_train.data.prepare import ensure_token_cache
     from musicgen_train.training.module import MusicgenLightningModule
