@@ -166,3 +166,34 @@ def test_validation_loss_falls_on_the_demo(home, tmp_path):
     assert start > 4.0  # about ln(64) = 4.16 for an untrained model
     assert end < start - 1.0
     assert result.best_checkpoint and "best-step=30" in result.best_checkpoint.name
+
+
+def test_lightning_lines_print_once_and_without_tips():
+    """With the CLI's logging set up, Lightning's own console handler would print every line a
+    second time; its product tips are dropped."""
+    import io
+    import logging
+
+    from musicgen_train.training.train import route_lightning_logs
+
+    lightning = logging.getLogger("lightning")
+    saved = list(lightning.handlers)
+    theirs = io.StringIO()
+    lightning.addHandler(logging.StreamHandler(theirs))  # what `import lightning` does
+    ours = io.StringIO()
+    root, handler = logging.getLogger(), logging.StreamHandler(ours)
+    root.addHandler(handler)
+    try:
+        route_lightning_logs()
+        assert lightning.handlers == []
+        info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        level = info.level
+        info.setLevel(logging.INFO)
+        info.info("GPU available: False, used: False")
+        info.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        info.setLevel(level)
+        assert ours.getvalue() == "GPU available: False, used: False\n"
+        assert theirs.getvalue() == ""
+    finally:
+        root.removeHandler(handler)
+        lightning.handlers[:] = saved
