@@ -75,3 +75,18 @@ def test_clap_checkpoint_missing_offline_is_one_reason(online_mode):
     with pytest.raises(EmbedderUnavailable) as info:
         ClapEmbedder.from_config(OmegaConf.create({"checkpoint": "laion/larger_clap_music"}))
     assert "not in the Hugging Face cache, and the hub cannot be reached" in str(info.value)
+
+
+def test_hub_dataset_missing_offline_is_one_line(online_mode):
+    from musicgen_train.data.sources import load_hf_dataset
+    from musicgen_train.errors import UserError
+
+    online_mode.setenv("HF_ENDPOINT", UNREACHABLE)
+    with pytest.raises(UserError) as info:
+        load_hf_dataset({}, "org/not-cached-dataset")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "data.source='org/not-cached-dataset' is not a local folder or file, nor a Hugging Face "
+        "dataset in the cache (the hub cannot be reached): load it once"
+    )

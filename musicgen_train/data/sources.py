@@ -13,16 +13,19 @@ or nothing (then the description is ``data.caption.default``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from unittest import mock
 
 from musicgen_train.data.audio import AUDIO_EXTENSIONS
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.errors import UserError
+from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 
 Item = AudioItem | SkippedItem
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -297,12 +300,28 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
     import datasets
 
     split = hf_cfg.get("split") or "train"
+    # From the cache only, at once, when the hub cannot be reached (see model/hub_access.py):
+    # datasets would otherwise retry the dataset card for half a minute.
+    cache_only = not isinstance(source, Path) and bool(hub_kwargs(str(source)))
+    offline = (
+        mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True)
+        if cache_only
+        else contextlib.nullcontext()
+    )
     try:
         if isinstance(source, Path):
             dataset = datasets.load_from_disk(str(source))
         else:
-            dataset = datasets.load_dataset(source, hf_cfg.get("config_name"), split=split)
+            with offline:
+                dataset = datasets.load_dataset(source, hf_cfg.get("config_name"), split=split)
     except Exception as err:  # the hub, the cache and the loaders raise many types
+        if cache_only:
+            why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the hub cannot be reached"
+            raise UserError(
+                f"data.source={str(source)!r} is not a local folder or file, nor a Hugging Face "
+                f"dataset in the cache ({why}): load it once on a machine with network (the "
+                "cache is ~/.cache/huggingface), or point data.source at a local folder"
+            ) from err
         hub = "a local folder or file, nor a Hugging Face dataset that can be loaded"
         what = "a readable dataset folder" if isinstance(source, Path) else hub
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
