@@ -47,6 +47,17 @@ def wait_for(client, job_id: str, states=FINISHED, limit: float = 120.0) -> dict
         time.sleep(0.05)
 
 
+def wait_ready(client, limit: float = 180.0) -> dict:
+    """Poll readiness until it answers 200 (models loaded in the background at start-up)."""
+    deadline = time.monotonic() + limit
+    while True:
+        ready = client.get("/health/ready")
+        if ready.status_code == 200:
+            return ready.json()
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Generation on one torch thread (a busy 2-core machine thrashes with two); restored after."""

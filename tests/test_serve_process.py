@@ -15,22 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from serve_helpers import make_settings, wait_for
+from serve_helpers import make_settings, wait_for, wait_ready
 from test_serve_stream import parse_wav_stream
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.serve.app import create_app
 from musicgen_train.serve.jobs import JobStore
-
-
-def wait_ready(client: TestClient, limit: float = 180.0) -> dict:
-    deadline = time.monotonic() + limit
-    while True:
-        ready = client.get("/health/ready")
-        if ready.status_code == 200:
-            return ready.json()
-        assert time.monotonic() < deadline, ready.json()
-        time.sleep(0.1)
 
 
 def child_of(client: TestClient):

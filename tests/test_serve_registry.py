@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from serve_helpers import one_torch_thread, wait_for  # noqa: F401 - one_torch_thread: a fixture
+from serve_helpers import (  # noqa: F401 - one_torch_thread: a fixture
+    one_torch_thread,
+    wait_for,
+    wait_ready,
+)
 
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
@@ -57,10 +60,7 @@ def test_serves_a_registry_alias_next_to_a_local_folder(tmp_path, registry_uri, 
     settings = ServeSettings.from_config(cfg)
     assert [m.name for m in settings.models] == ["serve-test", "local"]
     with TestClient(create_app(settings)) as client:  # loads both models at start-up
-        deadline = time.monotonic() + 120
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health/ready").json()
-            time.sleep(0.1)
+        wait_ready(client)
         models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
         served = models["serve-test"]
         assert served["registry"]["version"] == 1 and served["registry"]["aliases"] == ["prod"]

@@ -26,6 +26,7 @@ from musicgen_train.data.audio import read_audio
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
 from musicgen_train.serve.auth import Guard, api_key_header, bearer, presented_key
+from musicgen_train.serve.batch import reason
 from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
 from musicgen_train.serve.jobs import Job, JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
@@ -90,7 +91,7 @@ class Service:
                 self._describe_models(facts)
         except Exception as err:  # readiness reports it; liveness stays up for inspection
             log.exception("loading models failed")
-            self.load_error = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+            self.load_error = reason(err)
             return
         self.worker.start(generators)
 

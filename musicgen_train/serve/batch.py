@@ -33,6 +33,14 @@ class GenerationAborted(Exception):
     """``generate`` was stopped on purpose; ``str(err)`` says why ("canceled", "timeout" ...)."""
 
 
+class GenerationFailed(Exception):
+    """The batch failed (or its models did not load); ``reason`` is what its clients read."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Batch:
     model: str
@@ -122,4 +130,6 @@ def _encode(clip, sample_rate: int, fmt: str) -> Clip:
 
 def reason(err: BaseException) -> str:
     """What a client reads in a failed job's ``error``."""
+    if isinstance(err, GenerationFailed):
+        return err.reason
     return f"{type(err).__name__}: {err}"[:500]

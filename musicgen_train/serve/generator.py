@@ -30,6 +30,7 @@ from musicgen_train.serve.batch import (
     Clip,
     Emit,
     GenerationAborted,
+    GenerationFailed,
     StopReason,
     generate_batch,
     reason,
@@ -41,14 +42,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # how often the service checks cancellation while it waits for events
 ABORT_GRACE_SECONDS = 30.0  # a child that ignores an abort this long is killed
-
-
-class GenerationFailed(Exception):
-    """The batch failed; ``reason`` is what its jobs' clients read."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class InlineGenerator:

@@ -16,8 +16,7 @@ import uuid
 from collections.abc import Callable
 
 from musicgen_train.generation import GenerationParams
-from musicgen_train.serve.batch import Batch, Clip, GenerationAborted, reason
-from musicgen_train.serve.generator import GenerationFailed
+from musicgen_train.serve.batch import Batch, Clip, GenerationAborted, GenerationFailed, reason
 from musicgen_train.serve.jobs import RUNNING, Job, JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.models import ServedModel
@@ -221,11 +220,10 @@ class Worker:
             self._abort(jobs, str(stop))
             return
         except Exception as err:  # GenerationFailed, or the service's own side failing
-            why = err.reason if isinstance(err, GenerationFailed) else reason(err)
             if not isinstance(err, GenerationFailed):
                 log.exception("running a batch of %d job(s) failed", len(jobs))
             for job in jobs:
-                self._finish(job, "failed", lambda j, r=why: self.store.fail(j.id, r))
+                self._finish(job, "failed", lambda j, r=reason(err): self.store.fail(j.id, r))
             return
         finally:
             self.metrics.active.dec(len(jobs))
