@@ -29,9 +29,9 @@ from transformers import MusicgenConfig, MusicgenDecoderConfig
 from musicgen_train.config import load_config
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.prepare import prepare
-from musicgen_train.model import load_musicgen
 from musicgen_train.model.shapes import encodec_32khz_config
 from musicgen_train.model.tiny import tiny_config
+from musicgen_train.sources import load_musicgen
 
 
 def write_inputs(folder: Path, files: int, seconds: float) -> float:

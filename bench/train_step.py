@@ -119,7 +119,7 @@ class Batches:
     def __init__(self, module, source: str, batch: int, crop_seconds: float):
         import torch
 
-        from musicgen_train.model.codec import load_codec
+        from musicgen_train.sources import load_codec
 
         config = module.model.config
         self.codebooks = config.decoder.num_codebooks

@@ -6,12 +6,11 @@ Every stage takes Hydra overrides over the same config tree; ``recipe=NAME`` pic
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from musicgen_train.errors import UserError
+from musicgen_train.logs import setup_logging
 
 # stage -> "module:function"; modules are imported only when their stage runs.
 STAGES = {
@@ -35,16 +34,6 @@ stages: {", ".join(STAGES)}
   serve     HTTP inference service                         (model=models:/name@alias serve.port=...)
   run       prepare -> train -> evaluate -> export, what `python train.py` does
 """
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[musicgen-train] %(message)s", force=True)
-    # transformers warns that MusicGen's pad id lies outside the codebook: it does by design.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def run_stage(stage: str, args: Sequence[str]):

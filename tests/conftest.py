@@ -39,7 +39,7 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir):
-    from musicgen_train.model import load_musicgen
+    from musicgen_train.sources import load_musicgen
 
     return load_musicgen(str(tiny_model_dir))
 

@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from musicgen_train.model import load_musicgen
-from musicgen_train.registry.checksums import (
+from musicgen_train.sources import load_musicgen
+from musicgen_train.sources.checksums import (
     CHECKSUM_FILE,
     ChecksumError,
     verify_checksums,
     write_checksums,
 )
-from musicgen_train.registry.model_folder import atomic_folder, save_model_folder
+from musicgen_train.sources.model_folder import atomic_folder, save_model_folder
 
 
 @pytest.fixture

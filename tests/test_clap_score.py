@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from evaluation_models import build_tiny_clap, tone
 from omegaconf import OmegaConf
 
-from musicgen_train.data.audio import write_audio
+from musicgen_train.audio import write_audio
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clap import ClapEmbedder
 from musicgen_train.evaluation.clap_score import clap_score, clip_embedding, cosine_scores

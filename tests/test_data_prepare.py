@@ -249,7 +249,7 @@ def test_codes_equal_the_models_encodec(tmp_path, encoder, tiny_loaded):
     assert info["model_id"] == "tiny" and info["codebook_size"] == 64
     assert info["num_codebooks"] == 4 and info["sample_rate"] == SR
     reader = ShardReader(cfg.data.output)
-    from musicgen_train.data.audio import load_audio
+    from musicgen_train.audio import load_audio
 
     codec = tiny_loaded.model.audio_encoder
     for entry in entries:
@@ -409,7 +409,7 @@ def test_torn_journal_line_and_orphan_shard_are_ignored(tmp_path, encoder):
 
 def test_items_from_memory(tmp_path, encoder):
     """HF datasets hand over bytes, not paths; metadata may carry numpy values."""
-    from musicgen_train.data.audio import encode_audio_bytes
+    from musicgen_train.audio import encode_audio_bytes
 
     data = encode_audio_bytes(tone(2.5, 300).T, SR)
     items = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicgen_train.data.audio import encode_audio_bytes, read_audio, write_audio
+from musicgen_train.audio import encode_audio_bytes, read_audio, write_audio
 from musicgen_train.data.captions import build_caption
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.sources import iter_source, normalize_metadata

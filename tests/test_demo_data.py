@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from musicgen_train.data.audio import audio_info, read_audio
+from musicgen_train.audio import audio_info, read_audio
 from musicgen_train.data.demo import (
     CLIP_SECONDS,
     CLIPS_PER_STYLE,

@@ -6,7 +6,7 @@ import torch
 from evaluation_models import save_tiny_clap, save_tiny_encodec, save_tiny_vggish, tone
 from omegaconf import OmegaConf
 
-from musicgen_train.data.audio import write_audio
+from musicgen_train.audio import write_audio
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.embedders import EmbedderUnavailable, build_embedder

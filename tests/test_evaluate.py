@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from evaluation_models import save_tiny_clap, tone
 
+from musicgen_train.audio import read_audio, write_audio
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
-from musicgen_train.data.audio import read_audio, write_audio
 from musicgen_train.errors import ConfigError, UserError
 from musicgen_train.evaluation import (
     frechet_distance,

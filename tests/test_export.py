@@ -19,16 +19,17 @@ from safetensors.torch import load_file
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.model.loader import LoadedModel, load_musicgen, load_options
-from musicgen_train.registry.checkpoint import (
+from musicgen_train.model.loader import LoadedModel
+from musicgen_train.registry.export import export_checkpoint
+from musicgen_train.sources import load_checkpoint, load_musicgen, load_options
+from musicgen_train.sources.resolve import load_base
+from musicgen_train.sources.checkpoint import (
     CheckpointError,
     checkpoint_to_pretrained,
-    load_checkpoint_module,
 )
-from musicgen_train.registry.checksums import CHECKSUM_FILE, verify_checksums
-from musicgen_train.registry.export import export_checkpoint
-from musicgen_train.registry.resolve import parse_registry_uri
-from musicgen_train.registry.store import Registry
+from musicgen_train.sources.checksums import CHECKSUM_FILE, verify_checksums
+from musicgen_train.sources.registry_store import Registry
+from musicgen_train.sources.registry_uri import parse_registry_uri
 from musicgen_train.training.train import TrainResult, train
 
 TRAIN = [
@@ -136,7 +137,7 @@ def test_round_trip_train_export_register_load_by_alias(tmp_path, registry_uri, 
     assert moved, "EMA after 2 steps with decay 0.9 must differ from the raw weights"
 
     # The registry version, loaded by alias, generates what the checkpoint itself generates.
-    module = load_checkpoint_module(full_run.best_checkpoint)
+    module = load_checkpoint(full_run.best_checkpoint)
     own = LoadedModel(module.export_model(), module.processor, "checkpoint", "checkpoint")
     expected = GenerationEngine(own).generate(PROMPTS, PARAMS)
     by_alias = load_musicgen(f"models:/{name}@staging", **load_options(cfg))
@@ -151,8 +152,8 @@ def test_round_trip_train_export_register_load_by_alias(tmp_path, registry_uri, 
     assert version.tags["weights"] == "EMA"
 
     # The checkpoint loads directly too (converted once, cached by content).
-    converted = checkpoint_to_pretrained(full_run.best_checkpoint)
-    assert checkpoint_to_pretrained(full_run.best_checkpoint) == converted
+    converted = checkpoint_to_pretrained(full_run.best_checkpoint, load_base)
+    assert checkpoint_to_pretrained(full_run.best_checkpoint, load_base) == converted
     direct = GenerationEngine(load_musicgen(str(full_run.best_checkpoint))).generate(
         PROMPTS, PARAMS
     )
@@ -198,7 +199,7 @@ def test_export_loads_with_transformers_alone(tmp_path, registry_uri, full_run):
     assert report["project_imported"] is False
     assert report["guidance"] == 3.0
     assert report["audio_shape"][:2] == [1, 1] and report["audio_shape"][2] > 0
-    module = load_checkpoint_module(full_run.last_checkpoint)
+    module = load_checkpoint(full_run.last_checkpoint)
     expected = _logits(module.export_model(), module.processor).flatten()
     np.testing.assert_allclose(np.array(report["logits"]), expected.numpy(), atol=1e-5)
 
@@ -217,7 +218,7 @@ def test_lora_merge_gives_the_adapter_models_outputs(tmp_path, registry_uri, lor
     perturbed = lora_run.run_dir / "checkpoints" / "perturbed.ckpt"
     torch.save(checkpoint, perturbed)
 
-    module = load_checkpoint_module(perturbed)
+    module = load_checkpoint(perturbed)
     with_adapter = _logits(module.model, module.processor)  # decoder is still a peft model
     base = _logits(tiny_loaded.model, tiny_loaded.processor)
     assert (with_adapter - base).abs().max() > 1e-2
@@ -267,8 +268,8 @@ def test_interrupted_exports_leave_no_version_and_the_old_folder(
         raise KeyboardInterrupt if boom.interrupt else RuntimeError("injected failure")
 
     points = [
-        ("musicgen_train.registry.checkpoint.save_model_folder", False),  # before any file
-        ("musicgen_train.registry.model_folder.write_checksums", False),  # files written, no record
+        ("musicgen_train.sources.checkpoint.save_model_folder", False),  # before any file
+        ("musicgen_train.sources.model_folder.write_checksums", False),  # files written, no record
         ("mlflow.pyfunc.save_model", True),  # Ctrl-C while writing the pyfunc model
         ("mlflow.MlflowClient.create_model_version", False),
         ("mlflow.MlflowClient.set_model_version_tag", False),  # version exists: must be undone

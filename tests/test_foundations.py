@@ -5,9 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from musicgen_train.cli import main
-from musicgen_train.config import load_config, split_overrides
-from musicgen_train.data.audio import (
+from musicgen_train.audio import (
     encode_audio_bytes,
     load_audio,
     read_audio,
@@ -15,10 +13,13 @@ from musicgen_train.data.audio import (
     to_channels,
     write_audio,
 )
+from musicgen_train.cli import main
+from musicgen_train.config import load_config, split_overrides
 from musicgen_train.errors import ConfigError
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.model import ModelNotFoundError, load_musicgen
+from musicgen_train.model import ModelNotFoundError
 from musicgen_train.model.tiny import build_tiny_model, ensure_tiny_model
+from musicgen_train.sources import load_musicgen
 
 
 def test_tiny_model_is_deterministic_and_has_musicgen_token_layout(tmp_path):

@@ -11,8 +11,8 @@ from transformers import MusicgenForCausalLM
 from musicgen_train.config import load_config
 from musicgen_train.model.codec import CodecNotLoaded
 from musicgen_train.model.delay import IGNORE_INDEX
+from musicgen_train.model.ema import EMA
 from musicgen_train.model.loader import ModelNotFoundError
-from musicgen_train.training.ema import EMA
 from musicgen_train.training.module import MusicgenLightningModule
 
 

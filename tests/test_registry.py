@@ -15,18 +15,18 @@ from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.errors import ConfigError, UserError
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.model.loader import load_musicgen, load_options
-from musicgen_train.registry.checkpoint import DEFAULT_GENERATION
-from musicgen_train.registry.checksums import ChecksumError
 from musicgen_train.registry.hub import push_to_hub
-from musicgen_train.registry.model_folder import (
+from musicgen_train.registry.pyfunc import prompts_from, pyfunc_flavor
+from musicgen_train.sources import load_musicgen, load_options
+from musicgen_train.sources.checkpoint import DEFAULT_GENERATION
+from musicgen_train.sources.checksums import ChecksumError
+from musicgen_train.sources.model_folder import (
     atomic_folder,
     save_model_folder,
     set_generation_defaults,
 )
-from musicgen_train.registry.pyfunc import prompts_from
-from musicgen_train.registry.resolve import download_registry_model, parse_registry_uri
-from musicgen_train.registry.store import COMPLETE_TAG, Registry, RegistryError
+from musicgen_train.sources.registry_store import COMPLETE_TAG, Registry, RegistryError
+from musicgen_train.sources.registry_uri import download_registry_model, parse_registry_uri
 
 PARAMS = GenerationParams(duration=0.3, seed=7, top_k=20)
 
@@ -54,7 +54,7 @@ def registry(tmp_path_factory, model_folder):
             tags={"base_model": "tiny", "metric.fad_vggish": str(fad)},
             metrics={"fad_vggish": fad},
             params={"finetune.name": "full"},
-            generation_defaults={**DEFAULT_GENERATION, "guidance_scale": 2.5},
+            **pyfunc_flavor({**DEFAULT_GENERATION, "guidance_scale": 2.5}),
             requirements=["musicgen-train"],
         )
     return store
@@ -225,7 +225,7 @@ def test_failed_registration_leaves_nothing_registered(
                 model_folder,
                 name,
                 alias="candidate",
-                generation_defaults=DEFAULT_GENERATION,
+                **pyfunc_flavor(DEFAULT_GENERATION),
                 requirements=["musicgen-train"],
             )
     assert _versions(registry, "tiny-test") == [1, 2]

@@ -11,9 +11,9 @@ schemathesis = pytest.importorskip("schemathesis", reason="schema fuzzing needs 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from musicgen_train.generation import GenerationEngine  # noqa: E402
-from musicgen_train.model import load_musicgen  # noqa: E402
 from musicgen_train.serve.app import create_app  # noqa: E402
 from musicgen_train.serve.settings import ModelSpec, ServeSettings  # noqa: E402
+from musicgen_train.sources import load_musicgen  # noqa: E402
 
 # Schemathesis reads the schema at import and runs the app's lifespan: the app gets the tiny model
 # already loaded, and a queue of one job, so that valid requests stay cheap (most answer 503).

@@ -15,12 +15,13 @@ from serve_helpers import (  # noqa: F401 - one_torch_thread: a fixture
 
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
-from musicgen_train.model import load_musicgen
-from musicgen_train.registry.checkpoint import DEFAULT_GENERATION
-from musicgen_train.registry.model_folder import atomic_folder, save_model_folder
-from musicgen_train.registry.store import Registry
+from musicgen_train.registry.pyfunc import pyfunc_flavor
 from musicgen_train.serve.app import create_app
 from musicgen_train.serve.settings import ServeSettings
+from musicgen_train.sources import load_musicgen
+from musicgen_train.sources.checkpoint import DEFAULT_GENERATION
+from musicgen_train.sources.model_folder import atomic_folder, save_model_folder
+from musicgen_train.sources.registry_store import Registry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,7 +41,7 @@ def registry_uri(tmp_path_factory, tiny_model_dir):
         tags={"metric.fad_vggish": "1.25"},
         metrics={"fad_vggish": 1.25},
         params={},
-        generation_defaults=DEFAULT_GENERATION,
+        **pyfunc_flavor(DEFAULT_GENERATION),
         requirements=["musicgen-train"],
     )
     return uri

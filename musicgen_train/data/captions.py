@@ -211,7 +211,7 @@ def key_from_chroma(chroma: np.ndarray) -> str | None:
 
 def estimate_tempo_key(audio: np.ndarray, sample_rate: int) -> dict:
     """``{"bpm": int | None, "key": "A minor" | None}`` estimated from the signal."""
-    from musicgen_train.data.audio import resample
+    from musicgen_train.audio import resample
 
     librosa = _librosa()
     audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_train.data.audio import write_audio
+from musicgen_train.audio import write_audio
 from musicgen_train.data.captions import build_caption
 from musicgen_train.errors import UserError
 

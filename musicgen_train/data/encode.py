@@ -41,7 +41,7 @@ class CodecEncoder:
 
     @classmethod
     def from_config(cls, cfg) -> CodecEncoder:
-        from musicgen_train.model.loader import load_musicgen, load_options
+        from musicgen_train.sources import load_musicgen, load_options
 
         loaded = load_musicgen(cfg.model.id, **load_options(cfg))
         return cls(loaded.model, cfg.model.id, channels=int(cfg.data.channels))

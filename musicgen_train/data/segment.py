@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from musicgen_train.data.audio import resample, to_channels
+from musicgen_train.audio import resample, to_channels
 
 
 @dataclass(frozen=True)

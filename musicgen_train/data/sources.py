@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from unittest import mock
 
-from musicgen_train.data.audio import AUDIO_EXTENSIONS
+from musicgen_train.audio import AUDIO_EXTENSIONS
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.errors import UserError
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline

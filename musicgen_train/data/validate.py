@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from musicgen_train.data.audio import read_audio
+from musicgen_train.audio import read_audio
 from musicgen_train.data.items import AudioItem, SkippedItem
 
 

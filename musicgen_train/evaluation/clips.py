@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_train.data.audio import audio_info, load_audio
+from musicgen_train.audio import audio_info, load_audio
 
 
 @lru_cache(maxsize=4096)

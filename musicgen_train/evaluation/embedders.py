@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from musicgen_train.data.audio import resample, to_channels
+from musicgen_train.audio import resample, to_channels
 
 EMBEDDERS = ("logmel", "vggish", "clap", "encodec")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_train.data.audio import AUDIO_EXTENSIONS
+from musicgen_train.audio import AUDIO_EXTENSIONS
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip

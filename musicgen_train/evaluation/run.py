@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from musicgen_train.data.audio import write_audio
+from musicgen_train.audio import write_audio
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.prompts import PromptSet, load_prompt_set
@@ -58,7 +58,7 @@ def write_reference_statistics(cfg: DictConfig, path=None) -> dict:
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
     """Generate, score and report; returns the content of ``eval_report.json`` + ``report_dir``."""
     from musicgen_train.evaluation.report import write_report
-    from musicgen_train.model.loader import load_musicgen, load_options
+    from musicgen_train.sources import load_musicgen, load_options
 
     ecfg = cfg.eval
     sources = [("model", str(model_source or cfg.model.id))]

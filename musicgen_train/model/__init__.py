@@ -1,5 +1,9 @@
-"""Build or load MusicGen: config names, hub ids, local folders, checkpoints, registry URIs."""
+"""The core of every model: load a folder or hub id, tiny models, delay pattern, LoRA, EMA.
 
-from musicgen_train.model.loader import ModelNotFoundError, load_musicgen, resolve_model_source
+Turning any model source (``tiny``, a checkpoint, ``models:/...``) into a folder is
+``musicgen_train.sources``' job, one layer up.
+"""
 
-__all__ = ["ModelNotFoundError", "load_musicgen", "resolve_model_source"]
+from musicgen_train.model.loader import LoadedModel, ModelNotFoundError, load_pretrained
+
+__all__ = ["LoadedModel", "ModelNotFoundError", "load_pretrained"]

@@ -15,11 +15,7 @@ from transformers import AutoProcessor, MusicgenConfig, MusicgenForConditionalGe
 from transformers.utils import logging as hf_logging
 
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
-from musicgen_train.model.loader import (
-    ModelNotFoundError,
-    _missing_message,  # the loader's one-line explanation, shared on purpose
-    resolve_model_source,
-)
+from musicgen_train.model.loader import ModelNotFoundError, missing_message
 
 
 class CodecNotLoaded(nn.Module):
@@ -32,7 +28,7 @@ class CodecNotLoaded(nn.Module):
     def forward(self, *args, **kwargs):
         raise RuntimeError(
             "the audio codec was not loaded (training runs on cached codes): call "
-            "musicgen_train.model.codec.attach_codec(model, source) before decoding audio"
+            "musicgen_train.sources.attach_codec(model, source) before decoding audio"
         )
 
     def decode(self, *args, **kwargs):
@@ -56,11 +52,9 @@ def _quiet_from_pretrained(path: str, **kwargs) -> MusicgenForConditionalGenerat
         hf_logging.set_verbosity(level)
 
 
-def load_without_codec(
-    source: str, *, tiny_seed: int = 0, registry_uri: str | None = None
-) -> CodecFreeModel:
-    """Text encoder, decoder and projection of ``source``; the codec stays on disk."""
-    path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
+def load_without_codec(path: str, *, source: str | None = None) -> CodecFreeModel:
+    """Text encoder, decoder and projection of the folder or hub id ``path``; the codec stays
+    on disk. ``source`` is what the user wrote, for messages."""
     hub = hub_kwargs(path)
     try:
         config = MusicgenConfig.from_pretrained(path, **hub)
@@ -69,7 +63,7 @@ def load_without_codec(
         )
         processor = AutoProcessor.from_pretrained(path, **hub)
     except (OSError, ValueError) as err:
-        raise ModelNotFoundError(_missing_message(source, path, hub_offline())) from err
+        raise ModelNotFoundError(missing_message(source or path, path, hub_offline())) from err
     return CodecFreeModel(model=model, processor=processor, path=str(path))
 
 
@@ -77,23 +71,16 @@ def has_codec(model: MusicgenForConditionalGeneration) -> bool:
     return not isinstance(model.audio_encoder, CodecNotLoaded)
 
 
-def load_codec(source: str, *, tiny_seed: int = 0, registry_uri: str | None = None) -> nn.Module:
-    """The EnCodec of ``source`` (the composite is loaded once and all but the codec dropped)."""
-    path = resolve_model_source(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
+def load_codec(path: str) -> nn.Module:
+    """The EnCodec of the folder or hub id ``path`` (the composite is loaded once and all but
+    the codec dropped)."""
     codec = _quiet_from_pretrained(path, **hub_kwargs(path)).audio_encoder
     return codec.eval().requires_grad_(False)
 
 
-def attach_codec(
-    model: MusicgenForConditionalGeneration,
-    source: str,
-    *,
-    tiny_seed: int = 0,
-    registry_uri: str | None = None,
-) -> MusicgenForConditionalGeneration:
-    """Give ``model`` its real codec back (in place), on the device of the model's weights."""
+def attach_codec(model: MusicgenForConditionalGeneration, path: str):
+    """Give ``model`` the codec of ``path`` back (in place), on the device of its weights."""
     if not has_codec(model):
         device = next(model.decoder.parameters()).device
-        codec = load_codec(source, tiny_seed=tiny_seed, registry_uri=registry_uri)
-        model.audio_encoder = codec.to(device)
+        model.audio_encoder = load_codec(path).to(device)
     return model

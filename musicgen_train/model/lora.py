@@ -13,11 +13,13 @@ The defaults follow musicgen-dreamboothing: rank 16, alpha 16 on the attention p
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import MusicgenForConditionalGeneration
 
+ADAPTER_DIR = "adapter"  # the LoRA adapter of an export with export.merge_lora=false
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 PER_CODEBOOK = ("lm_heads", "embed_tokens")  # ModuleLists: one layer per codebook
 OUTSIDE_DECODER = ("enc_to_dec_proj",)
@@ -79,4 +81,15 @@ def merge_lora(model: MusicgenForConditionalGeneration) -> MusicgenForConditiona
     """Fold the adapters into the decoder's weights: a plain transformers model again."""
     if has_lora(model):
         model.decoder = model.decoder.merge_and_unload()
+    return model
+
+
+def merge_saved_adapter(
+    model: MusicgenForConditionalGeneration, folder: str | Path
+) -> MusicgenForConditionalGeneration:
+    """Apply and merge the LoRA adapter an export kept apart (``adapter/``), if there is one."""
+    adapter = Path(folder) / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        return model
+    model.decoder = PeftModel.from_pretrained(model.decoder, str(adapter)).merge_and_unload()
     return model

@@ -18,15 +18,15 @@ import yaml
 from omegaconf import DictConfig
 
 from musicgen_train.errors import UserError
-from musicgen_train.registry.checksums import verify_checksums
-from musicgen_train.registry.location import configured_tracking_uri
-from musicgen_train.registry.model_folder import atomic_folder
+from musicgen_train.sources.checksums import verify_checksums
+from musicgen_train.sources.model_folder import atomic_folder
+from musicgen_train.sources.registry_location import configured_tracking_uri
 
 METRIC_PREFIX = "metric."
 
 
 def open_registry(cfg: DictConfig):
-    from musicgen_train.registry.store import Registry
+    from musicgen_train.sources.registry_store import Registry
 
     uri = configured_tracking_uri(cfg.registry.uri, cfg.work_dir)
     return Registry(uri, cfg.registry.experiment)
@@ -61,7 +61,7 @@ def registered_name(cfg: DictConfig) -> str:
 
 
 def _ref(cfg: DictConfig, *, alias_key: str = "alias"):
-    from musicgen_train.registry.store import VersionRef
+    from musicgen_train.sources.registry_store import VersionRef
 
     name, alias = registered_name(cfg), cfg.registry.get(alias_key)
     if cfg.registry.version is not None:
@@ -112,7 +112,7 @@ def promote(cfg: DictConfig, registry) -> dict:
 
 def download(cfg: DictConfig, registry) -> Path:
     """Copy a verified version to ``registry.output``; an existing folder is never overwritten."""
-    from musicgen_train.registry.resolve import download_registry_model
+    from musicgen_train.sources.registry_uri import download_registry_model
 
     if not cfg.registry.output:
         raise UserError("download needs the folder to write: registry.output=DIR")

@@ -25,14 +25,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.errors import UserError
-from musicgen_train.registry.checkpoint import (
-    content_hash,
-    load_checkpoint_module,
-    resolve_checkpoint,
-    training_config,
-    write_checkpoint_folder,
-)
-from musicgen_train.registry.checksums import CHECKSUM_FILE, sha256_file
 from musicgen_train.registry.commands import METRIC_PREFIX, open_registry, registered_name
 from musicgen_train.registry.model_card import (
     ADAPTER_APART,
@@ -40,7 +32,15 @@ from musicgen_train.registry.model_card import (
     render_model_card,
     report_metrics,
 )
-from musicgen_train.registry.model_folder import atomic_folder
+from musicgen_train.registry.pyfunc import pyfunc_flavor
+from musicgen_train.sources import load_checkpoint
+from musicgen_train.sources.checkpoint import (
+    content_hash,
+    resolve_checkpoint,
+    write_checkpoint_folder,
+)
+from musicgen_train.sources.checksums import CHECKSUM_FILE, sha256_file
+from musicgen_train.sources.model_folder import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def export_checkpoint(
     registry.models()  # an unreachable registry fails now, not after minutes of export
     path = resolve_checkpoint(str(checkpoint), cfg.run_dir)
     log.info("exporting %s as %s", path, name)
-    module = load_checkpoint_module(path)
-    train_cfg = training_config(module)
+    module = load_checkpoint(path)
+    train_cfg = module.cfg
     if eval_report is None:
         eval_report = find_eval_report(cfg, path)
     options = {
@@ -112,7 +112,7 @@ def export_checkpoint(
             tags=_version_tags(facts, train_cfg, path, folder, metrics),
             metrics=metrics,
             params=_params(train_cfg),
-            generation_defaults=options["generation"],
+            **pyfunc_flavor(options["generation"]),
             requirements=[_requirement()],
         )
     result = ExportResult(

@@ -16,7 +16,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-ARTIFACT_KEY = "musicgen"  # the name of the model folder among the pyfunc's artifacts
+from musicgen_train.sources.registry_store import ARTIFACT_KEY
 
 
 def signature(defaults: Mapping) -> ModelSignature:
@@ -58,7 +58,7 @@ class MusicgenPyfunc(PythonModel):
 
     def load_context(self, context) -> None:
         from musicgen_train.generation import GenerationEngine
-        from musicgen_train.model import load_musicgen
+        from musicgen_train.sources import load_musicgen
 
         # load_musicgen verifies the folder's checksums before loading it.
         self.engine = GenerationEngine(load_musicgen(context.artifacts[ARTIFACT_KEY]))
@@ -79,3 +79,8 @@ class MusicgenPyfunc(PythonModel):
                 "sample_rate": [self.engine.sample_rate] * len(prompts),
             }
         )
+
+
+def pyfunc_flavor(defaults: Mapping) -> dict:
+    """``Registry.register`` keywords that log a version as this pyfunc model."""
+    return {"python_model": MusicgenPyfunc(), "signature": signature(defaults)}

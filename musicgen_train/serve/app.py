@@ -8,10 +8,7 @@ may hand in models already loaded.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import UUID
@@ -20,159 +17,28 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
-from sqlalchemy import text
 
-from musicgen_train.data.audio import read_audio
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
-from musicgen_train.serve.auth import Guard, api_key_header, bearer, presented_key
-from musicgen_train.serve.batch import reason
-from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
-from musicgen_train.serve.jobs import Job, JobStore
-from musicgen_train.serve.metrics import ServiceMetrics
+from musicgen_train.serve.auth import api_key_header, bearer, presented_key
+from musicgen_train.serve.jobs import Job
 from musicgen_train.serve.middleware import BodySizeLimit, RequestMetrics
-from musicgen_train.serve.models import ModelFacts, ServedModel, load_engine, model_info
+from musicgen_train.serve.responses import describe, events, job_or_404, require_audio, wav_stream
 from musicgen_train.serve.schemas import (
     GenerationRequest,
     GenerationStatus,
     Health,
-    Links,
     ModelList,
-    Timings,
 )
+from musicgen_train.serve.service import Service, service
 from musicgen_train.serve.settings import ServeSettings
-from musicgen_train.serve.storage import CONTENT_TYPES, AudioStore, delete_expired_audio
-from musicgen_train.serve.streaming import StreamBroker, to_pcm16, wav_stream_header
-from musicgen_train.serve.worker import Worker
+from musicgen_train.serve.storage import CONTENT_TYPES
 
 log = logging.getLogger(__name__)
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
 EVENTS_POLL_SECONDS = 0.25
 STORED_CHUNK_SECONDS = 0.5
-
-
-class Service:
-    """Everything one app holds: stores, models, generators, worker, guard and metrics."""
-
-    def __init__(self, settings: ServeSettings, engines: dict[str, GenerationEngine] | None):
-        self.settings = settings
-        self.engines = engines
-        self.store = JobStore(settings.database_url)
-        self.audio = AudioStore(settings.storage)
-        self.metrics = ServiceMetrics(queue_depth=lambda: self.store.count(states.QUEUED))
-        self.guard = Guard(settings)
-        self.broker = StreamBroker()
-        self.models: dict[str, ServedModel] = {}
-        self.worker = Worker(
-            settings, self.store, self.audio, self.models, self.metrics, self.broker
-        )
-        if engines is not None:  # known now, so that a never-started app can describe them
-            self._describe_models({name: ModelFacts.of(e) for name, e in engines.items()})
-        self.load_error: str | None = None
-        self._db_status, self._db_checked_at = "not checked", -1e9
-        self.stopping = threading.Event()
-
-    def start(self) -> None:
-        if self.engines is not None:  # loaded already: serve them from this process
-            self._start_generators()
-        else:
-            loader = threading.Thread(target=self._start_generators, name="model-loader")
-            loader.daemon = True
-            loader.start()
-        threading.Thread(target=self._cleanup_loop, name="audio-retention", daemon=True).start()
-
-    def _start_generators(self) -> None:
-        try:
-            generators = self._generators()
-            for generator in set(generators):
-                facts = generator.start()
-            if not self.models:
-                self._describe_models(facts)
-        except Exception as err:  # readiness reports it; liveness stays up for inspection
-            log.exception("loading models failed")
-            self.load_error = reason(err)
-            return
-        self.worker.start(generators)
-
-    def _describe_models(self, facts: dict[str, ModelFacts]) -> None:
-        for spec in self.settings.models:
-            info = model_info(spec.source, spec.registry_uri)
-            self.models[spec.name] = ServedModel(spec, facts[spec.name], info)
-
-    def _generators(self) -> list:
-        """One per worker thread: a generation process each, or one shared in-process one."""
-        worker, stream = self.settings.worker, self.settings.stream
-        count = worker.threads
-        if self.engines is None and worker.isolation == "process":
-            device = self.settings.torch_device()
-            return [
-                ProcessGenerator(
-                    self.settings.models,
-                    stream,
-                    device=device,
-                    torch_threads=worker.torch_threads,
-                    nice=worker.nice,
-                )
-                for _ in range(count)
-            ]
-        engines = self.engines
-        if engines is None:
-            device = self.settings.torch_device()
-            engines = {spec.name: load_engine(spec, device) for spec in self.settings.models}
-        return [InlineGenerator(engines, stream, worker.torch_threads)] * count
-
-    def _cleanup_loop(self) -> None:
-        retention = self.settings.retention_hours * 3600
-        while not self.stopping.wait(self.settings.cleanup_interval):
-            try:
-                removed = delete_expired_audio(self.store, self.audio, retention)
-                if removed:
-                    log.info("retention: deleted the audio of %d job(s)", removed)
-            except Exception:
-                log.exception("audio retention sweep failed")
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.worker.stop()
-        self.store.close()
-
-    async def read(self, function, *args):
-        """Run a short store read for an async route. SQLite reads take microseconds: inline
-        they beat a hop through the thread pool, which queues under many clients. A database
-        across the network is read in a thread instead, so the event loop never waits on it."""
-        if self.store.engine.dialect.name == "sqlite":
-            return function(*args)
-        return await asyncio.to_thread(function, *args)
-
-    async def database_status(self) -> str:
-        """``ok`` or the error; probed at most once a second, so probes under load stay cheap."""
-        now = time.monotonic()
-        if now - self._db_checked_at > 1.0:
-            self._db_status = await asyncio.to_thread(self._ping_database)
-            self._db_checked_at = now
-        return self._db_status
-
-    def _ping_database(self) -> str:
-        try:
-            with self.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as err:
-            return f"{type(err).__name__}: {err}"
-        return "ok"
-
-    @property
-    def ready(self) -> bool:
-        return len(self.models) == len(self.settings.models) and self.worker.alive
-
-
-# --- dependencies -----------------------------------------------------------------------------
-
-
-# Dependencies and routes without blocking work are async: sync ones cost a hop through the
-# thread pool each, which is what piles up under a hundred concurrent status requests.
-async def service(request: Request) -> Service:
-    return request.app.state.service
 
 
 def _caller(kind: str):
@@ -191,13 +57,6 @@ def _caller(kind: str):
 
 generation_caller = _caller("generations")
 request_caller = _caller("requests")
-
-
-def job_or_404(svc: Service, job_id: UUID) -> Job:
-    job = svc.store.get(str(job_id))
-    if job is None:
-        raise HTTPException(404, f"no generation with id {job_id}")
-    return job
 
 
 def validation_error(field: str, message: str, value) -> RequestValidationError:
@@ -318,7 +177,7 @@ def _add_routes(app: FastAPI) -> None:
         """Queue a generation and stream its audio while it is generated: a WAV header with
         unknown sizes, then 16-bit PCM. Progress: the job's events link (X-Generation-Id)."""
         job = _submit(svc, body, stream=True)
-        return _wav_stream(svc, job)
+        return wav_stream(svc, job)
 
     @app.get("/v1/generations/{job_id}", response_model=GenerationStatus, tags=["generations"])
     async def get_generation(
@@ -343,7 +202,7 @@ def _add_routes(app: FastAPI) -> None:
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> Response:
         job = job_or_404(svc, job_id)
-        _require_audio(job)
+        require_audio(job)
         return Response(
             svc.audio.get(job.audio_key),
             media_type=CONTENT_TYPES[job.format],
@@ -364,8 +223,8 @@ def _add_routes(app: FastAPI) -> None:
         if job.status in (states.FAILED, states.CANCELED):
             raise HTTPException(409, f"generation {job.id} is {job.status}: {job.error}")
         if job.status == states.SUCCEEDED:
-            _require_audio(job)
-        return _wav_stream(svc, job)
+            require_audio(job)
+        return wav_stream(svc, job)
 
     @app.get("/v1/generations/{job_id}/events", tags=["generations"])
     def generation_events(
@@ -373,7 +232,7 @@ def _add_routes(app: FastAPI) -> None:
     ) -> StreamingResponse:
         """Server-sent events with status and progress until the job finishes."""
         job = job_or_404(svc, job_id)
-        return StreamingResponse(_events(svc, job.id), media_type="text/event-stream")
+        return StreamingResponse(events(svc, job.id), media_type="text/event-stream")
 
     @app.post(
         "/v1/generations/{job_id}/cancel",
@@ -431,108 +290,3 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool) -> Job:
         svc.broker.open(job.id)  # before the worker can see the job, so no chunk is missed
     svc.worker.wake.set()
     return job
-
-
-def _require_audio(job: Job) -> None:
-    if job.status != states.SUCCEEDED:
-        detail = f"generation {job.id} is {job.status}"
-        detail += f" ({job.progress:.0%})" if job.status == states.RUNNING else ""
-        detail += f": {job.error}" if job.error and job.status != states.QUEUED else ""
-        raise HTTPException(409, detail)
-    if job.audio_expired or not job.audio_key:
-        raise HTTPException(410, f"the audio of generation {job.id} has expired (retention)")
-
-
-def describe(job: Job) -> dict:
-    base = f"/v1/generations/{job.id}"
-    timings = Timings(
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at
-    )
-    if job.started_at:
-        timings.queued_seconds = job.started_at - job.created_at
-        if job.finished_at:
-            timings.generation_seconds = job.finished_at - job.started_at
-    return {
-        "id": job.id,
-        "status": job.status,
-        "progress": job.progress,
-        "model": job.model,
-        "prompt": job.prompt,
-        "params": job.params,
-        "format": job.format,
-        "error": job.error,
-        "attempts": job.attempts,
-        "audio_seconds": job.audio_seconds,
-        "audio_expired": job.audio_expired,
-        "timings": timings,
-        "links": Links(
-            self=base,
-            audio=f"{base}/audio",
-            stream=f"{base}/stream",
-            events=f"{base}/events",
-            cancel=f"{base}/cancel",
-        ),
-    }
-
-
-def _wav_stream(svc: Service, job: Job) -> StreamingResponse:
-    served = svc.models[job.model]
-    header = wav_stream_header(served.sample_rate, served.channels)
-    live = svc.broker.open(job.id) if job.status == states.QUEUED else svc.broker.get(job.id)
-
-    async def finished() -> bool:
-        job_now = await svc.read(svc.store.get, job.id)
-        return job_now.status in states.FINISHED
-
-    async def body():
-        yield header
-        sent = 0
-        if live is not None:
-            async for chunk in live.follow(finished):
-                sent += len(chunk)
-                yield chunk
-        if sent:
-            return
-        # Not streamed live (finished already, or running without a live stream): the file.
-        final = await _wait_finished(svc, job.id)
-        if final.status == states.SUCCEEDED and final.audio_key:
-            audio, _ = read_audio(await asyncio.to_thread(svc.audio.get, final.audio_key))
-            step = int(STORED_CHUNK_SECONDS * served.sample_rate)
-            for start in range(0, audio.shape[-1], step):
-                yield to_pcm16(audio[:, start : start + step])
-
-    links = f'</v1/generations/{job.id}/events>; rel="events"'
-    headers = {
-        "X-Generation-Id": job.id,
-        "Location": f"/v1/generations/{job.id}",
-        "Link": links,
-        "Cache-Control": "no-store",
-    }
-    return StreamingResponse(body(), media_type="audio/wav", headers=headers)
-
-
-async def _wait_finished(svc: Service, job_id: str) -> Job:
-    while True:
-        job = await asyncio.to_thread(svc.store.get, job_id)
-        if job.status in states.FINISHED:
-            return job
-        await asyncio.sleep(EVENTS_POLL_SECONDS)
-
-
-async def _events(svc: Service, job_id: str):
-    last = None
-    while True:
-        job = await asyncio.to_thread(svc.store.get, job_id)
-        event = {
-            "id": job.id,
-            "status": job.status,
-            "progress": round(job.progress, 4),
-            "error": job.error,
-        }
-        if event != last:
-            yield f"event: {'progress' if job.status == states.RUNNING else 'status'}\n"
-            yield f"data: {json.dumps(event)}\n\n"
-            last = event
-        if job.status in states.FINISHED:
-            return
-        await asyncio.sleep(EVENTS_POLL_SECONDS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from musicgen_train.data.audio import encode_audio_bytes
+from musicgen_train.audio import encode_audio_bytes
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
 from musicgen_train.serve.settings import StreamSettings

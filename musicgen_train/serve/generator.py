@@ -245,7 +245,7 @@ class _ServiceLink:
 
 
 def child_main(conn, specs, stream, device, torch_threads, nice) -> None:
-    from musicgen_train.cli import setup_logging
+    from musicgen_train.logs import setup_logging
 
     # Ctrl-C reaches the whole process group; the service stops its child over the pipe, after
     # it has re-queued the running jobs.

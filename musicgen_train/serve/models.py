@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass, field
 
 from musicgen_train.generation import GenerationEngine
-from musicgen_train.model import load_musicgen
 from musicgen_train.serve.settings import ModelSpec
+from musicgen_train.sources import load_musicgen
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def model_info(source: str, registry_uri: str | None = None) -> dict:
     if not source.startswith("models:/"):
         return {"registry": None, "metrics": None}
     from musicgen_train.registry.commands import METRIC_PREFIX
-    from musicgen_train.registry.location import default_tracking_uri
-    from musicgen_train.registry.resolve import parse_registry_uri
-    from musicgen_train.registry.store import Registry
+    from musicgen_train.sources.registry_location import default_tracking_uri
+    from musicgen_train.sources.registry_store import Registry
+    from musicgen_train.sources.registry_uri import parse_registry_uri
 
     registry = Registry(registry_uri or default_tracking_uri())
     version = registry.resolve(parse_registry_uri(source))

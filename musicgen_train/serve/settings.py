@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from musicgen_train.errors import ConfigError
-from musicgen_train.model.loader import load_options
+from musicgen_train.sources import load_options
 
 RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$")
 

@@ -14,13 +14,11 @@ from lightning.pytorch.callbacks import (
 )
 from omegaconf import DictConfig
 
+from musicgen_train.sources.checkpoint import checkpoint_dir
+
 log = logging.getLogger(__name__)
 
 BEST_FILENAME = "best-step={step}-val_ce={val/ce:.4f}"
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 class SamplesCallback(Callback):

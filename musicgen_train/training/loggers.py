@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import (
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from musicgen_train.audio import write_audio
 from musicgen_train.config import check_choice, check_range
-from musicgen_train.data.audio import write_audio
 from musicgen_train.errors import ConfigError, UserError
 
 LOGGERS = ("wandb", "csv", "tensorboard", "mlflow")

@@ -20,10 +20,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from musicgen_train.model import lora as lora_wiring
-from musicgen_train.model.codec import attach_codec, has_codec, load_codec, load_without_codec
+from musicgen_train.model.codec import has_codec
 from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels
-from musicgen_train.model.loader import load_options
-from musicgen_train.training.ema import EMA
+from musicgen_train.model.ema import EMA
+from musicgen_train.model.finetune import configure_trainable, trainable_parameters
+from musicgen_train.sources import attach_codec, load_codec, load_options, load_without_codec
 
 
 def step_seed(seed: int, *parts: int) -> int:
@@ -72,16 +73,7 @@ class MusicgenLightningModule(pl.LightningModule):
 
     def _configure_trainable(self) -> None:
         ft = self.cfg.finetune
-        self.model.freeze_text_encoder()
-        if ft.name == "lora":
-            lora = ft.lora
-            lora_wiring.apply_lora(
-                self.model,
-                r=lora.r,
-                alpha=lora.alpha,
-                dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-            )
+        configure_trainable(self.model, ft)  # the rule the checkpoint reader rebuilds with
         if ft.gradient_checkpointing:
             # Non-reentrant checkpointing works when only adapters require grad (LoRA).
             self.model.decoder.gradient_checkpointing_enable(
@@ -89,7 +81,7 @@ class MusicgenLightningModule(pl.LightningModule):
             )
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        return trainable_parameters(self.model)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from musicgen_train.errors import UserError
+from musicgen_train.sources.checkpoint import best_from_last
 from musicgen_train.training.callbacks import best_checkpoint, build_callbacks, checkpoint_dir
 from musicgen_train.training.loggers import build_loggers
 from musicgen_train.training.strategy import build_strategy
@@ -190,7 +191,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if ckpt_path == "last":
         return "last" if any(folder.glob("*.ckpt")) else _nothing_to_resume(folder)
     if ckpt_path == "best":
-        return str(_best_from_last(folder))
+        return str(best_from_last(folder))
     path = Path(ckpt_path).expanduser()
     if not path.exists():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint")
@@ -200,19 +201,6 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 def _nothing_to_resume(folder: Path) -> None:
     log.info("ckpt_path=last: no checkpoint in %s yet, starting from the beginning", folder)
     return None
-
-
-def _best_from_last(folder: Path) -> Path:
-    last = folder / "last.ckpt"
-    if not last.exists():
-        raise UserError(f"ckpt_path=best: {last} does not exist, so there is no best to find")
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
-            best = Path(value["best_model_path"])
-            if best.exists():
-                return best
-    raise UserError(f"ckpt_path=best: {last} records no best checkpoint that still exists")
 
 
 def archive_previous_checkpoints(run_dir: Path) -> None:

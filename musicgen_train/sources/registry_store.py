@@ -31,13 +31,13 @@ from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from musicgen_train.errors import UserError  # noqa: E402
-from musicgen_train.registry.location import local_artifact_root  # noqa: E402
-from musicgen_train.registry.pyfunc import ARTIFACT_KEY, MusicgenPyfunc, signature  # noqa: E402
+from musicgen_train.sources.registry_location import local_artifact_root  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "musicgen-train"
 COMPLETE_TAG = "musicgen_train.export"  # set on a version whose export finished
+ARTIFACT_KEY = "musicgen"  # the name of the model folder among a pyfunc model's artifacts
 
 
 class RegistryError(UserError):
@@ -191,10 +191,12 @@ class Registry:
         tags: Mapping[str, str] = (),
         metrics: Mapping[str, float] = (),
         params: Mapping[str, str] = (),
-        generation_defaults: Mapping,
+        python_model,
+        signature,
         requirements: list[str],
     ) -> ModelVersion:
-        """Log ``folder`` as a pyfunc model and make it the next version of ``name``.
+        """Log ``folder`` as a pyfunc model (``python_model`` with ``signature``, the folder its
+        ``ARTIFACT_KEY`` artifact) and make it the next version of ``name``.
 
         Only this client's URI is used (never MLflow's global tracking URI). Any failure on the
         way deletes what was created: the version, a registered model this call created, the
@@ -210,7 +212,7 @@ class Registry:
             logged = self.client.create_logged_model(
                 experiment_id, name="model", source_run_id=run_id
             )
-            self._log_pyfunc(logged.model_id, folder, generation_defaults, requirements)
+            self._log_pyfunc(logged.model_id, folder, python_model, signature, requirements)
             self.client.finalize_logged_model(logged.model_id, "READY")
             if not self._exists(name):
                 created_model = self.client.create_registered_model(name)
@@ -238,14 +240,14 @@ class Registry:
         for start in range(0, len(param_list), 100):  # MLflow takes at most 100 per batch
             self.client.log_batch(run_id, params=param_list[start : start + 100])
 
-    def _log_pyfunc(self, model_id: str, folder: Path, defaults: Mapping, requirements) -> None:
+    def _log_pyfunc(self, model_id: str, folder: Path, python_model, signature, requirements):
         with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp, _quiet_logging():
             local = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
                 path=str(local),
-                python_model=MusicgenPyfunc(),
+                python_model=python_model,
                 artifacts={ARTIFACT_KEY: str(folder)},
-                signature=signature(defaults),
+                signature=signature,
                 pip_requirements=requirements,
             )
             self.client.log_model_artifacts(model_id, str(local))

@@ -14,9 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from musicgen_train.registry.checksums import verify_checksums, write_checksums
-
-ADAPTER_DIR = "adapter"  # the LoRA adapter of an export with export.merge_lora=false
+from musicgen_train.sources.checksums import verify_checksums, write_checksums
 
 
 @contextmanager
@@ -80,14 +78,3 @@ def save_model_folder(folder: Path, model, processor, *, readme: str | None = No
         (folder / "README.md").write_text(readme)
     write_checksums(folder)
     verify_checksums(folder)  # proves the record matches what is on disk before anyone uses it
-
-
-def merge_saved_adapter(model, folder: str | Path):
-    """Apply and merge the LoRA adapter an export kept apart (``adapter/``), if there is one."""
-    adapter = Path(folder) / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        return model
-    from peft import PeftModel
-
-    model.decoder = PeftModel.from_pretrained(model.decoder, str(adapter)).merge_and_unload()
-    return model

@@ -1,8 +1,10 @@
-"""Training checkpoints -> plain Hugging Face model folders.
+"""Training checkpoints -> plain Hugging Face model folders, without the training code.
 
-A Lightning ``.ckpt`` holds only what trained (plus EMA); the rest comes back from the base model
-its config names. A DeepSpeed ZeRO checkpoint is a folder of shards that is first consolidated
-into one fp32 state dict. ``checkpoint_to_pretrained`` caches the result by the checkpoint's
+A Lightning ``.ckpt`` holds only what trained (plus EMA) and the config it trained with; the rest
+comes back from the base model that config names, shaped by the same rule training used
+(``model.finetune.configure_trainable``), so reading a checkpoint needs no LightningModule.
+A DeepSpeed ZeRO checkpoint is a folder of shards that is first consolidated into one fp32
+state dict. ``checkpoint_to_pretrained`` caches the result by the checkpoint's
 content, so ``model=<run>/checkpoints/last.ckpt`` converts once and loads fast afterwards.
 """
 
@@ -11,17 +13,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.errors import UserError
+from musicgen_train.model import lora as lora_wiring
+from musicgen_train.model.codec import attach_codec, has_codec
+from musicgen_train.model.ema import EMA
+from musicgen_train.model.finetune import configure_trainable, trainable_parameters
+from musicgen_train.model.loader import LoadedModel
+from musicgen_train.model.lora import ADAPTER_DIR
 from musicgen_train.model.tiny import cache_root
-from musicgen_train.registry.checksums import ChecksumError, has_checksums, verify_checksums
-from musicgen_train.registry.model_folder import (
-    ADAPTER_DIR,
+from musicgen_train.sources.checksums import ChecksumError, has_checksums, verify_checksums
+from musicgen_train.sources.model_folder import (
     atomic_folder,
     save_model_folder,
     set_generation_defaults,
@@ -48,22 +56,39 @@ def is_deepspeed_checkpoint(path: Path) -> bool:
     return path.is_dir() and ((path / "latest").exists() or (path / "checkpoint").is_dir())
 
 
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run's checkpoints live: ``<run_dir>/checkpoints``."""
+    return Path(run_dir) / "checkpoints"
+
+
+def best_from_last(folder: Path) -> Path:
+    """The best checkpoint that ``last.ckpt`` in ``folder`` records (Lightning's callback state)."""
+    last = folder / "last.ckpt"
+    if not last.exists():
+        raise CheckpointError(
+            f"checkpoint=best: {last} does not exist, so there is no best to find"
+        )
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+            best = Path(value["best_model_path"])
+            if best.exists():
+                return best
+    raise CheckpointError(f"checkpoint=best: {last} records no best checkpoint that still exists")
+
+
 def resolve_checkpoint(value: str, run_dir: str | Path) -> Path:
     """``best`` / ``last`` inside ``<run_dir>/checkpoints``, or a path; it must exist."""
-    from musicgen_train.training.callbacks import checkpoint_dir
-
     folder = checkpoint_dir(run_dir)
     if value == "last":
         path = folder / "last.ckpt"
     elif value == "best":
-        from musicgen_train.training.train import resolve_ckpt_path
-
         if not (folder / "last.ckpt").exists():
             raise CheckpointError(
                 f"checkpoint=best: no checkpoints in {folder} (train first, or give "
                 "checkpoint=<path to a .ckpt file or DeepSpeed checkpoint folder>)"
             )
-        path = Path(resolve_ckpt_path("best", Path(run_dir)))
+        path = best_from_last(folder)
     else:
         path = Path(value).expanduser()
     if not path.exists():
@@ -107,18 +132,77 @@ def _consolidate_deepspeed(folder: Path, out_file: Path) -> Path:
     return out_file
 
 
-def _load_file(path: Path, shown: Path):
-    from musicgen_train.training.module import MusicgenLightningModule
+# The base model a checkpoint's config names may itself be any source (``tiny``, a hub id, a
+# registry URI): the resolver passes in how to load it, so this module never imports it back.
+LoadBase = Callable[[DictConfig], LoadedModel]
 
+
+@dataclass
+class CheckpointModel:
+    """What a checkpoint holds, rebuilt on the base model: the model (trained weights in place,
+    LoRA still a peft decoder), its processor, the training config and the EMA if one was kept."""
+
+    model: object
+    processor: object
+    cfg: DictConfig
+    ema: EMA | None
+
+    def trainable_parameters(self) -> list:
+        return trainable_parameters(self.model)
+
+    def export_model(self, merge_lora: bool = True, use_ema: bool = True):
+        """A plain ``MusicgenForConditionalGeneration`` with EMA weights and LoRA merged (in
+        place: read the checkpoint again for the raw weights)."""
+        if use_ema and self.ema is not None:
+            self.ema.copy_to(self.trainable_parameters())
+        if merge_lora:
+            self.model = lora_wiring.merge_lora(self.model)
+        return self.model.eval()
+
+
+def _read_file(path: Path, shown: Path) -> dict:
     try:
-        with warnings.catch_warnings():
-            # Frozen weights are left out of checkpoints on purpose; they come from the base.
-            warnings.filterwarnings("ignore", message="Found keys that are in the model state")
-            return MusicgenLightningModule.load_from_checkpoint(str(path), map_location="cpu")
-    except UserError:
-        raise
-    except Exception as err:  # torch raises many types for unreadable or mismatched files
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for unreadable files
         raise CheckpointError(_load_failure(shown, err)) from err
+    if not isinstance(state, dict) or "cfg" not in (state.get("hyper_parameters") or {}):
+        raise CheckpointError(
+            f"checkpoint {shown} was not written by musicgen-train (no config in its hparams)"
+        )
+    return state
+
+
+def _rebuild(state: dict, shown: Path, load_base: LoadBase) -> CheckpointModel:
+    cfg = OmegaConf.create(state["hyper_parameters"]["cfg"])
+    loaded = load_base(cfg)
+    model = loaded.model
+    configure_trainable(model, cfg.finetune)
+    trained = {k.removeprefix("model."): v for k, v in state.get("state_dict", {}).items()}
+    expected = dict(trainable_parameters(model))
+    missing = [name for name in expected if name not in trained]
+    known = model.state_dict().keys()  # tied weights and buffers included (DeepSpeed saves all)
+    unknown = [name for name in trained if name not in known]
+    if missing or unknown:
+        example = (missing or unknown)[0]
+        raise CheckpointError(
+            f"checkpoint {shown} does not fit its model: {len(missing)} trained weights missing, "
+            f"{len(unknown)} unknown (e.g. {example}); written with another finetune mode "
+            "(full / lora) or LoRA target list?"
+        )
+    try:
+        model.load_state_dict(trained, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(_load_failure(shown, err)) from err
+    ema = None
+    if "ema" in state:
+        ema = EMA(expected.items(), float(state["ema"]["decay"]))
+        try:
+            ema.load_state_dict(state["ema"])
+        except KeyError as err:
+            raise CheckpointError(f"checkpoint {shown} does not fit its model: {err}") from err
+    if not has_codec(model):
+        attach_codec(model, loaded.path)
+    return CheckpointModel(model=model.eval(), processor=loaded.processor, cfg=cfg, ema=ema)
 
 
 def _load_failure(path: Path, err: Exception) -> str:
@@ -136,20 +220,17 @@ def _load_failure(path: Path, err: Exception) -> str:
     return f"checkpoint {path} is corrupt or truncated and cannot be read ({text[:200]})"
 
 
-def load_checkpoint_module(path: Path):
-    """The training module of a ``.ckpt`` file or DeepSpeed folder, on the CPU."""
+def load_checkpoint_model(path: Path, load_base: LoadBase) -> CheckpointModel:
+    """The model of a ``.ckpt`` file or DeepSpeed folder, rebuilt on the CPU over the base
+    model ``load_base`` loads for the checkpoint's config."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         with tempfile.TemporaryDirectory(prefix="zero-to-fp32-") as tmp:
             consolidated = _consolidate_deepspeed(path, Path(tmp) / "consolidated.ckpt")
-            return _load_file(consolidated, path)
-    return _load_file(path, path)
-
-
-def training_config(module) -> DictConfig:
-    return OmegaConf.create(module.hparams["cfg"])
+            return _rebuild(_read_file(consolidated, path), path, load_base)
+    return _rebuild(_read_file(path, path), path, load_base)
 
 
 def _save_adapter_apart(model, adapter_dir: Path) -> bool:
@@ -173,7 +254,7 @@ def write_checkpoint_folder(
     readme: str | None = None,
 ) -> dict:
     """Write the HF folder of ``module`` into the (empty) ``folder``; return what was done."""
-    train_cfg = training_config(module)
+    train_cfg = module.cfg
     ema_present = getattr(module, "ema", None) is not None
     generation = dict(generation or OmegaConf.select(train_cfg, "export.generation") or {})
     generation = {**DEFAULT_GENERATION, **generation}
@@ -191,7 +272,7 @@ def write_checkpoint_folder(
     }
 
 
-def checkpoint_to_pretrained(path: str | Path) -> Path:
+def checkpoint_to_pretrained(path: str | Path, load_base: LoadBase) -> Path:
     """A cached HF folder (EMA weights, LoRA merged) of a checkpoint, keyed by its content."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -205,7 +286,7 @@ def checkpoint_to_pretrained(path: str | Path) -> Path:
         except ChecksumError as err:
             log.warning("converting %s again: %s", path, err)
     log.info("converting checkpoint %s into a model folder (once)", path)
-    module = load_checkpoint_module(path)
+    module = load_checkpoint_model(path, load_base)
     with atomic_folder(folder) as tmp:
         write_checkpoint_folder(tmp, module)
     return folder

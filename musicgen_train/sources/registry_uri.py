@@ -12,10 +12,10 @@ from pathlib import Path
 
 from musicgen_train.errors import UserError
 from musicgen_train.model.tiny import cache_root
-from musicgen_train.registry.checksums import verify_checksums
-from musicgen_train.registry.location import default_tracking_uri
-from musicgen_train.registry.model_folder import atomic_folder
-from musicgen_train.registry.store import Registry, VersionRef
+from musicgen_train.sources.checksums import verify_checksums
+from musicgen_train.sources.model_folder import atomic_folder
+from musicgen_train.sources.registry_location import default_tracking_uri
+from musicgen_train.sources.registry_store import Registry, VersionRef
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 

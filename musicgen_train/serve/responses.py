@@ -1,0 +1,132 @@
+"""What the routes answer with: a job's description, its audio as a live WAV stream, its events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from uuid import UUID
+
+from fastapi import HTTPException
+from fastapi.responses import StreamingResponse
+
+from musicgen_train.audio import read_audio
+from musicgen_train.serve import jobs as states
+from musicgen_train.serve.jobs import Job
+from musicgen_train.serve.schemas import Links, Timings
+from musicgen_train.serve.service import Service
+from musicgen_train.serve.streaming import to_pcm16, wav_stream_header
+
+EVENTS_POLL_SECONDS = 0.25
+STORED_CHUNK_SECONDS = 0.5
+
+
+def job_or_404(svc: Service, job_id: UUID) -> Job:
+    job = svc.store.get(str(job_id))
+    if job is None:
+        raise HTTPException(404, f"no generation with id {job_id}")
+    return job
+
+
+def require_audio(job: Job) -> None:
+    if job.status != states.SUCCEEDED:
+        detail = f"generation {job.id} is {job.status}"
+        detail += f" ({job.progress:.0%})" if job.status == states.RUNNING else ""
+        detail += f": {job.error}" if job.error and job.status != states.QUEUED else ""
+        raise HTTPException(409, detail)
+    if job.audio_expired or not job.audio_key:
+        raise HTTPException(410, f"the audio of generation {job.id} has expired (retention)")
+
+
+def describe(job: Job) -> dict:
+    base = f"/v1/generations/{job.id}"
+    timings = Timings(
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at
+    )
+    if job.started_at:
+        timings.queued_seconds = job.started_at - job.created_at
+        if job.finished_at:
+            timings.generation_seconds = job.finished_at - job.started_at
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": job.progress,
+        "model": job.model,
+        "prompt": job.prompt,
+        "params": job.params,
+        "format": job.format,
+        "error": job.error,
+        "attempts": job.attempts,
+        "audio_seconds": job.audio_seconds,
+        "audio_expired": job.audio_expired,
+        "timings": timings,
+        "links": Links(
+            self=base,
+            audio=f"{base}/audio",
+            stream=f"{base}/stream",
+            events=f"{base}/events",
+            cancel=f"{base}/cancel",
+        ),
+    }
+
+
+def wav_stream(svc: Service, job: Job) -> StreamingResponse:
+    served = svc.models[job.model]
+    header = wav_stream_header(served.sample_rate, served.channels)
+    live = svc.broker.open(job.id) if job.status == states.QUEUED else svc.broker.get(job.id)
+
+    async def finished() -> bool:
+        job_now = await svc.read(svc.store.get, job.id)
+        return job_now.status in states.FINISHED
+
+    async def body():
+        yield header
+        sent = 0
+        if live is not None:
+            async for chunk in live.follow(finished):
+                sent += len(chunk)
+                yield chunk
+        if sent:
+            return
+        # Not streamed live (finished already, or running without a live stream): the file.
+        final = await wait_finished(svc, job.id)
+        if final.status == states.SUCCEEDED and final.audio_key:
+            audio, _ = read_audio(await asyncio.to_thread(svc.audio.get, final.audio_key))
+            step = int(STORED_CHUNK_SECONDS * served.sample_rate)
+            for start in range(0, audio.shape[-1], step):
+                yield to_pcm16(audio[:, start : start + step])
+
+    links = f'</v1/generations/{job.id}/events>; rel="events"'
+    headers = {
+        "X-Generation-Id": job.id,
+        "Location": f"/v1/generations/{job.id}",
+        "Link": links,
+        "Cache-Control": "no-store",
+    }
+    return StreamingResponse(body(), media_type="audio/wav", headers=headers)
+
+
+async def wait_finished(svc: Service, job_id: str) -> Job:
+    while True:
+        job = await asyncio.to_thread(svc.store.get, job_id)
+        if job.status in states.FINISHED:
+            return job
+        await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+
+async def events(svc: Service, job_id: str):
+    last = None
+    while True:
+        job = await asyncio.to_thread(svc.store.get, job_id)
+        event = {
+            "id": job.id,
+            "status": job.status,
+            "progress": round(job.progress, 4),
+            "error": job.error,
+        }
+        if event != last:
+            yield f"event: {'progress' if job.status == states.RUNNING else 'status'}\n"
+            yield f"data: {json.dumps(event)}\n\n"
+            last = event
+        if job.status in states.FINISHED:
+            return
+        await asyncio.sleep(EVENTS_POLL_SECONDS)
