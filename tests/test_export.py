@@ -22,7 +22,6 @@ from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.model.loader import LoadedModel
 from musicgen_train.registry.export import export_checkpoint
 from musicgen_train.sources import load_checkpoint, load_musicgen, load_options
-from musicgen_train.sources.resolve import load_base
 from musicgen_train.sources.checkpoint import (
     CheckpointError,
     checkpoint_to_pretrained,
@@ -30,6 +29,7 @@ from musicgen_train.sources.checkpoint import (
 from musicgen_train.sources.checksums import CHECKSUM_FILE, verify_checksums
 from musicgen_train.sources.registry_store import Registry
 from musicgen_train.sources.registry_uri import parse_registry_uri
+from musicgen_train.sources.resolve import load_base
 from musicgen_train.training.train import TrainResult, train
 
 TRAIN = [

@@ -50,6 +50,29 @@ def write_checksums(folder: Path) -> dict[str, dict]:
     return files
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """``{file: sha256}`` of the folder's own record: what export copies into the registry."""
+    return {name: entry["sha256"] for name, entry in _read_record(Path(folder)).items()}
+
+
+def verify_against_record(folder: Path, recorded: dict[str, str], where: str) -> None:
+    """Compare every file of ``folder`` with digests recorded elsewhere (``where``, e.g. the
+    registry at export), so a folder whose files and checksums.json were both rewritten is
+    refused: its own record proves consistency, this one authenticity."""
+    folder = Path(folder)
+    present = {p.relative_to(folder).as_posix() for p in _model_files(folder)}
+    for name in sorted(set(recorded) | present):
+        if name not in present:
+            raise ChecksumError(f"model folder {folder} is incomplete: {name} is missing")
+        if name not in recorded:
+            raise ChecksumError(f"model file {folder / name} is not among the files {where}")
+        if sha256_file(folder / name) != recorded[name]:
+            raise ChecksumError(
+                f"model file {folder / name} does not match the sha256 {where}: it was "
+                "rewritten after export; download or export the model again"
+            )
+
+
 def has_checksums(folder: Path) -> bool:
     return (Path(folder) / CHECKSUM_FILE).is_file()
 

@@ -7,6 +7,7 @@ half-written model where a complete one is expected.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -26,7 +27,10 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    clean_leftovers(dest)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent)
+    )
     folder = staging / dest.name
     folder.mkdir()
     try:
@@ -36,10 +40,41 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def clean_leftovers(dest: Path) -> list[Path]:
+    """Remove what a killed writer of ``dest`` left beside it (staging folders, a moved-aside
+    old copy), and put the old copy back if the kill came between the two renames. Only
+    leftovers of processes that are gone are touched: another live writer keeps its own."""
+    dest = Path(dest)
+    removed = []
+    for kind in ("old", "partial"):  # old first: it may be the only copy of ``dest``
+        for path in sorted(dest.parent.glob(f".{dest.name}.{kind}-*")):
+            if not _writer_is_gone(path.name.removeprefix(f".{dest.name}.{kind}-")):
+                continue
+            if kind == "old" and not dest.exists():
+                path.rename(dest)  # killed between the renames: the old folder is the model
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _writer_is_gone(suffix: str) -> bool:
+    pid = suffix.split("-", 1)[0]
+    if not pid.isdigit():
+        return True  # written before names carried the writer's pid
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _replace(new: Path, dest: Path) -> None:
     # rename() is atomic within one file system; an older folder is moved aside first and only
     # deleted once the new one is in place.
-    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     if dest.exists():
         dest.rename(old)
     try:

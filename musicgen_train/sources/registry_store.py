@@ -7,9 +7,12 @@ step of it fails, so a failed export never leaves a version behind.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -31,6 +34,7 @@ from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from musicgen_train.errors import UserError  # noqa: E402
+from musicgen_train.sources.checksums import file_digests  # noqa: E402
 from musicgen_train.sources.registry_location import local_artifact_root  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "musicgen-train"
 COMPLETE_TAG = "musicgen_train.export"  # set on a version whose export finished
 ARTIFACT_KEY = "musicgen"  # the name of the model folder among a pyfunc model's artifacts
+OWNER_HOST_TAG = "musicgen_train.host"  # who is exporting a version: an interrupted export
+OWNER_PID_TAG = "musicgen_train.pid"  # is recognised by its process being gone
+STALE_EXPORT_SECONDS = 24 * 3600
+FILES_TAG = "model_files"  # {file: sha256} of the registered folder, as export wrote it
 
 
 class RegistryError(UserError):
@@ -121,9 +129,12 @@ class Registry:
             version = str(aliases[ref.alias])
         else:
             version = ref.version
-        numbers = [v.version for v in self.versions(ref.name)]
+        versions = self.versions(ref.name)
+        numbers = [v.version for v in versions]
+        complete = [int(v.version) for v in versions if _is_complete(v)]
         if version == "latest" and numbers:
-            version = str(max(int(n) for n in numbers))
+            # An export killed half-way leaves a version without the complete tag: skip it.
+            version = str(max(complete)) if complete else str(max(int(n) for n in numbers))
         if str(version) not in {str(n) for n in numbers}:
             raise RegistryError(
                 f"registered model {ref.name!r} has no version {version} "
@@ -203,8 +214,15 @@ class Registry:
         logged model and the run.
         """
         tags = {k: str(v) for k, v in dict(tags).items()}
+        # Every file's digest, kept by the registry: loading compares the files with it, so a
+        # folder rewritten together with its checksums.json is refused.
+        files = json.dumps(file_digests(folder), sort_keys=True, separators=(",", ":"))
         experiment_id = self._experiment_id()
-        run = self.client.create_run(experiment_id, run_name=f"export-{name}", tags=tags)
+        self.clean_interrupted(name)
+        owner = {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+        run = self.client.create_run(
+            experiment_id, run_name=f"export-{name}", tags={**tags, **owner}
+        )
         run_id = run.info.run_id
         created_model = version = logged = None
         try:
@@ -220,12 +238,14 @@ class Registry:
                 name,
                 source=self.client.get_logged_model(logged.model_id).artifact_location,
                 run_id=run_id,
-                tags=tags,
+                tags={**tags, **owner, FILES_TAG: files},
                 model_id=logged.model_id,
             )
+            self.client.set_model_version_tag(name, version.version, COMPLETE_TAG, "complete")
+            # The alias moves only to a complete version: a kill before this line leaves the
+            # alias where it was, a kill after it leaves a complete version.
             if alias:
                 self.set_alias(name, alias, version.version)
-            self.client.set_model_version_tag(name, version.version, COMPLETE_TAG, "complete")
             self.client.set_terminated(run_id)
         except BaseException:
             self._roll_back(run_id, name, created_model, version, logged)
@@ -259,6 +279,25 @@ class Registry:
             return False
         return True
 
+    def clean_interrupted(self, name: str) -> list[str]:
+        """Delete versions of ``name`` whose export was killed (no complete tag, and its process
+        is gone from this host or it is a day old) and mark their runs failed; return them."""
+        if not self._exists(name):
+            return []
+        cleaned = []
+        for version in self.versions(name):
+            if _is_complete(version) or not _owner_is_gone(version):
+                continue
+            log.warning(
+                "removing version %s of %r: its export was interrupted", version.version, name
+            )
+            if version.run_id:
+                with contextlib.suppress(MlflowException):
+                    self.client.set_terminated(version.run_id, "FAILED")
+            self.client.delete_model_version(name, version.version)
+            cleaned.append(str(version.version))
+        return cleaned
+
     def _roll_back(self, run_id, name, created_model, version, logged) -> None:
         steps = []
         if version is not None:
@@ -274,6 +313,26 @@ class Registry:
                 step()
             except Exception as err:  # keep rolling back; the original error is what matters
                 log.warning("could not undo part of a failed registration: %s", _short(err))
+
+
+def _is_complete(version: ModelVersion) -> bool:
+    return (version.tags or {}).get(COMPLETE_TAG) == "complete"
+
+
+def _owner_is_gone(version: ModelVersion, *, max_age_s: float = STALE_EXPORT_SECONDS) -> bool:
+    """An incomplete version is stale when the process that exported it has died on this host,
+    or, from another host, when it is older than ``max_age_s`` (no export takes a day)."""
+    tags = version.tags or {}
+    age = time.time() - (version.creation_timestamp or 0) / 1000
+    if tags.get(OWNER_HOST_TAG) != socket.gethostname() or not tags.get(OWNER_PID_TAG):
+        return age > max_age_s
+    try:
+        os.kill(int(tags[OWNER_PID_TAG]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return age > max_age_s  # alive: still exporting, unless its pid was reused since
 
 
 @contextmanager

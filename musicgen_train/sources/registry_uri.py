@@ -1,21 +1,31 @@
 """``models:/name@alias`` and ``models:/name/version`` -> a verified local model folder.
 
 A version is downloaded once into the cache (``$MUSICGEN_TRAIN_CACHE/registry``) and its
-checksums are verified on every resolve, so a copy damaged after download is refused too.
+checksums are verified on every resolve, so a copy damaged after download is refused too: first
+against the folder's own ``checksums.json`` (consistency), then against the digests export
+recorded in the registry itself (authenticity: rewriting the files and ``checksums.json``
+together does not pass).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
 from musicgen_train.errors import UserError
 from musicgen_train.model.tiny import cache_root
-from musicgen_train.sources.checksums import verify_checksums
+from musicgen_train.sources.checksums import (
+    CHECKSUM_FILE,
+    ChecksumError,
+    sha256_file,
+    verify_against_record,
+    verify_checksums,
+)
 from musicgen_train.sources.model_folder import atomic_folder
 from musicgen_train.sources.registry_location import default_tracking_uri
-from musicgen_train.sources.registry_store import Registry, VersionRef
+from musicgen_train.sources.registry_store import FILES_TAG, Registry, VersionRef
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 
@@ -48,4 +58,19 @@ def download_registry_model(uri: str, tracking_uri: str | None = None) -> Path:
             registry.download(version, tmp)
             verify_checksums(tmp)
     verify_checksums(folder)
+    verify_registry_record(folder, version, uri)
     return folder
+
+
+def verify_registry_record(folder: Path, version, uri: str) -> None:
+    """The folder's files against what export recorded in the registry for this version."""
+    tags = version.tags or {}
+    where = f"recorded in the registry for {uri} (version {version.version})"
+    if FILES_TAG in tags:
+        verify_against_record(folder, json.loads(tags[FILES_TAG]), where)
+    elif "model_sha256" in tags and sha256_file(folder / CHECKSUM_FILE) != tags["model_sha256"]:
+        # Versions exported before per-file records: the digest of their checksums.json.
+        raise ChecksumError(
+            f"model file {folder / CHECKSUM_FILE} does not match the sha256 {where}: the "
+            "model was rewritten after export; download or export the model again"
+        )
