@@ -28,9 +28,7 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(dest)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent)
-    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent))
     folder = staging / dest.name
     folder.mkdir()
     try:
