@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -23,6 +24,15 @@ DEFAULT_RECIPE = "demo"
 SHORTHANDS = {"host": "serve.host", "port": "serve.port"}
 # Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
 STAGE_PACKAGES = ("model", "data", "training", "evaluation", "registry", "serve")
+
+
+def run_name(recipe: str, data_name: str) -> str:
+    """``recipe`` on its own data, else ``recipe-data`` (a name safe in paths and registries)."""
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(data_name)).strip("-.") or "data"
+    return str(recipe) if data == str(recipe) else f"{recipe}-{data}"
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def _resource_dir(name: str) -> Path:
@@ -56,7 +66,24 @@ def _rewrite_model_override(override: str) -> list[str]:
     value = override.split("=", 1)[1]
     if value in group_options("model"):
         return [override]
-    return ["model=custom", f"model.id={value}"]
+    return ["model=custom", quote_if_needed(f"model.id={value}")]
+
+
+def quote_if_needed(override: str) -> str:
+    """``key=value`` as Hydra reads it: a value its grammar cannot take unquoted (a checkpoint
+    path the project printed, ``best-step=25-val_ce=3.7799.ckpt``, a path with spaces) is
+    quoted, so every path the project prints is accepted back as it is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, value = override.split("=", 1)
+    if not value or value[0] in "'\"[{":
+        return override
+    try:
+        OverridesParser.create().parse_override(override)
+        return override
+    except HydraException:
+        escaped = value.replace("'", "\\'")  # Hydra: a backslash escapes only a quote
+        return f"{key}='{escaped}'"
 
 
 def split_overrides(overrides: Iterable[str]) -> tuple[str, list[str]]:
@@ -71,9 +98,9 @@ def split_overrides(overrides: Iterable[str]) -> tuple[str, list[str]]:
             rest.extend(_rewrite_model_override(item))
         elif item.split("=", 1)[0] in SHORTHANDS:
             key, value = item.split("=", 1)
-            rest.append(f"{SHORTHANDS[key]}={value}")
+            rest.append(quote_if_needed(f"{SHORTHANDS[key]}={value}"))
         else:
-            rest.append(item)
+            rest.append(quote_if_needed(item))
     return recipe, rest
 
 
@@ -126,12 +153,16 @@ def check_range(
     high: float | None = None,
     *,
     allow_none: bool = False,
+    integer: bool = False,
 ) -> None:
+    """``key`` holds a number within ``[low, high]`` (a whole number with ``integer``)."""
     value = OmegaConf.select(cfg, key)
     if value is None and allow_none:
         return
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    kinds = int if integer else int | float
+    ok = isinstance(value, kinds) and not isinstance(value, bool)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
         bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{key}={value!r} is not allowed: it must be a number {bounds}")
+        what = "a whole number" if integer else "a number"
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be {what} {bounds}")

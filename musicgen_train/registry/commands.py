@@ -57,7 +57,7 @@ def describe(registry, version) -> dict:
 
 
 def registered_name(cfg: DictConfig) -> str:
-    return cfg.registry.name or f"musicgen-{cfg.recipe}"
+    return cfg.registry.name or f"musicgen-{cfg.run_name}"
 
 
 def _ref(cfg: DictConfig, *, alias_key: str = "alias"):

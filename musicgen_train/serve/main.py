@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
 
 import uvicorn
 from omegaconf import DictConfig
 
+from musicgen_train.errors import UserError
 from musicgen_train.model import ModelNotFoundError
 from musicgen_train.serve.app import create_app
 from musicgen_train.serve.models import model_info
@@ -19,6 +22,8 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> None:
     settings = ServeSettings.from_config(cfg)
+    # The port first: a taken port is one line now, not a traceback after the models loaded.
+    listener = bind_port(settings.host, settings.port)
     check_sources(settings)
     # With serve.worker.isolation=thread the generation thread holds the GIL between torch ops;
     # a request waiting for it waits up to one switch interval per handoff (Python's default is
@@ -27,7 +32,7 @@ def run(cfg: DictConfig) -> None:
     app = create_app(settings)
     names = ", ".join(f"{m.name} ({m.source})" for m in settings.models)
     log.info("serving %s on http://%s:%d (API docs at /docs)", names, settings.host, settings.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -35,6 +40,29 @@ def run(cfg: DictConfig) -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=30,
     )
+    uvicorn.Server(config).run(sockets=[listener])  # the socket bound above: no race for it
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a UserError saying in one line why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no conflict
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError as err:
+        listener.close()
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"serve.port={port}: {host}:{port} is already in use by another program: stop "
+                "it or choose another port (port=8766)"
+            ) from err
+        raise UserError(
+            f"serve.host={host} serve.port={port}: cannot listen there ({err})"
+        ) from err
+    listener.set_inheritable(True)
+    return listener
 
 
 def check_sources(settings: ServeSettings) -> None:

@@ -43,7 +43,7 @@ def validate(cfg: DictConfig) -> None:
 def validate_finetune(cfg: DictConfig) -> None:
     check_choice(cfg, "finetune.name", FINETUNE_MODES)
     check_range(cfg, "finetune.cfg_dropout", 0.0, 1.0)
-    check_range(cfg, "finetune.max_text_tokens", 1)
+    check_range(cfg, "finetune.max_text_tokens", 1, integer=True)
     check_choice(cfg, "finetune.gradient_checkpointing", BOOLEANS)
     decay = OmegaConf.select(cfg, "finetune.ema.decay")
     if decay is not None and decay != 0:
@@ -55,7 +55,7 @@ def validate_finetune(cfg: DictConfig) -> None:
             raise ConfigError(
                 "finetune.lora is missing: finetune=lora needs r, alpha, dropout, target_modules"
             )
-        check_range(cfg, "finetune.lora.r", 1)
+        check_range(cfg, "finetune.lora.r", 1, integer=True)
         check_range(cfg, "finetune.lora.alpha", 0)
         check_range(cfg, "finetune.lora.dropout", 0.0, 1.0)
         targets = OmegaConf.select(cfg, "finetune.lora.target_modules")
@@ -84,7 +84,7 @@ def validate_optim(cfg: DictConfig) -> None:
             f"optim.betas={shown!r} is not allowed: two numbers in [0, 1), e.g. [0.9, 0.95]"
         )
     check_choice(cfg, "optim.scheduler", SCHEDULERS)
-    check_range(cfg, "optim.warmup_steps", 0)
+    check_range(cfg, "optim.warmup_steps", 0, integer=True)
     check_range(cfg, "optim.min_lr_ratio", 0.0, 1.0)
 
 
@@ -93,12 +93,17 @@ def validate_trainer(cfg: DictConfig) -> None:
     check_choice(cfg, f"{t}.precision", PRECISIONS)
     check_choice(cfg, f"{t}.accelerator", ACCELERATORS)
     if cfg.trainer.devices != "auto":
-        check_range(cfg, f"{t}.devices", 1)
-    check_range(cfg, f"{t}.num_nodes", 1)
+        check_range(cfg, f"{t}.devices", 1, integer=True)
+    check_range(cfg, f"{t}.num_nodes", 1, integer=True)
     if cfg.trainer.max_steps != -1:
-        check_range(cfg, f"{t}.max_steps", 1)
-    check_range(cfg, f"{t}.max_epochs", -1, allow_none=True)
-    check_range(cfg, f"{t}.accumulate_grad_batches", 1)
+        check_range(cfg, f"{t}.max_steps", 1, integer=True)
+    elif not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs < 1:
+        raise ConfigError(
+            f"trainer.max_steps=-1 (no step limit) needs trainer.max_epochs set to a number >= 1, "
+            f"not {cfg.trainer.max_epochs!r}: otherwise training never ends"
+        )
+    check_range(cfg, f"{t}.max_epochs", -1, allow_none=True, integer=True)
+    check_range(cfg, f"{t}.accumulate_grad_batches", 1, integer=True)
     check_range(cfg, f"{t}.gradient_clip_val", 0.0, allow_none=True)
     interval = cfg.trainer.val_check_interval
     if isinstance(interval, float) and not 0 < interval <= 1:
@@ -107,10 +112,10 @@ def validate_trainer(cfg: DictConfig) -> None:
             "in (0, 1] or an integer number of training batches"
         )
     check_range(cfg, f"{t}.val_check_interval", 0.0)
-    check_range(cfg, f"{t}.check_val_every_n_epoch", 1, allow_none=True)
+    check_range(cfg, f"{t}.check_val_every_n_epoch", 1, allow_none=True, integer=True)
     check_range(cfg, f"{t}.limit_val_batches", 0.0)
-    check_range(cfg, f"{t}.num_sanity_val_steps", -1)
-    check_range(cfg, f"{t}.log_every_n_steps", 1)
+    check_range(cfg, f"{t}.num_sanity_val_steps", -1, integer=True)
+    check_range(cfg, f"{t}.log_every_n_steps", 1, integer=True)
     for key in ("deterministic", "enable_progress_bar", "val_before_training"):
         check_choice(cfg, f"{t}.{key}", BOOLEANS)
     check_choice(cfg, f"{t}.benchmark", (True, False, None))
@@ -119,10 +124,10 @@ def validate_trainer(cfg: DictConfig) -> None:
 def validate_callbacks(cfg: DictConfig) -> None:
     c = "callbacks"
     check_choice(cfg, f"{c}.checkpoint.mode", ("min", "max"))
-    check_range(cfg, f"{c}.checkpoint.save_top_k", -1)
-    check_range(cfg, f"{c}.checkpoint.every_n_train_steps", 1, allow_none=True)
+    check_range(cfg, f"{c}.checkpoint.save_top_k", -1, integer=True)
+    check_range(cfg, f"{c}.checkpoint.every_n_train_steps", 1, allow_none=True, integer=True)
     check_choice(cfg, f"{c}.lr_monitor", BOOLEANS)
-    check_range(cfg, f"{c}.samples.every_n_steps", 0)
+    check_range(cfg, f"{c}.samples.every_n_steps", 0, integer=True)
     if cfg.callbacks.samples.every_n_steps:
         prompts = cfg.callbacks.samples.prompts
         if not isinstance(prompts, ListConfig) or not prompts:
