@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.evaluation.embedder_base import Embedder, EmbedderUnavailable, state_dict_digest
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ClapEmbedder(Embedder):
         )
 
     @classmethod
-    def from_config(cls, clap_cfg) -> ClapEmbedder:
+    def from_config(cls, clap_cfg, **_) -> ClapEmbedder:
         from transformers import ClapModel, ClapProcessor
 
         checkpoint = str(clap_cfg.get("checkpoint") or "")

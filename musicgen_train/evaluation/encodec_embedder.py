@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.evaluation.embedder_base import Embedder, EmbedderUnavailable, state_dict_digest
 from musicgen_train.model.hub_access import hub_kwargs
 
 

@@ -22,7 +22,7 @@ from musicgen_train.data.audio import AUDIO_EXTENSIONS
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
-from musicgen_train.evaluation.embedders import Embedder
+from musicgen_train.evaluation.embedder_base import Embedder
 from musicgen_train.evaluation.frechet import (
     Statistics,
     load_statistics,
