@@ -33,7 +33,17 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "eval.bootstrap.confidence", 0.5, 0.999)
     check_range(cfg, "eval.fad_inf.min_frames", 2)
     check_range(cfg, "eval.fad_inf.steps", 2)
+    check_choice(cfg, "eval.fad_inf.sampling", ["without_replacement", "fadtk"])
+    check_range(cfg, "eval.fad_inf.reliable_frames", 2)
+    check_range(cfg, "eval.kad.max_reference_frames", 2, allow_none=True)
+    check_range(cfg, "eval.outliers", 0)
     check_range(cfg, "eval.clap.window_seconds", 1, 10)
     check_range(cfg, "eval.report_spectrograms", 0)
-    for key in ("eval.clap_score", "eval.after_training", "eval.cache", "eval.fad_inf.enabled"):
+    for key in (
+        "eval.clap_score",
+        "eval.after_training",
+        "eval.cache",
+        "eval.fad_inf.enabled",
+        "eval.kad.enabled",
+    ):
         check_choice(cfg, key, [True, False])

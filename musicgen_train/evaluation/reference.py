@@ -60,6 +60,15 @@ class Reference:
                 return load_statistics(self.stats_file, [embedder.name, *embedder.fadtk_names])
             except KeyError as err:
                 raise ReferenceUnavailable(str(err).strip("'\"")) from err
+        return statistics_from_embeddings(self.embeddings(embedder, cache), embedder.identity())
+
+    def embeddings(self, embedder: Embedder, cache: EmbeddingCache) -> np.ndarray:
+        """All reference frames ``[frames, dim]`` (KAD needs them; a ``.npz`` holds none)."""
+        if self.stats_file is not None:
+            raise ReferenceUnavailable(
+                f"the reference is a statistics file ({self.stats_file.name}): KAD needs the "
+                "reference audio or its embeddings, not only their mean and covariance"
+            )
         frames = []
         for clip in self.clips:
             try:
@@ -71,7 +80,7 @@ class Reference:
                     self.notes.append(note)
         if not frames:
             raise ReferenceUnavailable("no reference clip could be read")
-        return statistics_from_embeddings(np.concatenate(frames), embedder.identity())
+        return np.concatenate(frames)
 
 
 def build_reference(cfg, prompt_set: PromptSet) -> Reference:

@@ -116,7 +116,19 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
         "embedders": [e.identity() for e in suite.embedders],
         "models": models,
         "metrics": {k: v.get("value") for k, v in models[0]["metrics"].items()},
-        "skipped": suite.skipped,
+        "skipped": list(
+            dict.fromkeys(
+                [
+                    *suite.skipped,
+                    *(
+                        e["skipped"]
+                        for m in models
+                        for e in m["metrics"].values()
+                        if e.get("skipped")
+                    ),
+                ]
+            )
+        ),
         "cache": {"hits": suite.cache.hits, "misses": suite.cache.misses},
         "report_dir": str(out),
     }
