@@ -84,6 +84,13 @@ def test_demo_evaluation_on_a_fresh_machine(work_home):
     # The same model with the same seeds: the side-by-side columns agree.
     first, second = (m["metrics"]["fad_logmel"]["value"] for m in report["models"])
     assert first == pytest.approx(second)
+    # Text adherence on the demo's valid split, without weights: gain = shuffled - true.
+    gain = report["models"][0]["metrics"]["caption_gain"]
+    assert gain["clips"] >= 2 and gain["ce_true"] > 0 and gain["ce_null"] > 0
+    assert gain["value"] == pytest.approx(gain["ce_shuffled"] - gain["ce_true"])
+    assert report["metrics"]["caption_gain"] == gain["value"]
+    page = (out / "report.html").read_text()
+    assert "shuffled" in page and page.count("download it once") == 1
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +116,9 @@ def test_fad_against_a_folder_matches_the_formula(folder_run, reference_folder):
     assert entry["reference_clips"] == 4 and entry["reference_frames"] == reference.count
     assert len(entry["per_song"]) == 2 and all(v >= 0 for v in entry["per_song"])
     assert entry["fad_inf"]["skipped"].startswith("needs at least 500")
-    assert report["skipped"] == [] and "clap_score" not in report["metrics"]
+    # No token cache here: text adherence is the only skip line.
+    assert [s.split(":")[0] for s in report["skipped"]] == ["caption_gain"]
+    assert "clap_score" not in report["metrics"]
     assert "not a confidence interval" in entry["interval_kind"]
     # KAD beside FAD: kadtk's number, checked against the explicit double loop.
     from test_kad import kad_double_loop
@@ -194,7 +203,7 @@ def test_missing_reference_skips_fad_with_one_line(work_home, prompts_file):
     )
     report = evaluate(cfg, model_source="tiny", output_dir=work_home / "none")
     assert report["metrics"]["fad_logmel"] is None and report["metrics"]["kad_logmel"] is None
-    assert report["skipped"] == [
+    assert report["skipped"][:1] == [
         f"fad_logmel, kad_logmel: skipped: no reference: prompt set {prompts_file} lists no "
         "reference audio"
     ]

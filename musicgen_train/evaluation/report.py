@@ -160,7 +160,18 @@ def _metric_rows(report: dict) -> str:
                     f"<br>FAD-inf {inf['value']:.4f} ({inf.get('sampling', 'without_replacement')}"
                     f", r² {inf['r2']:.3f}, {inf.get('points', '?')} points)"
                 )
+            if "ce_true" in entry:
+                text += (
+                    f"<br>ce {entry['ce_true']:.4f} · shuffled {entry['ce_shuffled']:.4f}"
+                    f" · null {entry['ce_null']:.4f}"
+                )
             cells.append(f"<td>{text}</td>")
+            if "ce_true" in entry:
+                about = (
+                    f"cross-entropy of held-out codes, {entry.get('clips')} clips of the "
+                    f"{html.escape(str(entry.get('reference')))}; no weights needed"
+                )
+                continue
             about = (
                 f"{_fmt(entry.get('embedder'))} / {_fmt(entry.get('checkpoint'))} / "
                 f"{_fmt(entry.get('sample_rate'))} Hz / {_fmt(entry.get('window'))}; "

@@ -92,6 +92,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 "source": source,
                 "path": loaded.path,
                 "sample_rate": loaded.sample_rate,
+                "text_adherence": _text_adherence(cfg, loaded),
             }
         )
         if codec is None:  # eval.encodec.checkpoint=model scores with the first model's codec
@@ -100,7 +101,9 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
 
     suite = MetricSuite(cfg, prompt_set, codec=codec[0], codec_source=codec[1])
     for model in models:
+        adherence = model.pop("text_adherence")
         model.update(suite.score(generations[model["label"]]))
+        model["metrics"]["caption_gain"] = adherence
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "prompt_set": {
@@ -138,6 +141,24 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     )
     log.info("evaluation report: %s", report["report"])
     return report
+
+
+def _text_adherence(cfg: DictConfig, loaded) -> dict:
+    from musicgen_train.evaluation.text_adherence import score_text_adherence
+
+    manifest = Path(cfg.data.output) / "manifest.jsonl"
+    wanted = cfg.eval.get("text_adherence", {}).get("enabled", True)
+    if wanted and str(cfg.eval.reference) == "valid" and not manifest.exists():
+        from musicgen_train.data.prepare import ensure_token_cache
+
+        try:  # the valid reference prepares the cache anyway; text adherence reads it first
+            ensure_token_cache(cfg)
+        except UserError as err:
+            log.warning("text adherence: the token cache could not be prepared: %s", err)
+    entry = score_text_adherence(cfg, loaded)
+    if entry.get("skipped"):
+        log.warning(entry["skipped"])
+    return entry
 
 
 def default_output_dir(cfg: DictConfig, source: str) -> Path:
