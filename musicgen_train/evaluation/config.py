@@ -41,6 +41,7 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "eval.text_adherence.max_frames", 1, allow_none=True)
     check_range(cfg, "eval.text_adherence.batch_size", 2)
     check_range(cfg, "eval.clap.window_seconds", 1, 10)
+    check_choice(cfg, "eval.clap.windowing", ["consecutive", "fadtk"])
     check_range(cfg, "eval.report_spectrograms", 0)
     for key in (
         "eval.clap_score",

@@ -32,6 +32,9 @@ class Embedder(ABC):
     comparable: bool = True
     # The names fadtk gives the same statistics in its .npz files.
     fadtk_names: tuple[str, ...] = ()
+    # None when this embedder embeds as fadtk does (its statistics may be compared); otherwise
+    # the one-line reason the mapping to ``fadtk_names`` is refused, and how to get it.
+    fadtk_mismatch: str | None = None
 
     @classmethod
     def from_config(cls, section, *, codec=None, codec_source: str | None = None) -> Embedder:

@@ -56,11 +56,33 @@ class Reference:
 
     def statistics(self, embedder: Embedder, cache: EmbeddingCache) -> Statistics:
         if self.stats_file is not None:
-            try:
-                return load_statistics(self.stats_file, [embedder.name, *embedder.fadtk_names])
-            except KeyError as err:
-                raise ReferenceUnavailable(str(err).strip("'\"")) from err
+            return self._stored_statistics(embedder)
         return statistics_from_embeddings(self.embeddings(embedder, cache), embedder.identity())
+
+    def _stored_statistics(self, embedder: Embedder) -> Statistics:
+        """Statistics from the ``.npz``: under our name (same windowing, checked), or under
+        fadtk's name only when the embedder embeds as fadtk does; otherwise one refusal line."""
+        names = [embedder.name]
+        if embedder.fadtk_mismatch is None:
+            names += list(embedder.fadtk_names)
+        try:
+            stats = load_statistics(self.stats_file, names)
+        except KeyError as err:
+            with np.load(self.stats_file) as data:
+                fadtk = [n for n in embedder.fadtk_names if f"{n}.mu" in data]
+            if fadtk and embedder.fadtk_mismatch:
+                raise ReferenceUnavailable(
+                    f"{self.stats_file.name} holds fadtk's '{fadtk[0]}' statistics, but "
+                    f"{embedder.fadtk_mismatch}"
+                ) from err
+            raise ReferenceUnavailable(str(err).strip("'\"")) from err
+        window = stats.identity.get("window")
+        if window is not None and window != embedder.window:
+            raise ReferenceUnavailable(
+                f"{self.stats_file.name} was embedded with another windowing ({window!r}), "
+                f"this {embedder.name} embedder uses {embedder.window!r}"
+            )
+        return stats
 
     def embeddings(self, embedder: Embedder, cache: EmbeddingCache) -> np.ndarray:
         """All reference frames ``[frames, dim]`` (KAD needs them; a ``.npz`` holds none)."""
