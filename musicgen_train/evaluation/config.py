@@ -37,6 +37,8 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "eval.fad_inf.reliable_frames", 2)
     check_range(cfg, "eval.kad.max_reference_frames", 2, allow_none=True)
     check_range(cfg, "eval.outliers", 0)
+    check_range(cfg, "eval.protocol.cut_seconds", 0.1, allow_none=True)
+    check_range(cfg, "eval.protocol.loudness_lufs", -70, 0, allow_none=True)
     check_range(cfg, "eval.text_adherence.max_clips", 2, allow_none=True)
     check_range(cfg, "eval.text_adherence.max_frames", 1, allow_none=True)
     check_range(cfg, "eval.text_adherence.batch_size", 2)

@@ -17,6 +17,7 @@ from musicgen_train.data.audio import write_audio
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.prompts import PromptSet, load_prompt_set
+from musicgen_train.evaluation.protocol import apply_protocol
 from musicgen_train.evaluation.suite import MetricSuite
 from musicgen_train.generation import GenerationEngine, GenerationParams
 
@@ -78,13 +79,18 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
             ecfg.samples_per_prompt,
             source,
         )
-        generations[label] = generate_clips(
-            loaded,
-            prompt_set,
-            params,
-            out / "audio" / label,
-            int(ecfg.samples_per_prompt),
-            int(ecfg.generation.batch_size),
+        generations[label] = apply_protocol(
+            generate_clips(
+                loaded,
+                prompt_set,
+                params,
+                out / "audio" / label,
+                int(ecfg.samples_per_prompt),
+                int(ecfg.generation.batch_size),
+            ),
+            [p.reference for p in prompt_set.prompts],
+            ecfg.get("protocol"),
+            out / "audio" / label / "protocol",
         )
         models.append(
             {
@@ -115,6 +121,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
             **OmegaConf.to_container(ecfg.generation),
             "samples_per_prompt": int(ecfg.samples_per_prompt),
         },
+        "protocol": OmegaConf.to_container(ecfg.protocol) if ecfg.get("protocol") else None,
         "reference": suite.reference.summary() if suite.reference else None,
         "embedders": [e.identity() for e in suite.embedders],
         "models": models,

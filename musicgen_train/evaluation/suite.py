@@ -27,6 +27,14 @@ from musicgen_train.evaluation.frechet import (
     statistics_from_embeddings,
 )
 from musicgen_train.evaluation.kad import bootstrap_kad
+from musicgen_train.evaluation.optional_metrics import (
+    AES_METRICS,
+    AestheticsScorer,
+    MetricUnavailable,
+    PasstClassifier,
+    aesthetics_entries,
+    kld_entry,
+)
 from musicgen_train.evaluation.prompts import PromptSet
 from musicgen_train.evaluation.reference import (
     Reference,
@@ -76,6 +84,10 @@ class MetricSuite:
         if wants_clap and "clap_score" not in self.skipped_metrics:
             self.clap = next((e for e in self.embedders if e.name == "clap"), None)
             self.clap = self.clap or self._load("clap", ["clap_score"], codec, codec_source)
+        self.kld = self._optional(["kld_passt"], "kld", PasstClassifier.load)
+        self.aesthetics = self._optional(
+            AES_METRICS, "aesthetics", lambda: AestheticsScorer.load(self.ecfg.get("aesthetics"))
+        )
         self.reference: Reference | None = None
         self._reference_stats: dict[str, Statistics] = {}
         self._reference_frames: dict[str, np.ndarray] = {}
@@ -85,6 +97,16 @@ class MetricSuite:
             except ReferenceUnavailable as err:
                 names = [m for e in self.embedders for m in self.distance_metrics(e.name)]
                 self._skip(names, f"no reference: {err}")
+
+    def _optional(self, metrics: list[str], key: str, load):
+        """A package-and-weights metric: loaded when ``eval.<key>.enabled``, else nothing."""
+        if not (self.ecfg.get(key) or {}).get("enabled", False):
+            return None
+        try:
+            return load()
+        except MetricUnavailable as err:
+            self._skip(metrics, str(err))
+            return None
 
     def distance_metrics(self, name: str) -> list[str]:
         kad = bool(self.ecfg.get("kad", {}).get("enabled", True))
@@ -171,6 +193,17 @@ class MetricSuite:
                     f"clap_score: only {len(per_prompt)} prompts (< {MIN_PROMPTS}): its interval "
                     "over prompts is rough"
                 )
+        boot = self.ecfg.bootstrap
+        if self.kld is not None:
+            references = [p.reference for p in self.prompt_set.prompts]
+            try:
+                metrics["kld_passt"] = kld_entry(self.kld, generations, references, boot=boot)
+            except MetricUnavailable as err:
+                line = f"kld_passt: skipped: {err}"
+                log.warning(line)
+                metrics["kld_passt"] = {"metric": "kld_passt", "value": None, "skipped": line}
+        if self.aesthetics is not None:
+            metrics.update(aesthetics_entries(self.aesthetics, generations, boot=boot))
         for line in warnings:
             log.warning(line)
         return {
