@@ -68,7 +68,11 @@ def median_pairwise_distance(frames, *, max_pairs: int = EXACT_PAIRS, seed: int 
     i = rng.integers(0, n, size=max_pairs)
     j = rng.integers(0, n - 1, size=max_pairs)
     j = j + (j >= i)  # never a point with itself
-    return _lower_median(np.sqrt(((frames[i] - frames[j]) ** 2).sum(1)))
+    distances = np.empty(max_pairs)
+    for start in range(0, max_pairs, 1 << 20):  # 1 M pairs at a time: bounded memory
+        a, b = i[start : start + (1 << 20)], j[start : start + (1 << 20)]
+        distances[start : start + len(a)] = np.sqrt(((frames[a] - frames[b]) ** 2).sum(1))
+    return _lower_median(distances)
 
 
 def _block_sums(a: np.ndarray, a_bounds, b: np.ndarray, b_bounds, gamma: float) -> np.ndarray:
