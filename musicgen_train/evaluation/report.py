@@ -53,7 +53,8 @@ def _pyplot():
 def _per_prompt_metric(report: dict) -> str | None:
     """CLAP per prompt when scored, else the first FAD's per-song values."""
     keys = [k for k, v in report["models"][0]["metrics"].items() if v.get("value") is not None]
-    return "clap_score" if "clap_score" in keys else next(iter(keys), None)
+    per_prompt = [k for k in keys if k.startswith("fad_")]  # the metrics with per-prompt values
+    return "clap_score" if "clap_score" in keys else next(iter(per_prompt), None)
 
 
 def _metric_bar_chart(out: Path, report: dict) -> Path | None:
