@@ -91,3 +91,30 @@ def test_kad_bad_input_is_one_clear_error():
         kernel_audio_distance(np.zeros((5, 4)), np.ones((5, 3)))
     with pytest.raises(ValueError, match="at least 2 generated frames"):
         kernel_audio_distance(np.zeros((5, 4)), np.ones((1, 4)))
+
+
+def test_kad_matches_kadtks_float32_torch_path():
+    """kadtk computes in float32 with torch.pdist / torch.median and squared-norm expansions;
+    written out here with torch, our float64 value agrees to float32 round-off."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.normal(size=(300, 16)), dtype=torch.float32)
+    y = torch.tensor(rng.normal(size=(250, 16)) * 1.1 + 0.1, dtype=torch.float32)
+    h = torch.median(torch.pdist(y)).item()
+    gamma = 1 / (2 * h**2 + 1e-8)
+
+    def mean_kernel(a, b, exclude_diagonal):
+        d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+        k = torch.exp(-gamma * d2)
+        if exclude_diagonal:
+            k = k - torch.diag(torch.diagonal(k))
+            return k.sum() / (len(a) * (len(a) - 1))
+        return k.mean()
+
+    expected = 100 * (
+        mean_kernel(x, x, True) + mean_kernel(y, y, True) - 2 * mean_kernel(x, y, False)
+    )
+    assert kernel_audio_distance(x.numpy(), y.numpy()) == pytest.approx(
+        float(expected), rel=2e-3, abs=2e-4
+    )
