@@ -83,7 +83,7 @@ def _metric_bar_chart(out: Path, report: dict) -> Path | None:
     )
     fig.tight_layout()
     path = out / f"{metric}_per_prompt.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the legend above the axes is kept
     plt.close(fig)
     return path
 
