@@ -9,7 +9,12 @@
    the textbook formula with ``scipy.linalg.sqrtm(S1 @ S2)`` on the same inputs: time and value
    difference; plus a rank-deficient case (fewer frames than dimensions).
 
-    python bench/evaluate.py            # about 2-4 minutes on 2 CPU cores
+3. Estimators against sample size, on Gaussians whose distance is known (no audio needed):
+   KAD vs FAD bias and spread; the coverage of the bootstrap interval (of the expected FAD at
+   this n, and of the true distance); FAD-inf with both samplings (ours and fadtk's).
+
+    python bench/evaluate.py            # about 3-5 minutes on 2 CPU cores
+    python bench/evaluate.py estimators # only 3., about a minute
 """
 
 from __future__ import annotations
@@ -158,7 +163,137 @@ def bench_frechet() -> None:
         )
 
 
+def _gaussian_case(rng, n, dim, shift, scale):
+    return rng.normal(size=(n, dim)) * scale + shift
+
+
+def bench_kad_vs_fad(reps: int = 20) -> None:
+    """Bias and spread of FAD and KAD against the number of generated frames.
+
+    Reference: 4000 frames of N(0, I) (FAD: its exact statistics). Generated: N(0.1, 1.15^2 I),
+    16-d; the known FD = d (0.1^2 + 0.15^2). KAD's large-n value: the mean of 3 sets of 4000.
+    """
+    from musicgen_train.evaluation import Statistics, fad, statistics_from_embeddings
+    from musicgen_train.evaluation.kad import kernel_audio_distance
+
+    dim, shift, scale = 16, 0.1, 1.15
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4000, dim))
+    exact = Statistics(np.zeros(dim), np.eye(dim), 0)
+    true_fd = dim * (shift**2 + (scale - 1.0) ** 2)
+    kad_large = float(
+        np.mean(
+            [
+                kernel_audio_distance(reference, _gaussian_case(rng, 4000, dim, shift, scale))
+                for _ in range(3)
+            ]
+        )
+    )
+    for n in (50, 100, 200, 500, 1000, 2000):
+        fads, kads = [], []
+        start, wall = time.process_time(), time.perf_counter()
+        for _ in range(reps):
+            frames = _gaussian_case(rng, n, dim, shift, scale)
+            fads.append(fad(statistics_from_embeddings(frames), exact))
+            kads.append(kernel_audio_distance(reference, frames))
+        emit(
+            bench="kad_vs_fad",
+            dim=dim,
+            frames=n,
+            reps=reps,
+            fad_true=round(true_fd, 4),
+            fad_mean=round(float(np.mean(fads)), 4),
+            fad_relative_bias=round(float(np.mean(fads)) / true_fd - 1.0, 4),
+            fad_relative_spread=round(float(np.std(fads, ddof=1)) / true_fd, 4),
+            kad_large_n=round(kad_large, 4),
+            kad_mean=round(float(np.mean(kads)), 4),
+            kad_relative_bias=round(float(np.mean(kads)) / kad_large - 1.0, 4),
+            kad_relative_spread=round(float(np.std(kads, ddof=1)) / kad_large, 4),
+            cpu_seconds=round(time.process_time() - start, 3),
+            wall_seconds=round(time.perf_counter() - wall, 3),
+        )
+
+
+def bench_bootstrap_coverage(trials: int = 200, samples: int = 100) -> None:
+    """How often the 95% bootstrap interval (over clips) holds (a) the expected FAD at this
+    number of clips and (b) the true distance. Clips: 10 frames each, 8-d Gaussians."""
+    from musicgen_train.evaluation import Statistics, bootstrap_fad, fad, statistics_from_embeddings
+
+    dim, shift, scale, per_clip = 8, 0.2, 1.2, 10
+    true_fd = dim * (shift**2 + (scale - 1.0) ** 2)
+    reference = Statistics(np.zeros(dim), np.eye(dim), 0)
+    rng = np.random.default_rng(1)
+    for clips in (20, 40, 100):
+        expected = float(
+            np.mean(
+                [
+                    fad(
+                        statistics_from_embeddings(
+                            _gaussian_case(rng, clips * per_clip, dim, shift, scale)
+                        ),
+                        reference,
+                    )
+                    for _ in range(2000)
+                ]
+            )
+        )
+        hold_expected = hold_true = 0
+        for trial in range(trials):
+            songs = [_gaussian_case(rng, per_clip, dim, shift, scale) for _ in range(clips)]
+            _, (low, high) = bootstrap_fad(songs, reference, samples=samples, seed=trial)
+            hold_expected += low <= expected <= high
+            hold_true += low <= true_fd <= high
+        emit(
+            bench="bootstrap_coverage",
+            nominal=0.95,
+            clips=clips,
+            frames=clips * per_clip,
+            dim=dim,
+            trials=trials,
+            fad_true=round(true_fd, 4),
+            fad_expected_at_n=round(expected, 4),
+            covers_expected_at_n=hold_expected / trials,
+            covers_true=hold_true / trials,
+        )
+
+
+def bench_fad_inf(reps: int = 10) -> None:
+    """FAD-inf with subsets drawn without replacement (ours) and with replacement (fadtk)."""
+    from musicgen_train.evaluation import Statistics, fad_inf
+
+    dim, shift, scale = 32, 0.15, 1.2
+    true_fd = dim * (shift**2 + (scale - 1.0) ** 2)
+    reference = Statistics(np.zeros(dim), np.eye(dim), 0)
+    rng = np.random.default_rng(2)
+    for frames in (600, 1000, 5000):
+        for sampling in ("without_replacement", "fadtk"):
+            values, r2 = [], []
+            for rep in range(reps):
+                data = _gaussian_case(rng, frames, dim, shift, scale)
+                result = fad_inf(data, reference, seed=rep, sampling=sampling)
+                values.append(result.value)
+                r2.append(result.r2)
+            emit(
+                bench="fad_inf",
+                sampling=sampling,
+                frames=frames,
+                dim=dim,
+                reps=reps,
+                fad_true=round(true_fd, 4),
+                fad_inf_mean=round(float(np.mean(values)), 4),
+                fad_inf_std=round(float(np.std(values, ddof=1)), 4),
+                r2_mean=round(float(np.mean(r2)), 3),
+            )
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["estimators"]:
+        bench_kad_vs_fad()
+        bench_bootstrap_coverage()
+        bench_fad_inf()
+        raise SystemExit(0)
     # Other processes on the machine slow every figure down alike; say how busy it was.
     emit(
         bench="environment",
@@ -170,3 +305,6 @@ if __name__ == "__main__":
     )
     bench_frechet()
     bench_embedders()
+    bench_kad_vs_fad()
+    bench_bootstrap_coverage()
+    bench_fad_inf()

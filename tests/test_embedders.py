@@ -15,7 +15,7 @@ from musicgen_train.evaluation.logmel import hertz_to_mel, log_mel_spectrogram, 
 
 def eval_cfg(**overrides):
     base = {
-        "vggish": {"weights": None, "embedding_relu": True},
+        "vggish": {"weights": None, "embedding_relu": False},
         "clap": {"checkpoint": None, "window_seconds": 10.0, "min_last_seconds": 1.0},
         "encodec": {"checkpoint": "model"},
     }
@@ -84,9 +84,59 @@ def test_vggish_loads_a_state_dict_file_and_sees_16khz_patches(tmp_path):
     frames = embedder.embed(tone(3.0, 32_000), 32_000)
     # 3 s at 16 kHz = 298 log-mel frames = 3 patches of 96x64 (at the wrong rate it would be 6).
     assert shapes == [(3, 1, 96, 64)]
-    assert frames.shape == (3, 128) and np.all(frames >= 0)  # torchvggish's final ReLU
+    assert frames.shape == (3, 128)
     assert embedder.identity()["sample_rate"] == 16_000
     assert embedder.identity()["weights"] is not None
+
+
+def test_vggish_has_no_final_relu_by_default_and_says_which(tmp_path):
+    weights = save_tiny_vggish(tmp_path / "vggish.pth")
+    plain = build_embedder("vggish", eval_cfg(vggish={"weights": str(weights)}))
+    relu = build_embedder(
+        "vggish", eval_cfg(vggish={"weights": str(weights), "embedding_relu": True})
+    )
+    audio = tone(3.0, 16_000)
+    signed, rectified = plain.embed(audio, 16_000), relu.embed(audio, 16_000)
+    assert (signed < 0).any()  # Google's / fadtk's embeddings are signed
+    # The ReLU variant is exactly the rectified default: max(x, 0), computed independently.
+    np.testing.assert_allclose(rectified, np.maximum(signed, 0.0), rtol=1e-6, atol=1e-7)
+    assert plain.identity()["embedding_relu"] is False
+    assert relu.identity()["embedding_relu"] is True
+    assert "no final ReLU" in plain.identity()["window"]
+    assert "final ReLU kept" in relu.identity()["window"]
+
+
+def test_embedder_modules_never_import_the_registry():
+    """No import circle within evaluation/: the registry loads modules by name, lazily."""
+    import ast
+    from pathlib import Path
+
+    import musicgen_train.evaluation as package
+    from musicgen_train.evaluation.embedders import REGISTRY
+
+    folder = Path(package.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports too
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        graph[f"musicgen_train.evaluation.{path.stem}"] = {
+            n for n in names if n.startswith("musicgen_train.evaluation.")
+        }
+    for target in REGISTRY.values():
+        module = target.split(":")[0]
+        assert "musicgen_train.evaluation.embedders" not in graph[module], module
+
+    def visit(node, stack):
+        assert node not in stack, " -> ".join([*stack, node])
+        for child in graph.get(node, ()):
+            visit(child, [*stack, node])
+
+    for node in graph:
+        visit(node, [])
 
 
 def test_vggish_real_shape_matches_the_release():

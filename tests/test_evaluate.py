@@ -17,6 +17,8 @@ from musicgen_train.evaluation import (
     save_statistics,
     statistics_from_files,
 )
+from musicgen_train.evaluation.cache import EmbeddingCache
+from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.logmel import LogMelEmbedder
 from musicgen_train.evaluation.prompts import load_prompt_set
 from musicgen_train.evaluation.run import evaluate
@@ -82,6 +84,13 @@ def test_demo_evaluation_on_a_fresh_machine(work_home):
     # The same model with the same seeds: the side-by-side columns agree.
     first, second = (m["metrics"]["fad_logmel"]["value"] for m in report["models"])
     assert first == pytest.approx(second)
+    # Text adherence on the demo's valid split, without weights: gain = shuffled - true.
+    gain = report["models"][0]["metrics"]["caption_gain"]
+    assert gain["clips"] >= 2 and gain["ce_true"] > 0 and gain["ce_null"] > 0
+    assert gain["value"] == pytest.approx(gain["ce_shuffled"] - gain["ce_true"])
+    assert report["metrics"]["caption_gain"] == gain["value"]
+    page = (out / "report.html").read_text()
+    assert "shuffled" in page and page.count("download it once") == 1
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +116,38 @@ def test_fad_against_a_folder_matches_the_formula(folder_run, reference_folder):
     assert entry["reference_clips"] == 4 and entry["reference_frames"] == reference.count
     assert len(entry["per_song"]) == 2 and all(v >= 0 for v in entry["per_song"])
     assert entry["fad_inf"]["skipped"].startswith("needs at least 500")
-    assert report["skipped"] == [] and "clap_score" not in report["metrics"]
+    # No token cache here, no PaSST / audiobox-aesthetics packages: one line each.
+    assert [s.split(":")[0] for s in report["skipped"]] == [
+        "kld_passt",
+        "aes_ce, aes_cu, aes_pc, aes_pq",
+        "caption_gain",
+    ]
+    assert "clap_score" not in report["metrics"]
+    assert "not a confidence interval" in entry["interval_kind"]
+    # KAD beside FAD: kadtk's number, checked against the explicit double loop.
+    from test_kad import kad_double_loop
+
+    cache = EmbeddingCache(None)
+    ref_frames = np.concatenate(
+        [cache.embed(Clip(p), embedder) for p in sorted(reference_folder.glob("*.wav"))]
+    )
+    gen_frames = np.concatenate(
+        [
+            cache.embed(Clip(Path(r["audio"][0])), embedder)
+            for r in report["models"][0]["per_prompt"]
+        ]
+    )
+    kad = report["models"][0]["metrics"]["kad_logmel"]
+    expected_kad = kad_double_loop(ref_frames.tolist(), gen_frames.tolist())
+    assert kad["value"] == pytest.approx(expected_kad, rel=1e-8, abs=1e-10)
+    assert kad["frames"] == len(gen_frames) and kad["reference_frames"] == len(ref_frames)
+    # Too small a set is said once per metric, in the report's warnings.
+    warnings = report["models"][0]["warnings"]
+    assert any(w.startswith("fad_logmel: 4 generated frames for 128-d") for w in warnings)
+    assert any(w.startswith("kad_logmel: only 2 generated clips") for w in warnings)
+    # Outliers: the clips with the largest per-song FAD, farthest first.
+    (outliers,) = report["models"][0]["outliers"].values()
+    assert [o["per_song_fad"] for o in outliers] == sorted(entry["per_song"], reverse=True)
 
 
 def test_second_evaluation_reads_embeddings_from_the_cache(folder_run):
@@ -152,8 +192,11 @@ def test_clap_fad_and_score_with_a_local_checkpoint(
     # No VGGish weights: skipped with one line, in the JSON and the HTML, and no number.
     assert report["metrics"]["fad_vggish"] is None
     (line,) = [s for s in report["skipped"] if s.startswith("fad_vggish")]
+    assert line.startswith("fad_vggish, kad_vggish: skipped:")
     assert "eval.vggish.weights is null" in line
-    assert "fad_vggish: skipped" in (work_home / "clap" / "report.html").read_text()
+    page = (work_home / "clap" / "report.html").read_text()
+    assert page.count("eval.vggish.weights is null") == 1  # the reason once, not per cell
+    assert report["models"][0]["metrics"]["kad_clap"]["value"] is not None
     assert (work_home / "clap" / "clap_score_per_prompt.png").is_file()
     assert [e["embedder"] for e in report["embedders"]] == ["logmel", "clap"]
 
@@ -163,9 +206,10 @@ def test_missing_reference_skips_fad_with_one_line(work_home, prompts_file):
         [*FAST, f"eval.prompts={prompts_file}", "eval.reference=prompts", "eval.clap_score=false"]
     )
     report = evaluate(cfg, model_source="tiny", output_dir=work_home / "none")
-    assert report["metrics"]["fad_logmel"] is None
-    assert report["skipped"] == [
-        f"fad_logmel: skipped: no reference: prompt set {prompts_file} lists no reference audio"
+    assert report["metrics"]["fad_logmel"] is None and report["metrics"]["kad_logmel"] is None
+    assert [s for s in report["skipped"] if s.startswith("fad")] == [
+        f"fad_logmel, kad_logmel: skipped: no reference: prompt set {prompts_file} lists no "
+        "reference audio"
     ]
 
 

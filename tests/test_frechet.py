@@ -182,3 +182,51 @@ def test_bootstrap_mean_interval():
     assert low < mean < high
     half_width = 1.96 * values.std(ddof=1) / np.sqrt(50)  # the normal-theory interval
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.2)
+
+
+def fadtk_fad_inf(frames, mu_bg, cov_bg, rng, min_n=500, steps=25):
+    """fadtk 1.1.0's score_inf, re-written: subsets drawn WITH replacement, textbook FD with
+    scipy's sqrtm, np.polyfit of FAD against 1/n."""
+    import scipy.linalg
+
+    ns = [int(n) for n in np.linspace(min_n, len(frames), steps)]
+    results = []
+    for n in ns:
+        subset = frames[rng.choice(frames.shape[0], size=n, replace=True)]
+        mu, cov = np.mean(subset, axis=0), np.cov(subset, rowvar=False)
+        covmean = np.real(scipy.linalg.sqrtm(cov_bg @ cov))
+        diff = mu_bg - mu
+        results.append(diff @ diff + np.trace(cov_bg) + np.trace(cov) - 2 * np.trace(covmean))
+    xs = 1 / np.array(ns)
+    slope, intercept = np.polyfit(xs, results, 1)
+    return intercept, slope
+
+
+def test_fad_inf_fadtk_sampling_reproduces_fadtk_with_the_same_draws():
+    rng = np.random.default_rng(10)
+    dim = 6
+    reference = statistics_from_embeddings(rng.normal(size=(3000, dim)))
+    frames = rng.normal(size=(2000, dim)) * 1.2 + 0.3
+    ours = fad_inf(frames, reference, seed=5, sampling="fadtk")
+    expected, slope = fadtk_fad_inf(frames, reference.mu, reference.cov, np.random.default_rng(5))
+    assert ours.value == pytest.approx(expected, rel=1e-9)
+    assert ours.slope == pytest.approx(slope, rel=1e-9)
+    assert ours.sampling == "fadtk" and ours.warning is None and len(ours.points) == 25
+    with pytest.raises(ValueError, match="not one of"):
+        fad_inf(frames, reference, sampling="bootstrap")
+
+
+def test_fad_inf_samplings_differ_as_measured_and_small_sets_warn():
+    # Known FD: identical Gaussians, FD = 0. With replacement, duplicates shrink the covariance
+    # rank and add bias that 1/n does not remove: fadtk's intercept sits above ours on average.
+    dim = 16
+    reference = Statistics(np.zeros(dim), np.eye(dim), 0)
+    ours, fadtk = [], []
+    for seed in range(6):
+        frames = np.random.default_rng(100 + seed).normal(size=(1200, dim))
+        ours.append(fad_inf(frames, reference, seed=seed).value)
+        fadtk.append(fad_inf(frames, reference, seed=seed, sampling="fadtk").value)
+    assert np.mean(fadtk) > np.mean(ours) + 0.05
+    assert abs(np.mean(ours)) < 0.05
+    small = fad_inf(np.random.default_rng(1).normal(size=(700, dim)), reference)
+    assert small.warning is not None and "700" in small.warning and "< 1000" in small.warning

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_train.evaluation.clips import Clip
-from musicgen_train.evaluation.embedders import Embedder
+from musicgen_train.evaluation.embedder_base import Embedder
 
 
 class EmbeddingCache:

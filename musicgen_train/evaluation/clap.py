@@ -2,9 +2,15 @@
 
 Deterministic windowing: CLAP's feature extractor crops audio longer than 10 s at RANDOM, and
 for fusion checkpoints it marks a random clip as "longer" when none is. We never let it choose:
-a clip is cut into consecutive windows of ``window_seconds`` (the last, shorter one is
-repeat-padded by the extractor, as CLAP was trained), no window is ever longer than the model's
-input, and ``is_longer`` is always False. The same file always gives the same embedding.
+no window is ever longer than the model's input, and ``is_longer`` is always False. The same file
+always gives the same embedding. Two windowings (``eval.clap.windowing``):
+
+- ``consecutive`` (default; the CLAP score): consecutive windows of ``window_seconds``, the last,
+  shorter one repeat-padded by the extractor (as CLAP was trained).
+- ``fadtk`` (fadtk 1.1.0's ``clap-laion-music``): the clip quantised to int16 and back
+  (clip to [-1, 1], x 32767, truncated, / 32767), then a 10 s window starting at EVERY second
+  to the end of the clip, each zero-padded to 10 s. Only these embeddings may be compared with
+  fadtk's CLAP statistics.
 """
 
 from __future__ import annotations
@@ -14,10 +20,26 @@ import logging
 import numpy as np
 import torch
 
-from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.evaluation.embedder_base import Embedder, EmbedderUnavailable, state_dict_digest
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 
 log = logging.getLogger(__name__)
+
+
+WINDOWINGS = ("consecutive", "fadtk")
+
+
+def int16_round_trip(wave: np.ndarray) -> np.ndarray:
+    """fadtk's quantisation: clip to [-1, 1], scale by 32767, truncate to int16, scale back."""
+    quantised = (np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (quantised / 32767.0).astype(np.float32)
+
+
+def fadtk_windows(wave: np.ndarray, size: int, hop: int) -> list[np.ndarray]:
+    """``size``-sample windows starting every ``hop`` samples up to the end, zero-padded."""
+    wave = int16_round_trip(np.asarray(wave, dtype=np.float32))
+    pieces = [wave[start : start + size] for start in range(0, max(len(wave), 1), hop)]
+    return [np.pad(p, (0, size - len(p))) for p in pieces]
 
 
 class ClapEmbedder(Embedder):
@@ -33,6 +55,7 @@ class ClapEmbedder(Embedder):
         window_seconds: float = 10.0,
         min_last_seconds: float = 1.0,
         batch_size: int = 8,
+        windowing: str = "consecutive",
     ):
         self.model = model.eval()
         self.processor = processor
@@ -46,14 +69,27 @@ class ClapEmbedder(Embedder):
         # "fusion" input for fusion checkpoints (4 stacked mels), one mel otherwise; no window is
         # longer than the model's input, so neither mode ever crops at random.
         self.truncation = "fusion" if fusion else "rand_trunc"
-        self.window = (
-            f"consecutive {self.window_seconds:g} s windows, no overlap (last one repeat-padded, "
-            f"dropped if under {self.min_last_seconds:g} s unless it is the only one); "
-            f"{model.config.projection_dim}-d per window"
-        )
+        if windowing not in WINDOWINGS:
+            raise ValueError(f"eval.clap.windowing={windowing!r}: choose one of {WINDOWINGS}")
+        self.windowing = windowing
+        if windowing == "fadtk":
+            self.window = (
+                f"fadtk: int16-quantised, {self.window_seconds:g} s windows at a 1 s hop to the "
+                f"end, zero-padded; {model.config.projection_dim}-d per window"
+            )
+        else:
+            self.window = (
+                f"consecutive {self.window_seconds:g} s windows, no overlap (last one "
+                f"repeat-padded, dropped if under {self.min_last_seconds:g} s unless it is the "
+                f"only one); {model.config.projection_dim}-d per window"
+            )
+            self.fadtk_mismatch = (
+                "eval.clap.windowing=consecutive embeds differently (fadtk: 10 s windows at a "
+                "1 s hop, zero-padded, int16-quantised): set eval.clap.windowing=fadtk"
+            )
 
     @classmethod
-    def from_config(cls, clap_cfg) -> ClapEmbedder:
+    def from_config(cls, clap_cfg, **_) -> ClapEmbedder:
         from transformers import ClapModel, ClapProcessor
 
         checkpoint = str(clap_cfg.get("checkpoint") or "")
@@ -81,10 +117,13 @@ class ClapEmbedder(Embedder):
             checkpoint,
             window_seconds=float(clap_cfg.get("window_seconds", 10.0)),
             min_last_seconds=float(clap_cfg.get("min_last_seconds", 1.0)),
+            windowing=str(clap_cfg.get("windowing", "consecutive")),
         )
 
     def windows(self, wave: np.ndarray) -> list[np.ndarray]:
         size = int(round(self.window_seconds * self.sample_rate))
+        if self.windowing == "fadtk":
+            return fadtk_windows(wave, size, self.sample_rate)
         pieces = [wave[start : start + size] for start in range(0, max(len(wave), 1), size)]
         minimum = int(round(self.min_last_seconds * self.sample_rate))
         if len(pieces) > 1 and len(pieces[-1]) < minimum:

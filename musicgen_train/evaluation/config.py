@@ -33,7 +33,23 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "eval.bootstrap.confidence", 0.5, 0.999)
     check_range(cfg, "eval.fad_inf.min_frames", 2)
     check_range(cfg, "eval.fad_inf.steps", 2)
+    check_choice(cfg, "eval.fad_inf.sampling", ["without_replacement", "fadtk"])
+    check_range(cfg, "eval.fad_inf.reliable_frames", 2)
+    check_range(cfg, "eval.kad.max_reference_frames", 2, allow_none=True)
+    check_range(cfg, "eval.outliers", 0)
+    check_range(cfg, "eval.protocol.cut_seconds", 0.1, allow_none=True)
+    check_range(cfg, "eval.protocol.loudness_lufs", -70, 0, allow_none=True)
+    check_range(cfg, "eval.text_adherence.max_clips", 2, allow_none=True)
+    check_range(cfg, "eval.text_adherence.max_frames", 1, allow_none=True)
+    check_range(cfg, "eval.text_adherence.batch_size", 2)
     check_range(cfg, "eval.clap.window_seconds", 1, 10)
+    check_choice(cfg, "eval.clap.windowing", ["consecutive", "fadtk"])
     check_range(cfg, "eval.report_spectrograms", 0)
-    for key in ("eval.clap_score", "eval.after_training", "eval.cache", "eval.fad_inf.enabled"):
+    for key in (
+        "eval.clap_score",
+        "eval.after_training",
+        "eval.cache",
+        "eval.fad_inf.enabled",
+        "eval.kad.enabled",
+    ):
         check_choice(cfg, key, [True, False])

@@ -1,92 +1,43 @@
-"""What every embedder shares, and building the ones a config names.
+"""The embedder registry: names -> ``"module:Class"`` strings, loaded when first built.
 
-An embedder turns a clip into ``[frames, dim]`` embeddings. It resamples to its OWN rate first
-(VGGish 16 kHz, CLAP 48 kHz, EnCodec 24/32/48 kHz, log-mel 16 kHz), whatever rate the clip has,
-and states that rate and its windowing in ``identity()``, which goes into every report and into
-the key of the embedding cache.
+The registry imports the embedder modules lazily, by name, and the embedder modules import only
+``embedder_base`` (never this file): there is no import circle, at module or function level.
+A new embedder is a new module with an ``Embedder`` subclass and one line in ``REGISTRY``.
 """
 
 from __future__ import annotations
 
-import hashlib
-from abc import ABC, abstractmethod
+from importlib import import_module
 
-import numpy as np
-import torch
+from musicgen_train.evaluation.embedder_base import (  # noqa: F401 (public names kept here)
+    Embedder,
+    EmbedderUnavailable,
+    state_dict_digest,
+)
 
-from musicgen_train.audio import resample, to_channels
-
-EMBEDDERS = ("logmel", "vggish", "clap", "encodec")
-
-
-class EmbedderUnavailable(Exception):
-    """The embedder's weights cannot be found (offline, no file): its metric is skipped."""
-
-
-class Embedder(ABC):
-    name: str  # short id, also the key of its statistics in an .npz
-    sample_rate: int
-    window: str  # how a clip becomes frames, for people reading a report
-    checkpoint: str | None = None
-    weights_digest: str | None = None  # identifies the weights for the cache
-    # Whether numbers can be compared with published ones computed with the same embedder.
-    comparable: bool = True
-    # The names fadtk gives the same statistics in its .npz files.
-    fadtk_names: tuple[str, ...] = ()
-
-    def identity(self) -> dict:
-        return {
-            "embedder": self.name,
-            "checkpoint": self.checkpoint,
-            "weights": self.weights_digest,
-            "sample_rate": self.sample_rate,
-            "window": self.window,
-        }
-
-    def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Audio ``[channels, samples]`` at ``sample_rate`` -> float32 ``[frames, dim]``."""
-        mono = to_channels(np.atleast_2d(np.asarray(audio, dtype=np.float32)), 1)
-        wave = resample(mono, int(sample_rate), self.sample_rate)[0]
-        with torch.inference_mode():
-            frames = self.embed_mono(np.ascontiguousarray(wave))
-        return np.asarray(frames, dtype=np.float32)
-
-    @abstractmethod
-    def embed_mono(self, wave: np.ndarray) -> np.ndarray:
-        """Mono float32 samples at ``self.sample_rate`` -> ``[frames, dim]``."""
+REGISTRY = {
+    "logmel": "musicgen_train.evaluation.logmel:LogMelEmbedder",
+    "vggish": "musicgen_train.evaluation.vggish:VGGishEmbedder",
+    "clap": "musicgen_train.evaluation.clap:ClapEmbedder",
+    "encodec": "musicgen_train.evaluation.encodec_embedder:EncodecEmbedder",
+}
+EMBEDDERS = tuple(REGISTRY)
 
 
-def state_dict_digest(module: torch.nn.Module) -> str:
-    """A short hash of a module's weights: a cache entry never outlives the weights it came from."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()[:16]
+def embedder_class(name: str) -> type[Embedder]:
+    """The class registered as ``name`` (its module imported now)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown embedder {name!r}: choose one of {list(EMBEDDERS)}")
+    module, _, attribute = REGISTRY[name].partition(":")
+    return getattr(import_module(module), attribute)
 
 
 def build_embedder(name: str, eval_cfg, *, codec=None, codec_source: str | None = None) -> Embedder:
     """The embedder ``name`` configured by ``eval_cfg.<name>``; raises EmbedderUnavailable.
 
+    Each class builds itself with ``from_config(section, codec=..., codec_source=...)``;
     ``codec`` is the evaluated MusicGen's EnCodec, used when ``eval.encodec.checkpoint`` is
     ``model``.
     """
-    if name == "logmel":
-        from musicgen_train.evaluation.logmel import LogMelEmbedder
-
-        return LogMelEmbedder()
-    if name == "vggish":
-        from musicgen_train.evaluation.vggish import VGGishEmbedder
-
-        return VGGishEmbedder.from_config(eval_cfg.vggish)
-    if name == "clap":
-        from musicgen_train.evaluation.clap import ClapEmbedder
-
-        return ClapEmbedder.from_config(eval_cfg.clap)
-    if name == "encodec":
-        from musicgen_train.evaluation.encodec_embedder import EncodecEmbedder
-
-        return EncodecEmbedder.from_config(eval_cfg.encodec, codec=codec, codec_source=codec_source)
-    raise ValueError(f"unknown embedder {name!r}: choose one of {list(EMBEDDERS)}")
+    cls = embedder_class(name)
+    return cls.from_config(eval_cfg.get(name), codec=codec, codec_source=codec_source)

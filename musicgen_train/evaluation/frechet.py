@@ -177,20 +177,41 @@ def per_song_fad(songs: list[np.ndarray], reference: Statistics) -> list[float |
     return scores
 
 
+SAMPLINGS = ("without_replacement", "fadtk")
+RELIABLE_FRAMES = 1000  # below this many frames the 1/n fit is noise (r^2 ~ 0 measured at 500)
+
+
 @dataclass
 class FadInf:
     value: float  # intercept of FAD against 1/n: the FAD of an infinitely large set
     slope: float
     r2: float
     points: list[tuple[int, float]]
+    sampling: str = "without_replacement"
+    warning: str | None = None  # set when the set is too small for the fit to mean anything
 
 
 def fad_inf(
-    frames: np.ndarray, reference: Statistics, *, min_n: int = 500, steps: int = 25, seed: int = 0
+    frames: np.ndarray,
+    reference: Statistics,
+    *,
+    min_n: int = 500,
+    steps: int = 25,
+    seed: int = 0,
+    sampling: str = "without_replacement",
+    reliable_frames: int = RELIABLE_FRAMES,
 ) -> FadInf:
-    """FAD-inf as fadtk defines it: FAD of random subsets of n frames, n from ``min_n`` up to all
-    (``steps`` points), fitted linearly against 1/n; the intercept is the FAD at n = infinity.
+    """FAD of random subsets of n frames, n from ``min_n`` up to all (``steps`` points, fadtk's
+    ``np.linspace``), fitted linearly against 1/n; the intercept extrapolates to n = infinity.
+
+    ``sampling="fadtk"`` draws each subset WITH replacement, as fadtk 1.1.0 does: with the same
+    draws it gives fadtk's number (duplicated frames inflate FAD at small n, so its intercept sits
+    above the true distance). ``"without_replacement"`` draws distinct frames: a less biased
+    extrapolation, but not fadtk's number. Below ``reliable_frames`` frames the result carries
+    a warning.
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"FAD-inf sampling {sampling!r} is not one of {list(SAMPLINGS)}")
     frames = np.asarray(frames, dtype=np.float64)
     if len(frames) < min_n:
         raise ValueError(f"FAD-inf needs at least {min_n} embedding frames, got {len(frames)}")
@@ -198,14 +219,27 @@ def fad_inf(
     ns = [int(n) for n in np.linspace(min_n, len(frames), steps)]
     values = []
     for n in ns:
-        subset = frames[rng.choice(len(frames), size=n, replace=False)]
-        values.append(fad(statistics_from_embeddings(subset), reference))
+        picked = rng.choice(len(frames), size=n, replace=sampling == "fadtk")
+        values.append(fad(statistics_from_embeddings(frames[picked]), reference))
     xs, ys = 1.0 / np.asarray(ns, dtype=np.float64), np.asarray(values)
     slope, intercept = np.polyfit(xs, ys, 1)
     residual = np.sum((ys - (slope * xs + intercept)) ** 2)
     spread = np.sum((ys - ys.mean()) ** 2)
     r2 = 1.0 - residual / spread if spread > 0 else 1.0
-    return FadInf(float(intercept), float(slope), float(r2), list(zip(ns, values, strict=True)))
+    warning = None
+    if len(frames) < reliable_frames:
+        warning = (
+            f"only {len(frames)} generated frames (< {reliable_frames}): the 1/n fit over "
+            f"{min_n}..{len(frames)} is dominated by noise (r^2 {r2:.3f}); do not read FAD-inf"
+        )
+    return FadInf(
+        float(intercept),
+        float(slope),
+        float(r2),
+        list(zip(ns, values, strict=True)),
+        sampling,
+        warning,
+    )
 
 
 def bootstrap_fad(
@@ -216,9 +250,12 @@ def bootstrap_fad(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, tuple[float, float]]:
-    """The FAD of all ``songs`` together and a seeded bootstrap interval around it.
+    """The FAD of all ``songs`` together and the seeded bootstrap spread around it.
 
-    Songs, not frames, are the independent unit (frames of one song are correlated).
+    Songs, not frames, are the independent unit (frames of one song are correlated). The
+    interval is the SAMPLING SPREAD of FAD at this number of songs, not a confidence interval
+    for the true distance: FAD is biased upwards at finite n, and the interval does not contain
+    that bias (measured coverage in docs/evaluation.md).
     """
     point = fad(statistics_from_embeddings(np.concatenate(songs)), reference)
     rng = np.random.default_rng(seed)

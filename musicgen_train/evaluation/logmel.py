@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from musicgen_train.evaluation.embedders import Embedder
+from musicgen_train.evaluation.embedder_base import Embedder
 
 
 def frame(data: np.ndarray, window: int, hop: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from musicgen_train.audio import AUDIO_EXTENSIONS
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
-from musicgen_train.evaluation.embedders import Embedder
+from musicgen_train.evaluation.embedder_base import Embedder
 from musicgen_train.evaluation.frechet import (
     Statistics,
     load_statistics,
@@ -56,10 +56,41 @@ class Reference:
 
     def statistics(self, embedder: Embedder, cache: EmbeddingCache) -> Statistics:
         if self.stats_file is not None:
-            try:
-                return load_statistics(self.stats_file, [embedder.name, *embedder.fadtk_names])
-            except KeyError as err:
-                raise ReferenceUnavailable(str(err).strip("'\"")) from err
+            return self._stored_statistics(embedder)
+        return statistics_from_embeddings(self.embeddings(embedder, cache), embedder.identity())
+
+    def _stored_statistics(self, embedder: Embedder) -> Statistics:
+        """Statistics from the ``.npz``: under our name (same windowing, checked), or under
+        fadtk's name only when the embedder embeds as fadtk does; otherwise one refusal line."""
+        names = [embedder.name]
+        if embedder.fadtk_mismatch is None:
+            names += list(embedder.fadtk_names)
+        try:
+            stats = load_statistics(self.stats_file, names)
+        except KeyError as err:
+            with np.load(self.stats_file) as data:
+                fadtk = [n for n in embedder.fadtk_names if f"{n}.mu" in data]
+            if fadtk and embedder.fadtk_mismatch:
+                raise ReferenceUnavailable(
+                    f"{self.stats_file.name} holds fadtk's '{fadtk[0]}' statistics, but "
+                    f"{embedder.fadtk_mismatch}"
+                ) from err
+            raise ReferenceUnavailable(str(err).strip("'\"")) from err
+        window = stats.identity.get("window")
+        if window is not None and window != embedder.window:
+            raise ReferenceUnavailable(
+                f"{self.stats_file.name} was embedded with another windowing ({window!r}), "
+                f"this {embedder.name} embedder uses {embedder.window!r}"
+            )
+        return stats
+
+    def embeddings(self, embedder: Embedder, cache: EmbeddingCache) -> np.ndarray:
+        """All reference frames ``[frames, dim]`` (KAD needs them; a ``.npz`` holds none)."""
+        if self.stats_file is not None:
+            raise ReferenceUnavailable(
+                f"the reference is a statistics file ({self.stats_file.name}): KAD needs the "
+                "reference audio or its embeddings, not only their mean and covariance"
+            )
         frames = []
         for clip in self.clips:
             try:
@@ -71,7 +102,7 @@ class Reference:
                     self.notes.append(note)
         if not frames:
             raise ReferenceUnavailable("no reference clip could be read")
-        return statistics_from_embeddings(np.concatenate(frames), embedder.identity())
+        return np.concatenate(frames)
 
 
 def build_reference(cfg, prompt_set: PromptSet) -> Reference:

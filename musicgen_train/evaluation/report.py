@@ -53,7 +53,8 @@ def _pyplot():
 def _per_prompt_metric(report: dict) -> str | None:
     """CLAP per prompt when scored, else the first FAD's per-song values."""
     keys = [k for k, v in report["models"][0]["metrics"].items() if v.get("value") is not None]
-    return "clap_score" if "clap_score" in keys else next(iter(keys), None)
+    per_prompt = [k for k in keys if k.startswith("fad_")]  # the metrics with per-prompt values
+    return "clap_score" if "clap_score" in keys else next(iter(per_prompt), None)
 
 
 def _metric_bar_chart(out: Path, report: dict) -> Path | None:
@@ -72,10 +73,17 @@ def _metric_bar_chart(out: Path, report: dict) -> Path | None:
     ax.set_xticklabels(ids, rotation=30, ha="right")
     ax.set_ylabel("CLAP score" if metric == "clap_score" else f"per-song {metric}")
     ax.set_title(f"{metric} per prompt")
-    ax.legend(fontsize="small")
+    # The legend sits outside the axes (above the plot), never on the bars.
+    ax.legend(
+        fontsize="small",
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.08),
+        ncol=max(1, len(report["models"])),
+        frameon=False,
+    )
     fig.tight_layout()
     path = out / f"{metric}_per_prompt.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the legend above the axes is kept
     plt.close(fig)
     return path
 
@@ -140,14 +148,31 @@ def _metric_rows(report: dict) -> str:
         for model in report["models"]:
             entry = model["metrics"].get(name, {})
             if entry.get("value") is None:
-                cells.append(f"<td class=skip>{html.escape(entry.get('skipped', 'skipped'))}</td>")
+                # The reason is listed once under "Skipped", not repeated in every cell.
+                cells.append("<td class=skip>skipped</td>")
                 continue
-            low, high = entry["interval"]
-            text = f"<b>{entry['value']:.4f}</b> [{low:.4f}, {high:.4f}]"
+            text = f"<b>{entry['value']:.4f}</b>"
+            if "interval" in entry:
+                low, high = entry["interval"]
+                text += f" [{low:.4f}, {high:.4f}]"
             inf = entry.get("fad_inf", {})
             if "value" in inf:
-                text += f"<br>FAD-inf {inf['value']:.4f} (r² {inf['r2']:.3f})"
+                text += (
+                    f"<br>FAD-inf {inf['value']:.4f} ({inf.get('sampling', 'without_replacement')}"
+                    f", r² {inf['r2']:.3f}, {inf.get('points', '?')} points)"
+                )
+            if "ce_true" in entry:
+                text += (
+                    f"<br>ce {entry['ce_true']:.4f} · shuffled {entry['ce_shuffled']:.4f}"
+                    f" · null {entry['ce_null']:.4f}"
+                )
             cells.append(f"<td>{text}</td>")
+            if "ce_true" in entry:
+                about = (
+                    f"cross-entropy of held-out codes, {entry.get('clips')} clips of the "
+                    f"{html.escape(str(entry.get('reference')))}; no weights needed"
+                )
+                continue
             about = (
                 f"{_fmt(entry.get('embedder'))} / {_fmt(entry.get('checkpoint'))} / "
                 f"{_fmt(entry.get('sample_rate'))} Hz / {_fmt(entry.get('window'))}; "
@@ -204,9 +229,52 @@ def _relative(out: Path, path: str) -> str:
     return Path(os.path.relpath(path, out)).as_posix()
 
 
+def _warnings(report: dict) -> str:
+    items = [
+        f"<li>{html.escape(model['label'])}: {html.escape(line)}</li>"
+        for model in report["models"]
+        for line in model.get("warnings", [])
+    ]
+    return f"<h3>Warnings</h3><ul>{''.join(items)}</ul>" if items else ""
+
+
+def _outliers(report: dict) -> str:
+    parts = []
+    for model in report["models"]:
+        for metric, rows in model.get("outliers", {}).items():
+            if not rows:
+                continue
+            cells = "".join(
+                f"<tr><td>{html.escape(r['prompt'])}</td><td>{_fmt(r['per_song_fad'])}</td>"
+                f'<td><audio controls preload="none" src="{html.escape(_relative_or(r))}">'
+                "</audio></td></tr>"
+                for r in rows
+            )
+            parts.append(
+                f"<h3>{html.escape(model['label'])}: {html.escape(metric)}</h3><table>"
+                f"<tr><th>prompt</th><th>per-song FAD</th><th>audio</th></tr>{cells}</table>"
+            )
+    if not parts:
+        return ""
+    return (
+        "<h2>Clips farthest from the reference</h2><p class=note>Largest per-song FAD first: "
+        "listen to these first when a score moves.</p>" + "".join(parts)
+    )
+
+
+def _relative_or(row: dict) -> str:
+    return row.get("relative", row["clip"])
+
+
 def _html(out: Path, report: dict, plots: list[Path]) -> str:
     reference = report.get("reference") or {}
-    skipped = "".join(f"<li class=skip>{html.escape(line)}</li>" for line in report["skipped"])
+    for model in report["models"]:
+        for rows in model.get("outliers", {}).values():
+            for row in rows:
+                row["relative"] = _relative(out, row["clip"])
+    skipped = "".join(
+        f"<li class=skip>{html.escape(line)}</li>" for line in dict.fromkeys(report["skipped"])
+    )
     images = "".join(
         f'<p><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>' for p in plots
     )
@@ -222,10 +290,15 @@ generation: {html.escape(generation)}</p>
         ", " + str(reference.get("seconds")) + " s" if reference.get("seconds") else ""
     })</p>
 <h2>Metrics</h2>
-<p class=note>Value [bootstrap {int(100 * _confidence(report))}% interval]. FAD: lower is
-closer to the reference. CLAP score: higher follows the text better.</p>
+<p class=note>Value [{int(100 * _confidence(report))}% bootstrap spread over clips: how much
+the score moves between sets of this size, not a confidence interval for the true distance].
+FAD, KAD: lower is closer to the reference. CLAP score: higher follows the text better.
+Caption gain (cross-entropy with shuffled captions minus with the true ones): above 0 when the
+model uses its text.</p>
 {_metric_rows(report)}
+{_warnings(report)}
 {f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""}
+{_outliers(report)}
 <h2>Plots</h2>{images or "<p class=note>no metric to plot</p>"}
 <h2>Per prompt</h2>{_per_prompt_rows(out, report)}
 </body></html>

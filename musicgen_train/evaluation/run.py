@@ -17,6 +17,7 @@ from musicgen_train.audio import write_audio
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.prompts import PromptSet, load_prompt_set
+from musicgen_train.evaluation.protocol import apply_protocol
 from musicgen_train.evaluation.suite import MetricSuite
 from musicgen_train.generation import GenerationEngine, GenerationParams
 
@@ -78,13 +79,18 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
             ecfg.samples_per_prompt,
             source,
         )
-        generations[label] = generate_clips(
-            loaded,
-            prompt_set,
-            params,
-            out / "audio" / label,
-            int(ecfg.samples_per_prompt),
-            int(ecfg.generation.batch_size),
+        generations[label] = apply_protocol(
+            generate_clips(
+                loaded,
+                prompt_set,
+                params,
+                out / "audio" / label,
+                int(ecfg.samples_per_prompt),
+                int(ecfg.generation.batch_size),
+            ),
+            [p.reference for p in prompt_set.prompts],
+            ecfg.get("protocol"),
+            out / "audio" / label / "protocol",
         )
         models.append(
             {
@@ -92,6 +98,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 "source": source,
                 "path": loaded.path,
                 "sample_rate": loaded.sample_rate,
+                "text_adherence": _text_adherence(cfg, loaded),
             }
         )
         if codec is None:  # eval.encodec.checkpoint=model scores with the first model's codec
@@ -100,7 +107,9 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
 
     suite = MetricSuite(cfg, prompt_set, codec=codec[0], codec_source=codec[1])
     for model in models:
+        adherence = model.pop("text_adherence")
         model.update(suite.score(generations[model["label"]]))
+        model["metrics"]["caption_gain"] = adherence
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "prompt_set": {
@@ -112,11 +121,24 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
             **OmegaConf.to_container(ecfg.generation),
             "samples_per_prompt": int(ecfg.samples_per_prompt),
         },
+        "protocol": OmegaConf.to_container(ecfg.protocol) if ecfg.get("protocol") else None,
         "reference": suite.reference.summary() if suite.reference else None,
         "embedders": [e.identity() for e in suite.embedders],
         "models": models,
         "metrics": {k: v.get("value") for k, v in models[0]["metrics"].items()},
-        "skipped": suite.skipped,
+        "skipped": list(
+            dict.fromkeys(
+                [
+                    *suite.skipped,
+                    *(
+                        e["skipped"]
+                        for m in models
+                        for e in m["metrics"].values()
+                        if e.get("skipped")
+                    ),
+                ]
+            )
+        ),
         "cache": {"hits": suite.cache.hits, "misses": suite.cache.misses},
         "report_dir": str(out),
     }
@@ -126,6 +148,24 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     )
     log.info("evaluation report: %s", report["report"])
     return report
+
+
+def _text_adherence(cfg: DictConfig, loaded) -> dict:
+    from musicgen_train.evaluation.text_adherence import score_text_adherence
+
+    manifest = Path(cfg.data.output) / "manifest.jsonl"
+    wanted = cfg.eval.get("text_adherence", {}).get("enabled", True)
+    if wanted and str(cfg.eval.reference) == "valid" and not manifest.exists():
+        from musicgen_train.data.prepare import ensure_token_cache
+
+        try:  # the valid reference prepares the cache anyway; text adherence reads it first
+            ensure_token_cache(cfg)
+        except UserError as err:
+            log.warning("text adherence: the token cache could not be prepared: %s", err)
+    entry = score_text_adherence(cfg, loaded)
+    if entry.get("skipped"):
+        log.warning(entry["skipped"])
+    return entry
 
 
 def default_output_dir(cfg: DictConfig, source: str) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
-from musicgen_train.evaluation.embedders import Embedder
+from musicgen_train.evaluation.embedder_base import Embedder
 from musicgen_train.evaluation.frechet import Statistics, statistics_from_embeddings
 
 

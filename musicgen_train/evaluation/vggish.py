@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, state_dict_digest
+from musicgen_train.evaluation.embedder_base import Embedder, EmbedderUnavailable, state_dict_digest
 from musicgen_train.evaluation.logmel import frame, log_mel_spectrogram
 
 PATCH_FRAMES = 96  # 0.96 s of 10 ms log-mel frames
@@ -40,7 +40,7 @@ class VGGish(nn.Module):
         channels=REAL_CHANNELS,
         hidden: int = 4096,
         embedding: int = 128,
-        embedding_relu: bool = True,
+        embedding_relu: bool = False,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -58,8 +58,10 @@ class VGGish(nn.Module):
             nn.ReLU(True),
             nn.Linear(hidden, embedding),
         ]
-        # torchvggish (and fadtk through it) keep a ReLU after the last layer; Google's current
-        # TF release does not. The converted torchvggish weights expect it.
+        # No ReLU after the last layer by default: Google's VGGish (whose embeddings audiocraft
+        # scored) and fadtk (which drops torchvggish's final ReLU) give signed embeddings; fadtk's
+        # fma_pop ``vggish.mu`` has 72 of 128 entries negative. ``embedding_relu=True`` keeps
+        # torchvggish's rectified output, for comparing with numbers made that way.
         if embedding_relu:
             dense.append(nn.ReLU(True))
         self.embeddings = nn.Sequential(*dense)
@@ -72,7 +74,7 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
-def load_vggish(weights: str | Path, embedding_relu: bool = True) -> VGGish:
+def load_vggish(weights: str | Path, embedding_relu: bool = False) -> VGGish:
     """A VGGish holding the weights of a torch state_dict file (torchvggish's layout)."""
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -103,7 +105,6 @@ def load_vggish(weights: str | Path, embedding_relu: bool = True) -> VGGish:
 class VGGishEmbedder(Embedder):
     name = "vggish"
     sample_rate = 16_000
-    window = "0.96 s patches, 0.96 s hop; log-mel 25 ms / 10 ms, 64 bands 125-7500 Hz; 128-d"
     fadtk_names = ("vggish",)
 
     def __init__(self, model: VGGish, checkpoint: str, batch_size: int = 64):
@@ -111,9 +112,20 @@ class VGGishEmbedder(Embedder):
         self.checkpoint = checkpoint
         self.weights_digest = state_dict_digest(model)
         self.batch_size = batch_size
+        last = model.embeddings[-1]
+        self.embedding_relu = isinstance(last, nn.ReLU)
+        # The setting is part of the window text, hence of every report and of the cache key: a
+        # report made with the old default (final ReLU kept) says so.
+        self.window = (
+            "0.96 s patches, 0.96 s hop; log-mel 25 ms / 10 ms, 64 bands 125-7500 Hz; 128-d, "
+            + ("final ReLU kept (torchvggish)" if self.embedding_relu else "no final ReLU")
+        )
+
+    def identity(self) -> dict:
+        return {**super().identity(), "embedding_relu": self.embedding_relu}
 
     @classmethod
-    def from_config(cls, vggish_cfg) -> VGGishEmbedder:
+    def from_config(cls, vggish_cfg, **_) -> VGGishEmbedder:
         weights = vggish_cfg.get("weights")
         if not weights:
             raise EmbedderUnavailable(
@@ -121,7 +133,7 @@ class VGGishEmbedder(Embedder):
                 "or download torchvggish's vggish-10086976.pth once and point eval.vggish.weights "
                 "at it"
             )
-        model = load_vggish(weights, embedding_relu=bool(vggish_cfg.get("embedding_relu", True)))
+        model = load_vggish(weights, embedding_relu=bool(vggish_cfg.get("embedding_relu", False)))
         return cls(model, checkpoint=str(weights))
 
     def patches(self, wave: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from musicgen_train.generation.null_condition import null_condition
 from musicgen_train.model.loader import LoadedModel
 
 
@@ -69,9 +70,10 @@ class GenerationEngine:
         with torch.random.fork_rng(devices=[]):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            audio = self.model.generate(
-                **self._inputs(prompts), **self._generate_kwargs(params), **kw
-            )
+            inputs = self._inputs(prompts)
+            # "" = the null condition, as training blanks captions (issue 15; keep when porting).
+            with null_condition(self.model, list(prompts), inputs):
+                audio = self.model.generate(**inputs, **self._generate_kwargs(params), **kw)
         audio = audio.float().cpu().numpy()
         wanted = int(round(params.duration * self.sample_rate))
         return np.ascontiguousarray(audio[..., :wanted])

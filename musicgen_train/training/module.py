@@ -171,6 +171,29 @@ class MusicgenLightningModule(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         result = self(batch)  # validation measures the conditional loss: nothing dropped
         self._log_losses("val", result, len(batch["texts"]))
+        self._log_text_adherence(batch, batch_idx, result["loss"].detach())
+
+    # --- text adherence (issue 15): does the model use its captions? -------------------------
+
+    def _log_text_adherence(self, batch: dict, batch_idx: int, ce_true: torch.Tensor) -> None:
+        """``val/ce_shuffled`` (captions deranged across the batch: no clip keeps its own),
+        ``val/ce_null`` (training's blanked condition) and ``val/caption_gain`` = shuffled - true.
+        A batch of one clip has nobody to swap with: it logs none of them."""
+        texts = list(batch["texts"])
+        if len(texts) < 2 or not OmegaConf.select(
+            self.cfg, "finetune.text_adherence", default=True
+        ):
+            return
+        from musicgen_train.evaluation.text_adherence import derangement
+
+        rng = np.random.default_rng(step_seed(self.cfg.seed, batch_idx, self.global_rank))
+        shuffled = [texts[i] for i in derangement(texts, rng)]
+        ce_shuffled = self({**batch, "texts": shuffled})["loss"].detach()
+        ce_null = self(batch, torch.ones(len(texts), dtype=torch.bool))["loss"].detach()
+        options = {"on_step": False, "on_epoch": True, "batch_size": len(texts), "sync_dist": True}
+        self.log("val/ce_shuffled", ce_shuffled, **options)
+        self.log("val/ce_null", ce_null, **options)
+        self.log("val/caption_gain", ce_shuffled - ce_true, **options)
 
     def _log_losses(self, stage: str, result: dict, batch_size: int) -> None:
         train = stage == "train"
