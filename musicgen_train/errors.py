@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config key holds a value that is not allowed; the message names key, value and choices."""
+
+
+class ModelNotFoundError(UserError):
+    """A model that cannot be found or loaded; the message is one line meant for the user."""

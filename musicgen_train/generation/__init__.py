@@ -1,5 +1,16 @@
-"""One generation engine, used by evaluate, the notebooks, training samples and the service."""
+"""One generation engine, used by evaluate, the notebooks, training samples and the service.
 
-from musicgen_train.generation.engine import GenerationEngine, GenerationParams
+Names load on first use, so importing the package costs nothing until a model generates.
+"""
 
-__all__ = ["GenerationEngine", "GenerationParams"]
+_LAZY = {"GenerationEngine": "engine", "GenerationParams": "engine"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

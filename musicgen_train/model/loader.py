@@ -13,13 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-from musicgen_train.errors import UserError
+from musicgen_train.errors import ModelNotFoundError
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 from musicgen_train.model.lora import merge_saved_adapter
-
-
-class ModelNotFoundError(UserError):
-    """A model that cannot be found or loaded; the message is one line meant for the user."""
 
 
 @dataclass

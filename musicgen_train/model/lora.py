@@ -19,11 +19,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import MusicgenForConditionalGeneration
 
-ADAPTER_DIR = "adapter"  # the LoRA adapter of an export with export.merge_lora=false
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-PER_CODEBOOK = ("lm_heads", "embed_tokens")  # ModuleLists: one layer per codebook
-OUTSIDE_DECODER = ("enc_to_dec_proj",)
-ALLOWED_TARGETS = (*DEFAULT_TARGETS, *PER_CODEBOOK, *OUTSIDE_DECODER)
+from musicgen_train.model.lora_targets import (  # noqa: F401 (names of this module)
+    ADAPTER_DIR,
+    ALLOWED_TARGETS,
+    DEFAULT_TARGETS,
+    OUTSIDE_DECODER,
+    PER_CODEBOOK,
+)
 
 
 def decoder_target_names(decoder: nn.Module, targets: Iterable[str]) -> list[str]:

@@ -61,20 +61,19 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def best_from_last(folder: Path) -> Path:
-    """The best checkpoint that ``last.ckpt`` in ``folder`` records (Lightning's callback state)."""
+def best_from_last(folder: Path, key: str = "checkpoint") -> Path:
+    """The best checkpoint that ``last.ckpt`` in ``folder`` records (Lightning's callback state);
+    ``key`` is the setting that asked for it, for the error line."""
     last = folder / "last.ckpt"
     if not last.exists():
-        raise CheckpointError(
-            f"checkpoint=best: {last} does not exist, so there is no best to find"
-        )
+        raise CheckpointError(f"{key}=best: {last} does not exist, so there is no best to find")
     state = torch.load(last, map_location="cpu", weights_only=False)
     for key, value in state.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
             best = Path(value["best_model_path"])
             if best.exists():
                 return best
-    raise CheckpointError(f"checkpoint=best: {last} records no best checkpoint that still exists")
+    raise CheckpointError(f"{key}=best: {last} records no best checkpoint that still exists")
 
 
 def resolve_checkpoint(value: str, run_dir: str | Path) -> Path:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 
 def local_tracking_uri(work_dir: str | Path) -> str:
     return f"sqlite:///{(Path(work_dir) / 'registry' / 'mlflow.db').resolve()}"
@@ -27,3 +29,14 @@ def configured_tracking_uri(uri: str | None, work_dir: str | Path) -> str:
 def default_tracking_uri() -> str:
     """The registry when no config says which: MLFLOW_TRACKING_URI, else the default work dir's."""
     return configured_tracking_uri(None, os.environ.get("MUSICGEN_TRAIN_HOME") or "outputs")
+
+
+def load_options(cfg) -> dict:
+    """The resolver's keyword arguments that a composed config decides: which tiny model, and
+    which registry ``models:/`` URIs name (``registry.uri``, else MLFLOW_TRACKING_URI, else the
+    local store under ``work_dir``)."""
+    registry_uri = OmegaConf.select(cfg, "registry.uri")
+    return {
+        "tiny_seed": int(OmegaConf.select(cfg, "model.tiny_seed", default=0) or 0),
+        "registry_uri": configured_tracking_uri(registry_uri, cfg.work_dir),
+    }

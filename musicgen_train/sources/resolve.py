@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from musicgen_train.model.codec import CodecFreeModel
 from musicgen_train.model.codec import attach_codec as _attach_codec
@@ -25,7 +24,7 @@ from musicgen_train.sources.checkpoint import (
     load_checkpoint_model,
 )
 from musicgen_train.sources.checksums import has_checksums, verify_checksums
-from musicgen_train.sources.registry_location import configured_tracking_uri
+from musicgen_train.sources.registry_location import load_options
 
 
 def resolve_model_source(
@@ -59,17 +58,6 @@ def resolve_model_source(
 def _is_lightning_checkpoint_dir(path: Path) -> bool:
     # DeepSpeed writes a checkpoint as a folder holding a "checkpoint" subfolder and "latest".
     return (path / "latest").exists() or (path / "checkpoint").is_dir()
-
-
-def load_options(cfg) -> dict:
-    """The resolver's keyword arguments that a composed config decides: which tiny model, and
-    which registry ``models:/`` URIs name (``registry.uri``, else MLFLOW_TRACKING_URI, else the
-    local store under ``work_dir``)."""
-    registry_uri = OmegaConf.select(cfg, "registry.uri")
-    return {
-        "tiny_seed": int(OmegaConf.select(cfg, "model.tiny_seed", default=0) or 0),
-        "registry_uri": configured_tracking_uri(registry_uri, cfg.work_dir),
-    }
 
 
 def load_musicgen(

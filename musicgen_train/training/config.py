@@ -6,13 +6,13 @@ logger sections are checked by their own modules (strategy.py, loggers.py).
 
 from __future__ import annotations
 
-import importlib.util
-
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from musicgen_train.config import check_choice, check_range
 from musicgen_train.errors import ConfigError
-from musicgen_train.model.lora import ALLOWED_TARGETS
+from musicgen_train.model.lora_targets import ALLOWED_TARGETS
+from musicgen_train.training.logger_config import validate_logger
+from musicgen_train.training.strategy_config import validate_strategy
 
 FINETUNE_MODES = ("full", "lora")
 SCHEDULERS = ("cosine", "constant")
@@ -34,10 +34,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path!r} is not allowed: last, best or a checkpoint file path"
         )
-    for module, function in (("strategy", "validate_strategy"), ("loggers", "validate_logger")):
-        name = f"musicgen_train.training.{module}"
-        if importlib.util.find_spec(name) is not None:
-            getattr(importlib.import_module(name), function)(cfg)
+    validate_strategy(cfg)
+    validate_logger(cfg)
 
 
 def validate_finetune(cfg: DictConfig) -> None:

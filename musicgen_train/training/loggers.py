@@ -27,11 +27,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.audio import write_audio
-from musicgen_train.config import check_choice, check_range
-from musicgen_train.errors import ConfigError, UserError
+from musicgen_train.errors import UserError
+from musicgen_train.training.logger_config import (  # noqa: F401 (used and re-exported)
+    LOGGERS,
+    WANDB_MODES,
+    validate_logger,
+)
 
-LOGGERS = ("wandb", "csv", "tensorboard", "mlflow")
-WANDB_MODES = (None, "online", "offline", "disabled")
 # WANDB_MODE values wandb accepts, mapped to the three that matter here.
 _WANDB_ENV_MODES = {
     "online": "online",
@@ -209,22 +211,3 @@ def log_audio(
             for path in paths:
                 logger.experiment.log_artifact(logger.run_id, str(path), f"samples/{folder.name}")
     return paths
-
-
-def validate_logger(cfg: DictConfig) -> None:
-    """Checks run when the config is composed (``musicgen_train.training.config.validate``)."""
-    if "logger" not in cfg or not isinstance(cfg.logger, DictConfig):
-        raise ConfigError(f"logger is missing: choose one of {list(LOGGERS)}")
-    check_choice(cfg, "logger.name", LOGGERS)
-    name = cfg.logger.name
-    if name == "wandb":
-        check_choice(cfg, "logger.mode", WANDB_MODES)
-        check_choice(cfg, "logger.log_model", (False, True, "all"))
-        if not cfg.logger.project:
-            raise ConfigError("logger.project is empty: name the W&B project")
-    elif name == "csv":
-        check_range(cfg, "logger.flush_every_n_steps", 1)
-    elif name == "mlflow":
-        check_choice(cfg, "logger.log_model", (False, True, "all"))
-        if not cfg.logger.experiment_name:
-            raise ConfigError("logger.experiment_name is empty: name the MLflow experiment")

@@ -191,7 +191,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if ckpt_path == "last":
         return "last" if any(folder.glob("*.ckpt")) else _nothing_to_resume(folder)
     if ckpt_path == "best":
-        return str(best_from_last(folder))
+        return str(best_from_last(folder, "ckpt_path"))
     path = Path(ckpt_path).expanduser()
     if not path.exists():
         raise UserError(f"ckpt_path={ckpt_path}: no such checkpoint")
