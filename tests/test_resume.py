@@ -1,0 +1,127 @@
+"""Exact resume: a run resumed from any checkpoint ends bitwise equal to one never interrupted.
+
+The uninterrupted run writes ``last.ckpt`` every ``k`` optimizer steps; a copy of the one taken
+at step ``k`` is what a run killed right after that save would find. The resumed run starts from
+that copy in a fresh run folder and must end with the same weights, EMA weights and Adam moments
+(max abs diff == 0), whether step ``k`` is an epoch's last batch or the middle of an epoch, for
+full and LoRA fine-tuning, with gradient accumulation.
+"""
+
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from musicgen_train.config import load_config
+from musicgen_train.training.train import train
+
+# The demo recipe's training split (20 clips), 1 s crops, batches of 4: 5 batches per epoch. Decoder
+# dropout, CFG dropout and EMA are on; validation at every epoch end.
+FAST = [
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=4",
+    "data.crop_seconds=1",
+    "callbacks.samples.every_n_steps=0",
+    "callbacks.lr_monitor=false",
+    "trainer.val_before_training=false",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=1",
+    "finetune.ema.decay=0.9",
+]
+BATCHES_PER_EPOCH = 5
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One MUSICGEN_TRAIN_HOME for the module, so the demo token cache is prepared once."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MUSICGEN_TRAIN_HOME", str(tmp_path_factory.mktemp("resume-home")))
+    yield
+    mp.undo()
+
+
+class KeepCheckpoint(pl.Callback):
+    """Copies ``last.ckpt`` as soon as it holds optimizer step ``step`` (what a kill leaves)."""
+
+    def __init__(self, folder: Path, step: int, target: Path):
+        self.source, self.step, self.target = folder / "last.ckpt", step, target
+
+    def _copy(self) -> None:
+        if self.target.exists() or not self.source.exists():
+            return
+        if torch.load(self.source, weights_only=False)["global_step"] == self.step:
+            shutil.copy(self.source, self.target)
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self._copy()
+
+    def on_train_end(self, trainer, *args) -> None:
+        self._copy()
+
+
+def max_abs_diff(a: dict, b: dict) -> dict:
+    """Per kind of state, the largest absolute difference between two checkpoints."""
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+
+    def worst(pairs):
+        return max(float((x.float() - y.float()).abs().max()) for x, y in pairs)
+
+    moments = list(
+        zip(
+            a["optimizer_states"][0]["state"].values(),
+            b["optimizer_states"][0]["state"].values(),
+            strict=True,
+        )
+    )
+    assert moments
+    return {
+        "weights": worst((a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]),
+        "ema": worst((a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["ema"]["shadow"]),
+        "exp_avg": worst((x["exp_avg"], y["exp_avg"]) for x, y in moments),
+        "exp_avg_sq": worst((x["exp_avg_sq"], y["exp_avg_sq"]) for x, y in moments),
+    }
+
+
+# (finetune, accumulation, checkpoint every k optimizer steps, total optimizer steps). Lightning
+# steps the optimizer at an epoch's last batch whatever the accumulation: ceil(5 / a) per epoch.
+CASES = {
+    # step 5 = batch 5: the first epoch's last batch
+    "full-epoch-end": ("full", 1, 5, 8),
+    # step 3 = batches 2, 4, 5 with accumulation 2: the epoch's last batch again
+    "lora-accum-epoch-end": ("lora", 2, 3, 5),
+    # step 2 = batch 4 of 5: mid-epoch
+    "full-accum-mid-epoch": ("full", 2, 2, 5),
+    # step 8 = batch 3 of the second epoch: mid-epoch after an epoch boundary
+    "lora-mid-epoch": ("lora", 1, 8, 10),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_from_a_checkpoint_is_exact(home, tmp_path, case):
+    finetune, accumulate, k, total = CASES[case]
+    steps_per_epoch = -(-BATCHES_PER_EPOCH // accumulate)
+    assert (k % steps_per_epoch == 0) == case.endswith("epoch-end")
+    common = [
+        *FAST,
+        f"finetune={finetune}",
+        f"trainer.accumulate_grad_batches={accumulate}",
+        f"trainer.max_steps={total}",
+        f"callbacks.checkpoint.every_n_train_steps={k}",
+    ]
+    kept = tmp_path / "killed-at.ckpt"
+    straight_dir = tmp_path / "straight"
+    straight = train(
+        load_config([*common, f"run_dir={straight_dir}"]),
+        [KeepCheckpoint(straight_dir / "checkpoints", k, kept)],
+    )
+    assert kept.exists()
+    resumed = train(load_config([*common, f"run_dir={tmp_path / 'resumed'}", f"ckpt_path={kept}"]))
+    a = torch.load(straight.last_checkpoint, weights_only=False)
+    b = torch.load(resumed.last_checkpoint, weights_only=False)
+    assert a["global_step"] == b["global_step"] == total
+    assert a["epoch"] == b["epoch"]
+    assert max_abs_diff(a, b) == {"weights": 0.0, "ema": 0.0, "exp_avg": 0.0, "exp_avg_sq": 0.0}
