@@ -85,43 +85,71 @@ def max_abs_diff(a: dict, b: dict) -> dict:
     }
 
 
-# (finetune, accumulation, checkpoint every k optimizer steps, total optimizer steps). Lightning
-# steps the optimizer at an epoch's last batch whatever the accumulation: ceil(5 / a) per epoch.
+class FinalState(pl.Callback):
+    """Writes the state training ends with to ``path`` (whatever ``last.ckpt`` holds)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_end(self, trainer, *args) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+# (finetune, accumulation, checkpoint every k optimizer steps, total optimizer steps, what
+# writes the checkpoint: "steps" = every_n_train_steps=k, "val" = the validation every k batches
+# as in the demo recipe). Lightning steps the optimizer at an epoch's last batch whatever the
+# accumulation: ceil(5 / a) steps per epoch.
 CASES = {
     # step 5 = batch 5: the first epoch's last batch
-    "full-epoch-end": ("full", 1, 5, 8),
+    "full-epoch-end": ("full", 1, 5, 8, "steps"),
+    # the same, saved after the validation at batch 5 (the demo's checkpoints)
+    "full-val-epoch-end": ("full", 1, 5, 8, "val"),
     # step 3 = batches 2, 4, 5 with accumulation 2: the epoch's last batch again
-    "lora-accum-epoch-end": ("lora", 2, 3, 5),
+    "lora-accum-epoch-end": ("lora", 2, 3, 5, "steps"),
     # step 2 = batch 4 of 5: mid-epoch
-    "full-accum-mid-epoch": ("full", 2, 2, 5),
+    "full-accum-mid-epoch": ("full", 2, 2, 5, "steps"),
     # step 8 = batch 3 of the second epoch: mid-epoch after an epoch boundary
-    "lora-mid-epoch": ("lora", 1, 8, 10),
+    "lora-mid-epoch": ("lora", 1, 8, 10, "steps"),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_resume_from_a_checkpoint_is_exact(home, tmp_path, case):
-    finetune, accumulate, k, total = CASES[case]
+    finetune, accumulate, k, total, writer = CASES[case]
     steps_per_epoch = -(-BATCHES_PER_EPOCH // accumulate)
-    assert (k % steps_per_epoch == 0) == case.endswith("epoch-end")
+    assert (k % steps_per_epoch == 0) == ("epoch-end" in case)
+    save = (
+        [f"callbacks.checkpoint.every_n_train_steps={k}"]
+        if writer == "steps"
+        else [f"trainer.val_check_interval={k * accumulate}"]
+    )
     common = [
         *FAST,
+        *save,
         f"finetune={finetune}",
         f"trainer.accumulate_grad_batches={accumulate}",
         f"trainer.max_steps={total}",
-        f"callbacks.checkpoint.every_n_train_steps={k}",
     ]
     kept = tmp_path / "killed-at.ckpt"
-    straight_dir = tmp_path / "straight"
-    straight = train(
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    train(
         load_config([*common, f"run_dir={straight_dir}"]),
-        [KeepCheckpoint(straight_dir / "checkpoints", k, kept)],
+        [KeepCheckpoint(straight_dir / "checkpoints", k, kept), FinalState(tmp_path / "a.ckpt")],
     )
     assert kept.exists()
-    resumed = train(load_config([*common, f"run_dir={tmp_path / 'resumed'}", f"ckpt_path={kept}"]))
-    a = torch.load(straight.last_checkpoint, weights_only=False)
-    b = torch.load(resumed.last_checkpoint, weights_only=False)
+    train(
+        load_config([*common, f"run_dir={resumed_dir}", f"ckpt_path={kept}"]),
+        [FinalState(tmp_path / "b.ckpt")],
+    )
+    a = torch.load(tmp_path / "a.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "b.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == total
-    assert a["epoch"] == b["epoch"]
     assert max_abs_diff(a, b) == {"weights": 0.0, "ema": 0.0, "exp_avg": 0.0, "exp_avg_sq": 0.0}
+    assert a["epoch"] == b["epoch"]
+    # last.ckpt holds the final state in both runs (one file, no last-v1.ckpt)
+    for folder in (straight_dir, resumed_dir):
+        lasts = sorted(p.name for p in (folder / "checkpoints").glob("last*.ckpt"))
+        assert lasts == ["last.ckpt"]
+        last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
+        assert last["global_step"] == total
