@@ -153,3 +153,48 @@ def test_resume_from_a_checkpoint_is_exact(home, tmp_path, case):
         assert lasts == ["last.ckpt"]
         last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
         assert last["global_step"] == total
+
+
+def test_one_callback_writes_last_ckpt_and_saves_are_atomic(tmp_path):
+    """Two writers of "last" gave last.ckpt and last-v1.ckpt; Lightning's own writer puts its
+    temporary file in the system temp folder, where a kill leaves it for good."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from musicgen_train.training.checkpoint_io import AtomicCheckpointIO
+    from musicgen_train.training.train import build_trainer
+
+    cfg = load_config([*FAST, "callbacks.checkpoint.every_n_train_steps=3", f"run_dir={tmp_path}"])
+    trainer = build_trainer(cfg, tmp_path)
+    writers = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.save_last]
+    assert len(writers) == 1 and writers[0]._every_n_train_steps == 3
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_atomic_save_keeps_the_old_file_when_a_save_fails(tmp_path, monkeypatch):
+    from musicgen_train.training import checkpoint_io
+    from musicgen_train.training.checkpoint_io import atomic_save, remove_stale_temporaries
+
+    target = tmp_path / "last.ckpt"
+    atomic_save({"step": 1, "w": torch.arange(4.0)}, target)
+    assert torch.load(target)["step"] == 1
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~checkpoint_io._umask())
+
+    def half_then_fail(obj, file):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target)["step"] == 1  # the previous checkpoint, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left
+
+    # What a kill leaves (a temp file beside the checkpoint) goes at the next start; the rest
+    # of the folder stays.
+    (tmp_path / ".saving-abc123.tmp").write_bytes(b"partial")
+    (tmp_path / "notes.tmp").write_bytes(b"not ours")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".saving-abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
+    assert remove_stale_temporaries(tmp_path / "absent") == []
