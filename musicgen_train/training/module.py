@@ -173,7 +173,8 @@ class MusicgenLightningModule(pl.LightningModule):
     def batches_seen(self) -> int:
         """Training batches started before this one, over all epochs (Lightning's loop counter,
         saved in every checkpoint; a batch a kill interrupted is counted again on resume)."""
-        return int(self.trainer.fit_loop.epoch_loop.total_batch_idx)
+        trainer = self._trainer  # (None when called outside a fit)
+        return int(trainer.fit_loop.epoch_loop.total_batch_idx) if trainer is not None else 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch = {**batch, "texts": self.training_texts(batch, self._step_rng)}
