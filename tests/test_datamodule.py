@@ -127,9 +127,8 @@ def test_random_crops_are_windows_of_the_segment(cache_dir):
     reader = ShardReader(cache_dir)
     by_id = {e["id"]: e for e in TokenCache(cache_dir).manifest()}
     starts = set()
-    for epoch in range(3):
-        dm_loader = dm.train_dataloader()
-        dm_loader.sampler.set_epoch(epoch)
+    dm_loader = dm.train_dataloader()
+    for _ in range(3):  # the sampler counts its own epochs: new crops each pass
         for batch in dm_loader:
             assert batch["codes"].shape[-1] == 25 and batch["padding_mask"].all()
             for row, key in enumerate(batch["keys"]):
@@ -184,6 +183,15 @@ def test_sampler_state_round_trip():
     other = ResumableSampler(10, seed=1)
     other.load_state_dict(state)
     assert taken + list(other) == list(ResumableSampler(10, seed=1))
+    # Saved on an epoch's last sample: the restored sampler starts the next epoch (not an empty
+    # rest of this one), and Lightning's set_epoch does not move it.
+    full = ResumableSampler(10, seed=1)
+    first, second = list(full), list(full)
+    assert full.state_dict() == {"epoch": 1, "yielded": 10} and first != second
+    restored = ResumableSampler(10, seed=1)
+    restored.load_state_dict({"epoch": 0, "yielded": 10})
+    restored.set_epoch(5)
+    assert list(restored) == second and restored.epoch == 1
     assert sorted(i for i, _ in taken + list(iter(ResumableSampler(10, 1)))[4:]) == list(range(10))
 
 

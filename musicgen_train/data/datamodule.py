@@ -8,7 +8,8 @@ Exact resume: the train loader is torchdata's ``StatefulDataLoader`` and its sam
 ``(index, crop_seed)`` pairs computed from ``(seed, epoch, position)`` alone. Its state is just
 the epoch and how many samples were handed out, so a loader restored mid-epoch (by Lightning
 from a checkpoint) yields exactly the remaining batches, random crops included, whatever the
-number of workers.
+number of workers. The sampler counts its epochs itself: Lightning's epoch counter comes back
+one ahead from a checkpoint taken on an epoch's last batch, so it is not used for shuffling.
 """
 
 from __future__ import annotations
@@ -110,16 +111,22 @@ class _Collate:
 
 class ResumableSampler(Sampler):
     """Shuffles by ``(seed, epoch)`` and hands out ``(index, crop_seed)``; its state (epoch,
-    samples yielded) is all a restored loader needs to continue exactly."""
+    samples yielded) is all a restored loader needs to continue exactly.
+
+    ``epoch`` is the sampler's own count of passes, kept in its state: after a resume from a
+    checkpoint on an epoch's last batch, Lightning's ``current_epoch`` is one ahead of the data,
+    so ``set_epoch`` (which Lightning calls with it) changes nothing. A pass is over when the
+    next one starts, not when the generator runs out: Lightning stops asking once it has had
+    ``len(loader)`` batches."""
 
     def __init__(self, size: int, seed: int, shuffle: bool = True):
         self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.epoch = 0
-        self.yielded = 0
-        self._resume_at = 0
+        self.epoch = 0  # the pass handed out last (or now)
+        self.yielded = 0  # how many samples of that pass were handed out
+        self._resume_at: int | None = None  # set by load_state_dict for the next __iter__
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored on purpose: the epoch is the sampler's own count (see the class doc)."""
 
     def __len__(self) -> int:
         return self.size
@@ -130,21 +137,27 @@ class ResumableSampler(Sampler):
         return np.random.default_rng(derive_seed(self.seed, epoch)).permutation(self.size)
 
     def __iter__(self):
-        start, self._resume_at = self._resume_at, 0
+        if self._resume_at is not None:
+            start, self._resume_at = self._resume_at, None
+        else:
+            if self.yielded:  # the previous pass handed out samples: this is the next one
+                self.epoch += 1
+            start = 0
         self.yielded = start
-        order = self.order(self.epoch)
+        epoch = self.epoch
+        order = self.order(epoch)
         for position in range(start, self.size):
             self.yielded = position + 1
-            yield int(order[position]), derive_seed(self.seed, self.epoch, position)
-        self.epoch += 1
-        self.yielded = 0
+            yield int(order[position]), derive_seed(self.seed, epoch, position)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self._resume_at = int(state["yielded"])
+        epoch, yielded = int(state["epoch"]), int(state["yielded"])
+        if yielded >= self.size:  # saved on the epoch's last sample: the next pass comes next
+            epoch, yielded = epoch + 1, 0
+        self.epoch, self.yielded, self._resume_at = epoch, yielded, yielded
 
 
 class TokenDataModule(LightningDataModule):

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import (
     OnExceptionCheckpoint,
     TQDMProgressBar,
 )
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
 
 from musicgen_train.sources.checkpoint import checkpoint_dir
@@ -85,6 +86,34 @@ def _shards_weights(trainer) -> bool:
     return name == "FSDPStrategy" or zero3
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """The one writer of ``last.ckpt``: after every validation, every ``every_n_train_steps``
+    optimizer steps when set (for resuming long epochs), and at ``max_steps``, so the file
+    always holds the newest state. It overwrites in place (no ``last-v1.ckpt``)."""
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None):
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps or None,
+            enable_version_counter=False,
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        final = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        if final and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Also when this step was saved already (before validation): the file then records the
+        # best checkpoint this validation found, which ckpt_path=best reads.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and not trainer.sanity_checking and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     ccfg = cfg.callbacks
     folder = checkpoint_dir(run_dir)
@@ -94,20 +123,10 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
         monitor=ccfg.checkpoint.monitor,
         mode=ccfg.checkpoint.mode,
         save_top_k=ccfg.checkpoint.save_top_k,
-        save_last=True,
+        save_last=False,  # LastCheckpoint alone writes last.ckpt (after this one: it sees the best)
         auto_insert_metric_name=False,
     )
-    callbacks: list[Callback] = [best]
-    if ccfg.checkpoint.every_n_train_steps:
-        # Also keep last.ckpt fresh between validations, for resuming long epochs.
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=folder,
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=ccfg.checkpoint.every_n_train_steps,
-            )
-        )
+    callbacks: list[Callback] = [best, LastCheckpoint(folder, ccfg.checkpoint.every_n_train_steps)]
     # Ctrl-C or a crash writes on_exception.ckpt; ckpt_path=last picks the newest checkpoint.
     callbacks.append(OnExceptionCheckpoint(dirpath=folder))
     if ccfg.lr_monitor:

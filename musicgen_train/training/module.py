@@ -155,10 +155,18 @@ class MusicgenLightningModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Every random draw of a step (dropout, CFG and caption dropout) comes from a seed fixed
         # by where training is: a resumed run draws exactly what an uninterrupted one draws.
-        seed = step_seed(self.cfg.seed, self.current_epoch, batch_idx, self.global_rank)
+        # Keyed on the batch count across epochs, which the checkpoint stores, not on the epoch:
+        # a checkpoint on an epoch's last batch resumes with ``current_epoch`` one ahead.
+        seed = step_seed(self.cfg.seed, self.batches_seen(), self.global_rank)
         torch.manual_seed(seed)
         self._step_generator = torch.Generator().manual_seed(seed)
         self._step_rng = np.random.default_rng(seed)
+
+    def batches_seen(self) -> int:
+        """Training batches started before this one, over all epochs (Lightning's loop counter,
+        saved in every checkpoint; a batch a kill interrupted is counted again on resume)."""
+        trainer = self._trainer  # (None when called outside a fit)
+        return int(trainer.fit_loop.epoch_loop.total_batch_idx) if trainer is not None else 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch = {**batch, "texts": self.training_texts(batch, self._step_rng)}

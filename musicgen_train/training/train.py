@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from musicgen_train.errors import UserError
 from musicgen_train.sources.checkpoint import best_from_last
 from musicgen_train.training.callbacks import best_checkpoint, build_callbacks, checkpoint_dir
+from musicgen_train.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from musicgen_train.training.loggers import build_loggers
 from musicgen_train.training.strategy import build_strategy
 
@@ -110,6 +111,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     strategy = build_strategy(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
+    if _is_first_process():
+        remove_stale_temporaries(checkpoint_dir(run_dir))  # left by a kill during a save
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path is None:
         archive_previous_checkpoints(run_dir)
@@ -144,7 +147,11 @@ def build_trainer(
     val_every = t.val_check_interval
     # An integer interval counts training batches across epochs (not within one epoch).
     across_epochs = isinstance(val_every, int) and not isinstance(val_every, bool)
+    strategy = overrides.pop("strategy", None) or build_strategy(cfg)
+    # DeepSpeed writes a folder of shards with its own engine; other checkpoints are atomic.
+    deepspeed = type(strategy).__name__ == "DeepSpeedStrategy"
     kwargs = dict(
+        plugins=[] if deepspeed else [AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         accelerator=t.accelerator,
         devices=t.devices,
@@ -162,7 +169,7 @@ def build_trainer(
         deterministic=t.deterministic,
         benchmark=t.benchmark,
         enable_progress_bar=t.enable_progress_bar,
-        strategy=overrides.pop("strategy", None) or build_strategy(cfg),
+        strategy=strategy,
         logger=build_loggers(cfg, run_dir) or False,
         callbacks=[*build_callbacks(cfg, run_dir), *extra_callbacks],
     )
@@ -206,9 +213,14 @@ def _nothing_to_resume(folder: Path) -> None:
 def archive_previous_checkpoints(run_dir: Path) -> None:
     """A fresh run keeps an earlier run's checkpoints by moving them aside, never deleting."""
     folder = checkpoint_dir(run_dir)
-    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+    if not _is_first_process():
         return  # DDP workers start after rank 0 has done this
     if folder.is_dir() and any(folder.iterdir()):
         target = folder.with_name(f"checkpoints-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(target)
         log.info("earlier checkpoints moved to %s (pass ckpt_path=last to resume instead)", target)
+
+
+def _is_first_process() -> bool:
+    """Rank 0 of node 0, before Lightning has set ranks (from the launcher's variables)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"

@@ -1,0 +1,94 @@
+"""Checkpoint files that are whole or absent, whenever the process dies.
+
+Lightning's own writer goes through an fsspec transaction whose temporary file lies in the
+system's temp folder (``/tmp``) and is moved into place afterwards: a kill during the write
+leaves that file there for good, and a move across file systems is a copy, which a kill can cut
+short. Here the bytes go to a temporary file in the checkpoint's own folder, are flushed to
+disk, and ``os.replace`` puts them in place in one step; a kill leaves the previous checkpoint
+intact plus at most one ``.saving-*.tmp`` file, which the next run removes when it starts
+(:func:`remove_stale_temporaries`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".saving-"
+TEMP_SUFFIX = ".tmp"
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in str(path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves are atomic (remote URLs keep Lightning's way)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None or not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, Path(path))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)``, all or nothing: a temp file beside it, fsync, ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+    try:
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
+        with os.fdopen(fd, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_folder(path.parent)  # the rename itself reaches the disk
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what saves killed midway left in ``folder``; returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for temp in sorted(folder.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}")):
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed.append(temp)
+    if removed:
+        log.info(
+            "removed %d unfinished checkpoint file(s) in %s (a save was interrupted)",
+            len(removed),
+            folder,
+        )
+    return removed

@@ -1,0 +1,158 @@
+"""Fault injection for the train stage: kill -9 a real ``musicgen-train train`` process at
+seeded random points, resume with ``ckpt_path=last`` as docs/training.md says, and check that
+the run ends with exactly the weights, EMA weights and Adam moments of a run never interrupted,
+with one ``last.ckpt`` and no unfinished file left anywhere (checkpoint folder or temp folder).
+
+The first kill lands inside a checkpoint save (the process kills itself when the finished bytes
+are about to be renamed into place, found with an audit hook, so it works whatever writes the
+file); the others come from outside after a seeded random delay, wherever the process is.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from musicgen_train.config import load_config
+from musicgen_train.training.train import train
+
+SEED = 14
+STEPS = 12
+ARGS = [
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=4",
+    "data.crop_seconds=1",
+    "callbacks.samples.every_n_steps=0",
+    "callbacks.lr_monitor=false",
+    "trainer.val_before_training=false",
+    "trainer.limit_val_batches=1",
+    "trainer.val_check_interval=5",  # validation (and last.ckpt) at every epoch's last batch
+    "finetune.ema.decay=0.9",
+    f"trainer.max_steps={STEPS}",
+    "callbacks.checkpoint.every_n_train_steps=1",  # a save every step: kills often land in one
+]
+
+# Run in the child before the CLI: SIGKILL itself when the n-th checkpoint is about to be renamed
+# into place (the temporary file is complete, the rename not yet done).
+KILL_IN_SAVE = """
+import os, signal, sys
+remaining = [int(sys.argv[1])]
+def hook(event, args):
+    if event == "os.rename" and str(args[1]).endswith(".ckpt"):
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from musicgen_train.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+PLAIN = "import sys\nfrom musicgen_train.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MUSICGEN_TRAIN_HOME", str(tmp_path_factory.mktemp("fault-home")))
+    yield
+    mp.undo()
+
+
+def child_env(temp: Path) -> dict:
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    env["TMPDIR"] = str(temp)  # where Python's and fsspec's temporary files go
+    # The same number of threads as the reference run in this process: same float sums.
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    return env
+
+
+def start(code: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def saves_seen(last: Path) -> tuple:
+    """Changes whenever last.ckpt is replaced (a new file each save)."""
+    try:
+        stat = last.stat()
+    except FileNotFoundError:
+        return ()
+    return (stat.st_ino, stat.st_mtime_ns)
+
+
+def kill_after(process: subprocess.Popen, last: Path, delay: float, limit: float = 120) -> int:
+    """Once the process has written a checkpoint, wait ``delay`` s, then kill -9 it."""
+    before, deadline = saves_seen(last), time.monotonic() + limit
+    while process.poll() is None and saves_seen(last) == before:
+        assert time.monotonic() < deadline, "the training process wrote no checkpoint"
+        time.sleep(0.02)
+    time.sleep(delay)
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    return process.wait(limit)
+
+
+def states(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=False)
+    moments = [m for state in ckpt["optimizer_states"] for m in state["state"].values()]
+    assert ckpt["global_step"] == STEPS
+    return {
+        "weights": ckpt["state_dict"],
+        "ema": ckpt["ema"]["shadow"],
+        "exp_avg": [m["exp_avg"] for m in moments],
+        "exp_avg_sq": [m["exp_avg_sq"] for m in moments],
+    }
+
+
+def max_abs_diff(a, b) -> float:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return max(max_abs_diff(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert len(a) == len(b) > 0
+        return max(max_abs_diff(x, y) for x, y in zip(a, b, strict=True))
+    return float((a.float() - b.float()).abs().max())
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_ends_like_an_uninterrupted_run(home, tmp_path):
+    rng = np.random.default_rng(SEED)
+    reference = train(load_config([*ARGS, f"run_dir={tmp_path / 'reference'}"]))
+    run_dir, temp = tmp_path / "killed", tmp_path / "tmp"
+    temp.mkdir()
+    env, log = child_env(temp), tmp_path / "children.log"
+    command = ["train", *ARGS, f"run_dir={run_dir}", "ckpt_path=last"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    # 1. killed inside a checkpoint save: the n-th one, n seeded
+    nth_save = int(rng.integers(2, 6))
+    code = start(KILL_IN_SAVE, [str(nth_save), *command], env, log).wait(300)
+    assert code == -signal.SIGKILL, log.read_text()[-3000:]
+    assert torch.load(last, weights_only=False)["global_step"] == nth_save - 1  # whole, older
+    # The unfinished file lies beside last.ckpt (the next start removes it), none in TMPDIR.
+    assert [p.name for p in temp.iterdir() if p.is_file()] == []
+    (unfinished,) = last.parent.glob(".saving-*.tmp")
+    # 2. killed from outside at seeded random moments, resuming each time
+    kills = []
+    for delay in rng.uniform(0.0, 1.5, size=2):
+        kills.append(kill_after(start(PLAIN, command, env, log), last, float(delay)))
+    # 3. resumed to the end
+    assert start(PLAIN, command, env, log).wait(300) == 0, log.read_text()[-3000:]
+
+    a, b = states(reference.last_checkpoint), states(last)
+    assert max_abs_diff(a, b) == 0.0, f"kills: {kills}"
+    # One last.ckpt, the same best, nothing unfinished in the checkpoint or the temp folder.
+    names = sorted(p.name for p in last.parent.iterdir())
+    assert names == sorted(p.name for p in reference.last_checkpoint.parent.iterdir())
+    assert names[-1] == "last.ckpt" and [n for n in names if n.startswith("last")] == names[-1:]
+    assert [p.name for p in temp.iterdir() if p.is_file()] == []
