@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -28,10 +27,13 @@ from tqdm.auto import tqdm
 from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_write_json
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
-from musicgen_train.data.segment import Segment, SegmentPlan, conform, cut_segments, frames_for
+from musicgen_train.data.segment import SegmentPlan, conform, cut_segments, frames_for
+from musicgen_train.data.splits import assign_splits, build_report, final_entries, log_summary
 from musicgen_train.data.validate import DecodedItem, content_hash, read_bytes, validate
+from musicgen_train.data.writer import ShardWriter
 from musicgen_train.errors import UserError
 
+__all__ = ["assign_splits", "ensure_token_cache", "prepare", "prepare_items", "run"]
 log = logging.getLogger(__name__)
 _REBUILT: set[str] = set()  # caches this process has (re)built
 
@@ -91,7 +93,7 @@ def prepare_items(
 
     plan = SegmentPlan.from_config(data)
     settings = settings_hash(plan, encoder)
-    writer = _ShardWriter(cache, encoder, cache.next_shard_number(known), data)
+    writer = ShardWriter(cache, encoder, cache.next_shard_number(known), data)
     caption_cfg = data.get("caption")
     caption_cfg = OmegaConf.to_container(caption_cfg, resolve=True) if caption_cfg else {}
     files: list[_FileResult] = []
@@ -126,7 +128,7 @@ def prepare_items(
         _restore_sigterm(previous_sigterm)
         torch.set_num_threads(previous_threads)
 
-    entries = _final_entries(files, writer, cfg)
+    entries = final_entries(files, cfg)
     cache.commit(entries)
     if overwrite:
         _REBUILT.add(str(cache.root))
@@ -142,9 +144,9 @@ def prepare_items(
         for key, source in sorted(previous_keys.items())
         if key not in kept
     ]
-    report = _report(cfg, cache, encoder, files, skipped, removed, entries, counts)
+    report = build_report(cfg, cache, encoder, files, skipped, removed, entries, counts)
     atomic_write_json(cache.report_path, report)
-    _log_summary(report)
+    log_summary(report)
     if not files:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
         raise UserError(
@@ -297,144 +299,3 @@ def _source_of(item: AudioItem) -> str:
 def _segment_id(key: str, digest: str, settings: str, index: int) -> str:
     file_id = hashlib.sha256(f"{key}\0{digest}\0{settings}".encode()).hexdigest()[:16]
     return f"{file_id}-{index:04d}"
-
-
-class _ShardWriter:
-    """Batches segments of equal length through the codec and writes full shards."""
-
-    def __init__(self, cache: TokenCache, encoder: CodecEncoder, first_shard: int, data):
-        self.cache, self.encoder, self.number = cache, encoder, first_shard
-        self.batch_size = int(data.get("encode_batch_size", 8))
-        self.shard_size = int(data.get("shard_size", 256))
-        self.waiting: dict[int, list[tuple[Segment, dict]]] = defaultdict(list)
-        self.encoded: list[tuple[np.ndarray, dict]] = []
-
-    def add(self, segment: Segment, entry: dict, result: _FileResult) -> None:
-        # The entry is shared with the file's result: shard and index are filled in when written.
-        result.entries.append(entry)
-        group = self.waiting[segment.audio.shape[-1]]
-        group.append((segment, entry))
-        if len(group) >= self.batch_size:
-            self._encode(segment.audio.shape[-1])
-
-    def caption(self, entries: list[dict], metadata: dict, caption_cfg: dict) -> None:
-        from musicgen_train.data.captions import build_caption
-
-        text = build_caption(metadata, caption_cfg)
-        for entry in entries:
-            entry["caption"] = text
-
-    def _encode(self, length: int) -> None:
-        group = self.waiting.pop(length)
-        codes = self.encoder.encode(np.stack([segment.audio for segment, _ in group]))
-        self.encoded.extend(zip(codes, (entry for _, entry in group), strict=True))
-        if len(self.encoded) >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the segments encoded so far as one shard and journal them."""
-        if not self.encoded:
-            return
-        name = self.cache.write_shard(self.number, [codes for codes, _ in self.encoded])
-        self.number += 1
-        for index, (_, entry) in enumerate(self.encoded):
-            entry.update(shard=name, index=index)
-        self.cache.append_journal([entry for _, entry in self.encoded])
-        self.encoded = []
-
-    def finish(self) -> None:
-        for length in list(self.waiting):
-            self._encode(length)
-        self.flush()
-
-
-# --- split, report -----------------------------------------------------------------------------
-
-
-def assign_splits(
-    keys: Iterable[str], seed: int, valid_fraction: float, groups: dict[str, str] | None = None
-) -> dict[str, str]:
-    """``key -> "train" | "valid"``, by file, from a seeded hash: the same files always land on
-    the same side. At least one valid file when there are two or more and the fraction is > 0.
-    With ``groups`` (key -> group, e.g. the genre), each group is split on its own, so that every
-    group is represented on both sides."""
-    if groups is not None:
-        splits: dict[str, str] = {}
-        for group in sorted(set(groups.values())):
-            members = [k for k in keys if groups[k] == group]
-            splits.update(assign_splits(members, seed, valid_fraction))
-        return splits
-    keys = sorted(set(keys))
-    count = 0
-    if len(keys) >= 2 and valid_fraction > 0:
-        count = min(len(keys) - 1, max(1, round(valid_fraction * len(keys))))
-    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())
-    valid = set(ranked[:count])
-    return {key: "valid" if key in valid else "train" for key in keys}
-
-
-def _final_entries(files: list[_FileResult], writer: _ShardWriter, cfg: DictConfig) -> list[dict]:
-    keys = [f.key for f in files]
-    field = cfg.data.get("stratify_by")
-    groups = {f.key: _metadata_value(f, field) for f in files} if field else None
-    splits = assign_splits(keys, int(cfg.seed), float(cfg.data.get("valid_fraction", 0.1)), groups)
-    entries = []
-    for result in sorted(files, key=lambda f: f.key):
-        for entry in sorted(result.entries, key=lambda e: e["segment"]):
-            entries.append({**entry, "split": splits[result.key]})
-    missing = [e["id"] for e in entries if "shard" not in e]
-    if missing:  # would be a bug in the writer: never write a manifest pointing nowhere
-        raise RuntimeError(f"segments without codes: {missing[:3]}")
-    return entries
-
-
-def _metadata_value(result: _FileResult, field: str) -> str:
-    """The file's caption field ``field`` (files without it form one group of their own)."""
-    metadata = result.entries[0].get("metadata", {}) if result.entries else {}
-    return str(metadata.get(field, ""))
-
-
-def _report(cfg, cache, encoder, files, skipped, removed, entries, counts) -> dict:
-    tokens = sum(e["frames"] for e in entries) * encoder.num_codebooks
-    splits = {}
-    for name in ("train", "valid"):
-        part = [e for e in entries if e["split"] == name]
-        splits[name] = {"files": len({e["key"] for e in part}), "segments": len(part)}
-    return {
-        "cache": str(cache.root),
-        "source": str(cfg.data.source),
-        "codec": cache.info()["codec"],
-        "files_ok": len(files),
-        "files_skipped": len(skipped),
-        "files_encoded": counts["encoded"],
-        "files_reused": counts["reused"],
-        "skipped": skipped,
-        "removed": removed,
-        "totals": {
-            "hours": round(sum(f.duration for f in files) / 3600, 6),
-            "segments": len(entries),
-            "frames": sum(e["frames"] for e in entries),
-            "tokens": tokens,
-        },
-        "splits": splits,
-    }
-
-
-def _log_summary(report: dict) -> None:
-    totals = report["totals"]
-    log.info(
-        "prepared %d file(s) (%d encoded, %d unchanged), skipped %d; %.3f h of audio, "
-        "%d segments, %d tokens -> %s",
-        report["files_ok"],
-        report["files_encoded"],
-        report["files_reused"],
-        report["files_skipped"],
-        totals["hours"],
-        totals["segments"],
-        totals["tokens"],
-        report["cache"],
-    )
-    for item in report["skipped"]:
-        log.warning("skipped %s: %s", item["path"], item["reason"])
-    for item in report["removed"]:
-        log.info("removed %s: %s", item["path"], item["reason"])
