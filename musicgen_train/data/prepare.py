@@ -3,14 +3,16 @@
 For each item of the source: hash its bytes; if the cache already holds every segment of that
 content (cut with the same settings), reuse them; otherwise decode and validate it, caption it,
 resample, cut it into segments and encode the missing ones with the model's EnCodec in batches
-of equal length. Finished shards are journaled as they land, so an interrupted prepare resumes
-where it stopped. At the end the files are split into train/valid, the manifest is written
-atomically and a report lists every skipped file with its reason.
+of equal length. Each encoded batch is committed as it lands (``cache.py``), so a killed prepare
+resumes where it stopped. At the end the files are split into train/valid, the parts are packed
+into shards, the manifest is written atomically and a report lists every skipped file with its
+reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import signal
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -27,10 +30,19 @@ from tqdm.auto import tqdm
 from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_write_json
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
-from musicgen_train.data.segment import SegmentPlan, conform, cut_segments, frames_for
+from musicgen_train.data.paths import NotReadable
+from musicgen_train.data.segment import SegmentPlan, frames_for
 from musicgen_train.data.splits import assign_splits, build_report, final_entries, log_summary
-from musicgen_train.data.validate import DecodedItem, content_hash, read_bytes, validate
-from musicgen_train.data.writer import ShardWriter
+from musicgen_train.data.stream import (
+    conformed_blocks,
+    hash_item,
+    open_item,
+    read_head,
+    resampled_length,
+    stream_segments,
+)
+from musicgen_train.data.validate import validate_stream
+from musicgen_train.data.writer import SegmentWriter
 from musicgen_train.errors import UserError
 
 __all__ = ["assign_splits", "ensure_token_cache", "prepare", "prepare_items", "run"]
@@ -84,8 +96,7 @@ def prepare_items(
     # data.overwrite rebuilds once per process: the pipeline and training both ensure the cache.
     overwrite = bool(data.get("overwrite", False)) and str(cache.root) not in _REBUILT
     cache.open_for(encoder.identity(), overwrite=overwrite)
-    known = cache.known_entries()
-    cache.remove_unreferenced_shards(known)
+    known = cache.recover()  # what an earlier run finished, killed or not
     previous_keys = {e["key"]: e["source"] for e in cache.manifest()}
     by_key: dict[str, list[dict]] = defaultdict(list)
     for entry in known:
@@ -93,7 +104,7 @@ def prepare_items(
 
     plan = SegmentPlan.from_config(data)
     settings = settings_hash(plan, encoder)
-    writer = ShardWriter(cache, encoder, cache.next_shard_number(known), data)
+    writer = SegmentWriter(cache, encoder, data)
     caption_cfg = data.get("caption")
     caption_cfg = OmegaConf.to_container(caption_cfg, resolve=True) if caption_cfg else {}
     files: list[_FileResult] = []
@@ -117,10 +128,11 @@ def prepare_items(
             bar.set_postfix(ok=len(files), skipped=len(skipped), refresh=False)
         writer.finish()
     except BaseException as err:
-        # Ctrl-C, kill or a crash: keep every batch already encoded; a re-run starts from there.
-        writer.flush()
+        # Ctrl-C, kill or a crash: every batch encoded is already on disk; a re-run resumes.
         log.warning(
-            "prepare stopped (%s): finished shards are kept, re-run to resume", type(err).__name__
+            "prepare stopped (%s): %d encoded segment(s) are kept, re-run to resume",
+            type(err).__name__,
+            writer.segments,
         )
         raise
     finally:
@@ -129,7 +141,8 @@ def prepare_items(
         torch.set_num_threads(previous_threads)
 
     entries = final_entries(files, cfg)
-    cache.commit(entries)
+    cache.commit(entries, int(data.get("shard_size", 256)))
+    counts["segments_encoded"] = writer.segments
     if overwrite:
         _REBUILT.add(str(cache.root))
     kept = {f.key for f in files}
@@ -174,20 +187,18 @@ def _restore_sigterm(previous) -> None:
 
 
 def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data):
-    """Reuse, or decode + validate + segment + queue for encoding. Returns a SkippedItem or
-    ``(_FileResult, reused)``."""
+    """Reuse, or validate + segment + queue for encoding, reading the file in blocks (memory
+    does not grow with its length). Returns a SkippedItem or ``(_FileResult, reused)``."""
     if isinstance(item, SkippedItem):
         return item
     stat = _file_stat(item)
     previous = [e for e in by_key.get(item.key, []) if e["settings"] == settings]
-    raw = None
     if stat is not None and previous and all(e.get("file_stat") == stat for e in previous):
         digest = previous[0]["content_hash"]  # same size and mtime: not read again
     else:
-        raw = _read(item)
-        if isinstance(raw, SkippedItem):
-            return raw
-        digest = content_hash(raw)
+        digest = _hash(item)
+        if isinstance(digest, SkippedItem):
+            return digest
     done = sorted((e for e in previous if e["content_hash"] == digest), key=lambda e: e["segment"])
     if done and len(done) == done[0]["file_segments"]:
         metadata = _jsonable({**done[0].get("estimated", {}), **item.metadata})
@@ -198,56 +209,71 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
             result.entries.append(entry)
         writer.caption(result.entries, metadata, caption_cfg)
         return result, True
-    raw = _read(item) if raw is None else raw
-    if isinstance(raw, SkippedItem):
-        return raw
 
-    decoded = validate(
-        item, raw, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
+    info = validate_stream(
+        item, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
     )
-    if isinstance(decoded, SkippedItem):
-        return decoded
-    metadata, estimated = _metadata(decoded, caption_cfg)
-    source = _source_of(item) if item.path is not None else _keep_bytes(writer.cache, raw, digest)
-    audio = conform(decoded.audio, decoded.sample_rate, encoder.sample_rate, encoder.channels)
-    segments = cut_segments(audio, encoder.sample_rate, plan)
-    result = _FileResult(item.key, item.source, decoded.duration)
+    if isinstance(info, SkippedItem):
+        return info
+    try:
+        return _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer,
+                            caption_cfg), False  # fmt: skip
+    except (OSError, sf.LibsndfileError) as err:  # changed or removed since it was validated
+        return SkippedItem(item.source, f"cannot be read: {err}")
+
+
+def _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer, caption_cfg):
+    metadata, estimated = _metadata(item, caption_cfg)
+    source = _source_of(item) if item.path is not None else _keep_bytes(writer.cache, item, digest)
+    rate = encoder.sample_rate
+    total = resampled_length(info.frames, info.sample_rate, rate)
+    count = len(plan.windows(total, rate))
+    result = _FileResult(item.key, item.source, info.duration)
     have = {e["segment"]: e for e in done}
-    for segment in segments:
-        entry = {
-            "id": _segment_id(item.key, digest, settings, segment.index),
-            "key": item.key,
-            "source": source,
-            "origin": item.source,
-            "metadata": metadata,
-            "estimated": estimated,
-            "offset": round(segment.offset, 6),
-            "duration": round(segment.duration, 6),
-            "frames": frames_for(segment.audio.shape[-1], encoder.hop_length),
-            "segment": segment.index,
-            "file_segments": len(segments),
-            "file_duration": round(decoded.duration, 6),
-            "content_hash": digest,
-            "file_stat": stat,
-            "settings": settings,
-        }
-        if segment.index in have:  # finished by an interrupted run
-            entry.update(shard=have[segment.index]["shard"], index=have[segment.index]["index"])
-            result.entries.append(entry)
-        else:
-            writer.add(segment, entry, result)
+    with open_item(item) as handle:
+        blocks = conformed_blocks(handle, rate, encoder.channels)
+        for segment in stream_segments(blocks, total, rate, plan):
+            entry = {
+                "id": _segment_id(item.key, digest, settings, segment.index),
+                "key": item.key,
+                "source": source,
+                "origin": item.source,
+                "metadata": metadata,
+                "estimated": estimated,
+                "offset": round(segment.offset, 6),
+                "duration": round(segment.duration, 6),
+                "frames": frames_for(segment.audio.shape[-1], encoder.hop_length),
+                "segment": segment.index,
+                "file_segments": count,
+                "file_duration": round(info.duration, 6),
+                "content_hash": digest,
+                "file_stat": stat,
+                "settings": settings,
+            }
+            if segment.index in have:  # finished by an interrupted run
+                entry.update({k: v for k, v in have[segment.index].items() if k in _WHERE})
+                result.entries.append(entry)
+            else:
+                writer.add(segment, entry, result.entries)
     writer.caption(result.entries, metadata, caption_cfg)
-    return result, False
+    return result
 
 
-def _metadata(decoded: DecodedItem, caption_cfg: dict) -> tuple[dict, dict]:
+_WHERE = ("shard", "part", "index")  # where a segment's codes are
+ESTIMATE_SECONDS = 120.0  # tempo and key are estimated from a file's first two minutes
+
+
+def _metadata(item: AudioItem, caption_cfg: dict) -> tuple[dict, dict]:
     """The item's metadata with tempo/key estimated where asked and missing; and what was."""
-    from musicgen_train.data.captions import with_estimated_tempo_key
+    from musicgen_train.data.captions import format_value, with_estimated_tempo_key
 
-    metadata = with_estimated_tempo_key(
-        decoded.item.metadata, decoded.audio, decoded.sample_rate, caption_cfg
-    )
-    estimated = {k: v for k, v in metadata.items() if k not in decoded.item.metadata}
+    metadata, estimated = dict(item.metadata), {}
+    wanted = [f for f in ("bpm", "key") if not format_value(item.metadata.get(f))]
+    if (caption_cfg or {}).get("estimate_tempo_key") and wanted:  # else the file is not read
+        with open_item(item) as handle:
+            audio, rate = read_head(handle, ESTIMATE_SECONDS)
+        metadata = with_estimated_tempo_key(item.metadata, audio, rate, caption_cfg)
+        estimated = {k: v for k, v in metadata.items() if k not in item.metadata}
     return _jsonable(metadata), _jsonable(estimated)
 
 
@@ -258,9 +284,11 @@ def _jsonable(value):
     )
 
 
-def _read(item: AudioItem) -> bytes | SkippedItem:
+def _hash(item: AudioItem) -> str | SkippedItem:
     try:
-        return read_bytes(item)
+        return hash_item(item)
+    except NotReadable as err:
+        return SkippedItem(source=item.source, reason=str(err))
     except OSError as err:
         return SkippedItem(source=item.source, reason=f"cannot be read: {err.strerror or err}")
 
@@ -276,13 +304,10 @@ def _file_stat(item: AudioItem) -> list[int] | None:
     return [info.st_size, info.st_mtime_ns]
 
 
-def _keep_bytes(cache: TokenCache, raw: bytes, digest: str) -> str:
+def _keep_bytes(cache: TokenCache, item: AudioItem, digest: str) -> str:
     """Audio that came as bytes (HF datasets) is kept in the cache as a file, so the manifest's
     ``source`` always names a readable file (evaluation cuts reference clips from it)."""
-    import io
-
-    import soundfile as sf
-
+    raw = bytes(item.data)
     suffix = "." + sf.info(io.BytesIO(raw)).format.lower()
     path = cache.sources_dir / f"{digest[:24]}{suffix}"
     if not path.exists():

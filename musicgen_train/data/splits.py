@@ -42,7 +42,7 @@ def final_entries(files: list, cfg: DictConfig) -> list[dict]:
     for result in sorted(files, key=lambda f: f.key):
         for entry in sorted(result.entries, key=lambda e: e["segment"]):
             entries.append({**entry, "split": splits[result.key]})
-    missing = [e["id"] for e in entries if "shard" not in e]
+    missing = [e["id"] for e in entries if "shard" not in e and "part" not in e]
     if missing:  # would be a bug in the writer: never write a manifest pointing nowhere
         raise RuntimeError(f"segments without codes: {missing[:3]}")
     return entries
@@ -68,6 +68,8 @@ def build_report(cfg, cache, encoder, files, skipped, removed, entries, counts) 
         "files_skipped": len(skipped),
         "files_encoded": counts["encoded"],
         "files_reused": counts["reused"],
+        "segments_encoded": counts["segments_encoded"],
+        "segments_reused": len(entries) - counts["segments_encoded"],
         "skipped": skipped,
         "removed": removed,
         "totals": {

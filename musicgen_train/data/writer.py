@@ -1,8 +1,13 @@
-"""Segments -> codes on disk: batches of equal length through the codec, written as shards."""
+"""Segments -> codes on disk: batches of equal length through the codec, each committed at once.
+
+Every codec call's output is written as one part and journaled before the next call (see
+``cache.py``), so a kill -9 loses only the segments in flight. Segments wait for a batch of their
+length, but never many: when more than ``2 x data.encode_batch_size`` wait (the odd-length tails
+of many files), the oldest group is encoded as it is. Memory and what a kill can lose stay
+bounded by the batch size, whatever the number or the length of the files.
+"""
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 import numpy as np
 
@@ -11,23 +16,26 @@ from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.segment import Segment
 
 
-class ShardWriter:
-    """Batches segments of equal length through the codec and writes full shards."""
-
-    def __init__(self, cache: TokenCache, encoder: CodecEncoder, first_shard: int, data):
-        self.cache, self.encoder, self.number = cache, encoder, first_shard
+class SegmentWriter:
+    def __init__(self, cache: TokenCache, encoder: CodecEncoder, data):
+        self.cache, self.encoder = cache, encoder
+        self.number = cache.next_part_number()
         self.batch_size = int(data.get("encode_batch_size", 8))
-        self.shard_size = int(data.get("shard_size", 256))
-        self.waiting: dict[int, list[tuple[Segment, dict]]] = defaultdict(list)
-        self.encoded: list[tuple[np.ndarray, dict]] = []
+        self.max_waiting = 2 * self.batch_size
+        self.waiting: dict[int, list[tuple[np.ndarray, dict]]] = {}  # oldest group first
+        self.segments = 0  # encoded by this run
 
-    def add(self, segment: Segment, entry: dict, result) -> None:
-        # The entry is shared with the file's result: shard and index are filled in when written.
-        result.entries.append(entry)
-        group = self.waiting[segment.audio.shape[-1]]
-        group.append((segment, entry))
+    def add(self, segment: Segment, entry: dict, entries: list[dict]) -> None:
+        """Queue ``segment``; ``entry`` (appended to ``entries``, the file's lines) gets its
+        ``part`` and ``index`` when its batch is written."""
+        entries.append(entry)
+        length = segment.audio.shape[-1]
+        group = self.waiting.setdefault(length, [])
+        group.append((segment.audio, entry))
         if len(group) >= self.batch_size:
-            self._encode(segment.audio.shape[-1])
+            self._encode(length)
+        while sum(len(g) for g in self.waiting.values()) > self.max_waiting:
+            self._encode(next(iter(self.waiting)))
 
     def caption(self, entries: list[dict], metadata: dict, caption_cfg: dict) -> None:
         from musicgen_train.data.captions import build_caption
@@ -38,23 +46,11 @@ class ShardWriter:
 
     def _encode(self, length: int) -> None:
         group = self.waiting.pop(length)
-        codes = self.encoder.encode(np.stack([segment.audio for segment, _ in group]))
-        self.encoded.extend(zip(codes, (entry for _, entry in group), strict=True))
-        if len(self.encoded) >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the segments encoded so far as one shard and journal them."""
-        if not self.encoded:
-            return
-        name = self.cache.write_shard(self.number, [codes for codes, _ in self.encoded])
+        codes = self.encoder.encode(np.stack([audio for audio, _ in group]))
+        self.cache.write_part(self.number, codes, [entry for _, entry in group])
         self.number += 1
-        for index, (_, entry) in enumerate(self.encoded):
-            entry.update(shard=name, index=index)
-        self.cache.append_journal([entry for _, entry in self.encoded])
-        self.encoded = []
+        self.segments += len(group)
 
     def finish(self) -> None:
         for length in list(self.waiting):
             self._encode(length)
-        self.flush()
