@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.metadata import _jsonl_rows, _sidecar_metadata
+from musicgen_train.data.paths import file_identity, file_problem
 from musicgen_train.errors import UserError
 
 Item = AudioItem | SkippedItem
@@ -24,6 +26,7 @@ def iter_manifest(manifest: Path) -> Iterator[Item]:
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read the manifest {manifest}: {err}") from err
+    seen: dict[tuple[int, int], int] = {}  # file -> the line that read it
     for number, row in _jsonl_rows(lines):
         where = f"{manifest}:{number}"
         if isinstance(row, str):
@@ -33,8 +36,12 @@ def iter_manifest(manifest: Path) -> Iterator[Item]:
             yield SkippedItem(source=where, reason="the line has no path")
             continue
         audio = _manifest_path(manifest, row["path"])
-        if not audio.is_file():
+        if not os.path.lexists(audio):
             yield SkippedItem(source=where, reason=f"path {row['path']!r} does not exist")
+            continue
+        problem = file_problem(audio)
+        if problem:  # a FIFO, a device, a symlink loop, a dangling link, no permission
+            yield SkippedItem(source=where, reason=f"path {row['path']!r}: {problem}")
             continue
         info = row.get("info_path")
         try:
@@ -45,6 +52,12 @@ def iter_manifest(manifest: Path) -> Iterator[Item]:
         except ValueError as err:
             yield SkippedItem(source=where, reason=str(err))
             continue
+        identity = file_identity(audio)
+        if identity in seen:  # the same file listed twice (or through a link): read once
+            reason = f"path {row['path']!r} is the same file as line {seen[identity]}: read once"
+            yield SkippedItem(source=where, reason=reason)
+            continue
+        seen[identity] = number
         yield AudioItem(key=f"{number}:{row['path']}", source=str(audio), path=audio,
                         metadata=metadata)  # fmt: skip
 
