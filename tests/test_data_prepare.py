@@ -314,9 +314,9 @@ def test_incremental_rerun_encodes_only_changes(tmp_path, encoder, monkeypatch):
     import musicgen_train.data.prepare as prepare_module
 
     reads = []
-    real_read = prepare_module.read_bytes
-    monkeypatch.setattr(prepare_module, "read_bytes", lambda item: reads.append(item) or
-                        real_read(item))  # fmt: skip
+    real_hash = prepare_module.hash_item
+    monkeypatch.setattr(prepare_module, "hash_item", lambda item: reads.append(item) or
+                        real_hash(item))  # fmt: skip
     os.utime(files[0], ns=(1, 1))
     report = prepare(cfg, encoder=again)
     assert [item.path for item in reads] == [files[0]] and again.segments == 0

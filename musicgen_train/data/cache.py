@@ -2,14 +2,20 @@
 
 ``<cache>/cache_info.json``   the codec that made the codes (a cache refuses any other codec)
 ``<cache>/manifest.jsonl``    one line per segment, written atomically when a prepare finishes
-``<cache>/journal.jsonl``     lines of the shards finished by a prepare still running (or killed)
 ``<cache>/shards/*.npy``      int16 codes ``[segments, num_codebooks, frames]``, zero-padded to
                               the longest segment of the shard; a line's ``frames`` is its length
+``<cache>/parts/*.npy``       the batches a prepare still running (or killed) has encoded, one
+                              file per codec call ...
+``<cache>/journal.jsonl``     ... and their lines, appended as each part lands
 ``<cache>/prepare_report.json``
 
-A shard is written to a temporary file and renamed into place, then its lines go to the
-journal: a kill at any moment leaves either a finished shard that the journal knows, or a file
-nobody references (removed on the next run). So a re-run loses nothing and redoes nothing.
+A part is written to a temporary file and renamed into place, then its lines go to the journal
+in one write: a kill -9 at any moment leaves finished parts that the journal knows, at most one
+torn journal line and files nobody references (both dropped on the next run). So a killed
+prepare loses only the segments in flight (the batch being encoded and the few segments waiting
+for a batch), whatever ``data.shard_size`` is. When a prepare finishes, the parts are packed into
+shards of ``data.shard_size`` in manifest order, so a resumed prepare writes the same shards and
+the same manifest, byte for byte, as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class TokenCache:
         self.journal_path = self.root / "journal.jsonl"
         self.report_path = self.root / "prepare_report.json"
         self.shards_dir = self.root / "shards"
+        self.parts_dir = self.root / "parts"
         self.sources_dir = self.root / "sources"  # audio that came as bytes, kept as files
 
     # --- codec identity --------------------------------------------------------------------
@@ -103,6 +110,7 @@ class TokenCache:
         for path in (self.info_path, self.manifest_path, self.journal_path, self.report_path):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.shards_dir, ignore_errors=True)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
         shutil.rmtree(self.sources_dir, ignore_errors=True)
 
     # --- segments ----------------------------------------------------------------------------
@@ -111,14 +119,47 @@ class TokenCache:
         return read_jsonl(self.manifest_path)
 
     def known_entries(self) -> list[dict]:
-        """The manifest plus the journal of an unfinished run, each segment id once, and only
-        segments whose shard exists."""
-        entries = {e["id"]: e for e in [*self.manifest(), *read_jsonl(self.journal_path)]}
-        return [e for e in entries.values() if (self.shards_dir / e["shard"]).exists()]
+        """The manifest plus the journal of an unfinished run, each segment id once (the
+        manifest's line wins), and only segments whose shard or part exists."""
+        entries = {e["id"]: e for e in read_jsonl(self.journal_path) if "part" in e}
+        entries.update({e["id"]: e for e in self.manifest()})
+        return [e for e in entries.values() if self._codes_path(e).exists()]
 
-    def next_shard_number(self, entries: Iterable[dict]) -> int:
-        numbers = [int(e["shard"].split("-")[1].split(".")[0]) for e in entries]
+    def _codes_path(self, entry: dict) -> Path:
+        if "shard" in entry:
+            return self.shards_dir / entry["shard"]
+        return self.parts_dir / entry["part"]
+
+    def recover(self) -> list[dict]:
+        """Start a run: keep what an earlier (maybe killed) run finished, drop what it left
+        half-done (a torn journal line, temporary files, shards and parts nobody references);
+        returns the segments known to be finished."""
+        known = self.known_entries()
+        for folder in (self.root, self.shards_dir, self.parts_dir):
+            for tmp in folder.glob(".*.tmp*") if folder.exists() else ():
+                tmp.unlink(missing_ok=True)
+        journaled = [e for e in known if "part" in e]
+        if journaled or self.journal_path.exists():  # rewritten whole: no torn line stays
+            text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in journaled)
+            atomic_write_bytes(self.journal_path, text.encode())
+        self._remove_unused(self.parts_dir, {e["part"] for e in journaled})
+        self.remove_unreferenced_shards(known)
+        return known
+
+    def next_part_number(self) -> int:
+        numbers = [int(p.stem.split("-")[1]) for p in self.parts_dir.glob("part-*.npy")]
         return max(numbers, default=-1) + 1
+
+    def write_part(self, number: int, codes: np.ndarray, entries: list[dict]) -> str:
+        """Commit one encoded batch ``[segments, K, frames]``: the part file, then its lines in
+        the journal (the entries get ``part`` and ``index``). Returns the part's name."""
+        name = f"part-{number:06d}.npy"
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.parts_dir / name, np.ascontiguousarray(codes, dtype=np.int16))
+        for index, entry in enumerate(entries):
+            entry.update(part=name, index=index)
+        self.append_journal(entries)
+        return name
 
     def write_shard(self, number: int, codes: list[np.ndarray]) -> str:
         """Write ``[K, frames]`` arrays as one padded int16 shard; returns its file name."""
@@ -127,12 +168,7 @@ class TokenCache:
         for i, c in enumerate(codes):
             block[i, :, : c.shape[-1]] = c
         name = f"shard-{number:06d}.npy"
-        tmp = self.shards_dir / f".{name}.tmp{os.getpid()}"
-        with open(tmp, "wb") as handle:
-            np.save(handle, block)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.shards_dir / name)
+        _atomic_save(self.shards_dir / name, block)
         return name
 
     def append_journal(self, entries: list[dict]) -> None:
@@ -141,11 +177,35 @@ class TokenCache:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def commit(self, entries: list[dict]) -> None:
-        """Write the final manifest, forget the journal, delete shards nobody references."""
+    def pack_parts(self, entries: list[dict], shard_size: int) -> None:
+        """Move the codes of entries still in parts into new shards of ``shard_size``, in the
+        entries' order (the manifest's), numbered after every shard on disk: a shard the current
+        manifest names is never overwritten, and the same entries always give the same shards."""
+        pending = [e for e in entries if "part" in e]
+        numbers = [int(p.stem.split("-")[1]) for p in self.shards_dir.glob("shard-*.npy")]
+        number = max(numbers, default=-1) + 1
+        parts: dict[str, np.ndarray] = {}
+        for start in range(0, len(pending), shard_size):
+            chunk = pending[start : start + shard_size]
+            codes = []
+            for e in chunk:
+                if e["part"] not in parts:
+                    parts[e["part"]] = np.load(self.parts_dir / e["part"], mmap_mode="r")
+                codes.append(np.asarray(parts[e["part"]][e["index"], :, : e["frames"]]))
+            name = self.write_shard(number, codes)
+            number += 1
+            for index, e in enumerate(chunk):
+                del e["part"]
+                e.update(shard=name, index=index)
+
+    def commit(self, entries: list[dict], shard_size: int = 256) -> None:
+        """Pack the parts into shards, write the final manifest, forget the journal and the
+        parts, delete shards nobody references."""
+        self.pack_parts(entries, shard_size)
         text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
         atomic_write_bytes(self.manifest_path, text.encode())
         self.journal_path.unlink(missing_ok=True)
+        self._remove_unused(self.parts_dir, set())
         self.remove_unreferenced_shards(entries)
         kept = {e["source"] for e in entries}
         for path in self.sources_dir.glob("*") if self.sources_dir.exists() else ():
@@ -153,13 +213,25 @@ class TokenCache:
                 path.unlink()
 
     def remove_unreferenced_shards(self, entries: Iterable[dict]) -> list[str]:
-        used = {e["shard"] for e in entries}
+        return self._remove_unused(self.shards_dir, {e["shard"] for e in entries if "shard" in e})
+
+    @staticmethod
+    def _remove_unused(folder: Path, used: set[str]) -> list[str]:
         removed = []
-        for path in sorted(self.shards_dir.glob("*")):
+        for path in sorted(folder.glob("*")) if folder.exists() else ():
             if path.name not in used:
                 path.unlink()
                 removed.append(path.name)
         return removed
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 class ShardReader:

@@ -3,14 +3,16 @@
 For each item of the source: hash its bytes; if the cache already holds every segment of that
 content (cut with the same settings), reuse them; otherwise decode and validate it, caption it,
 resample, cut it into segments and encode the missing ones with the model's EnCodec in batches
-of equal length. Finished shards are journaled as they land, so an interrupted prepare resumes
-where it stopped. At the end the files are split into train/valid, the manifest is written
-atomically and a report lists every skipped file with its reason.
+of equal length. Each encoded batch is committed as it lands (``cache.py``), so a killed prepare
+resumes where it stopped. At the end the files are split into train/valid, the parts are packed
+into shards, the manifest is written atomically and a report lists every skipped file with its
+reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import signal
@@ -20,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import soundfile as sf
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -28,10 +30,22 @@ from tqdm.auto import tqdm
 from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_write_json
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
-from musicgen_train.data.segment import Segment, SegmentPlan, conform, cut_segments, frames_for
-from musicgen_train.data.validate import DecodedItem, content_hash, read_bytes, validate
+from musicgen_train.data.paths import NotReadable
+from musicgen_train.data.segment import SegmentPlan, frames_for
+from musicgen_train.data.splits import assign_splits, build_report, final_entries, log_summary
+from musicgen_train.data.stream import (
+    conformed_blocks,
+    hash_item,
+    open_item,
+    read_head,
+    resampled_length,
+    stream_segments,
+)
+from musicgen_train.data.validate import validate_stream
+from musicgen_train.data.writer import SegmentWriter
 from musicgen_train.errors import UserError
 
+__all__ = ["assign_splits", "ensure_token_cache", "prepare", "prepare_items", "run"]
 log = logging.getLogger(__name__)
 _REBUILT: set[str] = set()  # caches this process has (re)built
 
@@ -82,8 +96,7 @@ def prepare_items(
     # data.overwrite rebuilds once per process: the pipeline and training both ensure the cache.
     overwrite = bool(data.get("overwrite", False)) and str(cache.root) not in _REBUILT
     cache.open_for(encoder.identity(), overwrite=overwrite)
-    known = cache.known_entries()
-    cache.remove_unreferenced_shards(known)
+    known = cache.recover()  # what an earlier run finished, killed or not
     previous_keys = {e["key"]: e["source"] for e in cache.manifest()}
     by_key: dict[str, list[dict]] = defaultdict(list)
     for entry in known:
@@ -91,7 +104,7 @@ def prepare_items(
 
     plan = SegmentPlan.from_config(data)
     settings = settings_hash(plan, encoder)
-    writer = _ShardWriter(cache, encoder, cache.next_shard_number(known), data)
+    writer = SegmentWriter(cache, encoder, data)
     caption_cfg = data.get("caption")
     caption_cfg = OmegaConf.to_container(caption_cfg, resolve=True) if caption_cfg else {}
     files: list[_FileResult] = []
@@ -115,10 +128,11 @@ def prepare_items(
             bar.set_postfix(ok=len(files), skipped=len(skipped), refresh=False)
         writer.finish()
     except BaseException as err:
-        # Ctrl-C, kill or a crash: keep every batch already encoded; a re-run starts from there.
-        writer.flush()
+        # Ctrl-C, kill or a crash: every batch encoded is already on disk; a re-run resumes.
         log.warning(
-            "prepare stopped (%s): finished shards are kept, re-run to resume", type(err).__name__
+            "prepare stopped (%s): %d encoded segment(s) are kept, re-run to resume",
+            type(err).__name__,
+            writer.segments,
         )
         raise
     finally:
@@ -126,8 +140,9 @@ def prepare_items(
         _restore_sigterm(previous_sigterm)
         torch.set_num_threads(previous_threads)
 
-    entries = _final_entries(files, writer, cfg)
-    cache.commit(entries)
+    entries = final_entries(files, cfg)
+    cache.commit(entries, int(data.get("shard_size", 256)))
+    counts["segments_encoded"] = writer.segments
     if overwrite:
         _REBUILT.add(str(cache.root))
     kept = {f.key for f in files}
@@ -142,9 +157,9 @@ def prepare_items(
         for key, source in sorted(previous_keys.items())
         if key not in kept
     ]
-    report = _report(cfg, cache, encoder, files, skipped, removed, entries, counts)
+    report = build_report(cfg, cache, encoder, files, skipped, removed, entries, counts)
     atomic_write_json(cache.report_path, report)
-    _log_summary(report)
+    log_summary(report)
     if not files:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
         raise UserError(
@@ -172,20 +187,18 @@ def _restore_sigterm(previous) -> None:
 
 
 def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data):
-    """Reuse, or decode + validate + segment + queue for encoding. Returns a SkippedItem or
-    ``(_FileResult, reused)``."""
+    """Reuse, or validate + segment + queue for encoding, reading the file in blocks (memory
+    does not grow with its length). Returns a SkippedItem or ``(_FileResult, reused)``."""
     if isinstance(item, SkippedItem):
         return item
     stat = _file_stat(item)
     previous = [e for e in by_key.get(item.key, []) if e["settings"] == settings]
-    raw = None
     if stat is not None and previous and all(e.get("file_stat") == stat for e in previous):
         digest = previous[0]["content_hash"]  # same size and mtime: not read again
     else:
-        raw = _read(item)
-        if isinstance(raw, SkippedItem):
-            return raw
-        digest = content_hash(raw)
+        digest = _hash(item)
+        if isinstance(digest, SkippedItem):
+            return digest
     done = sorted((e for e in previous if e["content_hash"] == digest), key=lambda e: e["segment"])
     if done and len(done) == done[0]["file_segments"]:
         metadata = _jsonable({**done[0].get("estimated", {}), **item.metadata})
@@ -196,56 +209,71 @@ def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, da
             result.entries.append(entry)
         writer.caption(result.entries, metadata, caption_cfg)
         return result, True
-    raw = _read(item) if raw is None else raw
-    if isinstance(raw, SkippedItem):
-        return raw
 
-    decoded = validate(
-        item, raw, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
+    info = validate_stream(
+        item, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
     )
-    if isinstance(decoded, SkippedItem):
-        return decoded
-    metadata, estimated = _metadata(decoded, caption_cfg)
-    source = _source_of(item) if item.path is not None else _keep_bytes(writer.cache, raw, digest)
-    audio = conform(decoded.audio, decoded.sample_rate, encoder.sample_rate, encoder.channels)
-    segments = cut_segments(audio, encoder.sample_rate, plan)
-    result = _FileResult(item.key, item.source, decoded.duration)
+    if isinstance(info, SkippedItem):
+        return info
+    try:
+        return _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer,
+                            caption_cfg), False  # fmt: skip
+    except (OSError, sf.LibsndfileError) as err:  # changed or removed since it was validated
+        return SkippedItem(item.source, f"cannot be read: {err}")
+
+
+def _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer, caption_cfg):
+    metadata, estimated = _metadata(item, caption_cfg)
+    source = _source_of(item) if item.path is not None else _keep_bytes(writer.cache, item, digest)
+    rate = encoder.sample_rate
+    total = resampled_length(info.frames, info.sample_rate, rate)
+    count = len(plan.windows(total, rate))
+    result = _FileResult(item.key, item.source, info.duration)
     have = {e["segment"]: e for e in done}
-    for segment in segments:
-        entry = {
-            "id": _segment_id(item.key, digest, settings, segment.index),
-            "key": item.key,
-            "source": source,
-            "origin": item.source,
-            "metadata": metadata,
-            "estimated": estimated,
-            "offset": round(segment.offset, 6),
-            "duration": round(segment.duration, 6),
-            "frames": frames_for(segment.audio.shape[-1], encoder.hop_length),
-            "segment": segment.index,
-            "file_segments": len(segments),
-            "file_duration": round(decoded.duration, 6),
-            "content_hash": digest,
-            "file_stat": stat,
-            "settings": settings,
-        }
-        if segment.index in have:  # finished by an interrupted run
-            entry.update(shard=have[segment.index]["shard"], index=have[segment.index]["index"])
-            result.entries.append(entry)
-        else:
-            writer.add(segment, entry, result)
+    with open_item(item) as handle:
+        blocks = conformed_blocks(handle, rate, encoder.channels)
+        for segment in stream_segments(blocks, total, rate, plan):
+            entry = {
+                "id": _segment_id(item.key, digest, settings, segment.index),
+                "key": item.key,
+                "source": source,
+                "origin": item.source,
+                "metadata": metadata,
+                "estimated": estimated,
+                "offset": round(segment.offset, 6),
+                "duration": round(segment.duration, 6),
+                "frames": frames_for(segment.audio.shape[-1], encoder.hop_length),
+                "segment": segment.index,
+                "file_segments": count,
+                "file_duration": round(info.duration, 6),
+                "content_hash": digest,
+                "file_stat": stat,
+                "settings": settings,
+            }
+            if segment.index in have:  # finished by an interrupted run
+                entry.update({k: v for k, v in have[segment.index].items() if k in _WHERE})
+                result.entries.append(entry)
+            else:
+                writer.add(segment, entry, result.entries)
     writer.caption(result.entries, metadata, caption_cfg)
-    return result, False
+    return result
 
 
-def _metadata(decoded: DecodedItem, caption_cfg: dict) -> tuple[dict, dict]:
+_WHERE = ("shard", "part", "index")  # where a segment's codes are
+ESTIMATE_SECONDS = 120.0  # tempo and key are estimated from a file's first two minutes
+
+
+def _metadata(item: AudioItem, caption_cfg: dict) -> tuple[dict, dict]:
     """The item's metadata with tempo/key estimated where asked and missing; and what was."""
-    from musicgen_train.data.captions import with_estimated_tempo_key
+    from musicgen_train.data.captions import format_value, with_estimated_tempo_key
 
-    metadata = with_estimated_tempo_key(
-        decoded.item.metadata, decoded.audio, decoded.sample_rate, caption_cfg
-    )
-    estimated = {k: v for k, v in metadata.items() if k not in decoded.item.metadata}
+    metadata, estimated = dict(item.metadata), {}
+    wanted = [f for f in ("bpm", "key") if not format_value(item.metadata.get(f))]
+    if (caption_cfg or {}).get("estimate_tempo_key") and wanted:  # else the file is not read
+        with open_item(item) as handle:
+            audio, rate = read_head(handle, ESTIMATE_SECONDS)
+        metadata = with_estimated_tempo_key(item.metadata, audio, rate, caption_cfg)
+        estimated = {k: v for k, v in metadata.items() if k not in item.metadata}
     return _jsonable(metadata), _jsonable(estimated)
 
 
@@ -256,9 +284,11 @@ def _jsonable(value):
     )
 
 
-def _read(item: AudioItem) -> bytes | SkippedItem:
+def _hash(item: AudioItem) -> str | SkippedItem:
     try:
-        return read_bytes(item)
+        return hash_item(item)
+    except NotReadable as err:
+        return SkippedItem(source=item.source, reason=str(err))
     except OSError as err:
         return SkippedItem(source=item.source, reason=f"cannot be read: {err.strerror or err}")
 
@@ -274,13 +304,10 @@ def _file_stat(item: AudioItem) -> list[int] | None:
     return [info.st_size, info.st_mtime_ns]
 
 
-def _keep_bytes(cache: TokenCache, raw: bytes, digest: str) -> str:
+def _keep_bytes(cache: TokenCache, item: AudioItem, digest: str) -> str:
     """Audio that came as bytes (HF datasets) is kept in the cache as a file, so the manifest's
     ``source`` always names a readable file (evaluation cuts reference clips from it)."""
-    import io
-
-    import soundfile as sf
-
+    raw = bytes(item.data)
     suffix = "." + sf.info(io.BytesIO(raw)).format.lower()
     path = cache.sources_dir / f"{digest[:24]}{suffix}"
     if not path.exists():
@@ -297,144 +324,3 @@ def _source_of(item: AudioItem) -> str:
 def _segment_id(key: str, digest: str, settings: str, index: int) -> str:
     file_id = hashlib.sha256(f"{key}\0{digest}\0{settings}".encode()).hexdigest()[:16]
     return f"{file_id}-{index:04d}"
-
-
-class _ShardWriter:
-    """Batches segments of equal length through the codec and writes full shards."""
-
-    def __init__(self, cache: TokenCache, encoder: CodecEncoder, first_shard: int, data):
-        self.cache, self.encoder, self.number = cache, encoder, first_shard
-        self.batch_size = int(data.get("encode_batch_size", 8))
-        self.shard_size = int(data.get("shard_size", 256))
-        self.waiting: dict[int, list[tuple[Segment, dict]]] = defaultdict(list)
-        self.encoded: list[tuple[np.ndarray, dict]] = []
-
-    def add(self, segment: Segment, entry: dict, result: _FileResult) -> None:
-        # The entry is shared with the file's result: shard and index are filled in when written.
-        result.entries.append(entry)
-        group = self.waiting[segment.audio.shape[-1]]
-        group.append((segment, entry))
-        if len(group) >= self.batch_size:
-            self._encode(segment.audio.shape[-1])
-
-    def caption(self, entries: list[dict], metadata: dict, caption_cfg: dict) -> None:
-        from musicgen_train.data.captions import build_caption
-
-        text = build_caption(metadata, caption_cfg)
-        for entry in entries:
-            entry["caption"] = text
-
-    def _encode(self, length: int) -> None:
-        group = self.waiting.pop(length)
-        codes = self.encoder.encode(np.stack([segment.audio for segment, _ in group]))
-        self.encoded.extend(zip(codes, (entry for _, entry in group), strict=True))
-        if len(self.encoded) >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the segments encoded so far as one shard and journal them."""
-        if not self.encoded:
-            return
-        name = self.cache.write_shard(self.number, [codes for codes, _ in self.encoded])
-        self.number += 1
-        for index, (_, entry) in enumerate(self.encoded):
-            entry.update(shard=name, index=index)
-        self.cache.append_journal([entry for _, entry in self.encoded])
-        self.encoded = []
-
-    def finish(self) -> None:
-        for length in list(self.waiting):
-            self._encode(length)
-        self.flush()
-
-
-# --- split, report -----------------------------------------------------------------------------
-
-
-def assign_splits(
-    keys: Iterable[str], seed: int, valid_fraction: float, groups: dict[str, str] | None = None
-) -> dict[str, str]:
-    """``key -> "train" | "valid"``, by file, from a seeded hash: the same files always land on
-    the same side. At least one valid file when there are two or more and the fraction is > 0.
-    With ``groups`` (key -> group, e.g. the genre), each group is split on its own, so that every
-    group is represented on both sides."""
-    if groups is not None:
-        splits: dict[str, str] = {}
-        for group in sorted(set(groups.values())):
-            members = [k for k in keys if groups[k] == group]
-            splits.update(assign_splits(members, seed, valid_fraction))
-        return splits
-    keys = sorted(set(keys))
-    count = 0
-    if len(keys) >= 2 and valid_fraction > 0:
-        count = min(len(keys) - 1, max(1, round(valid_fraction * len(keys))))
-    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())
-    valid = set(ranked[:count])
-    return {key: "valid" if key in valid else "train" for key in keys}
-
-
-def _final_entries(files: list[_FileResult], writer: _ShardWriter, cfg: DictConfig) -> list[dict]:
-    keys = [f.key for f in files]
-    field = cfg.data.get("stratify_by")
-    groups = {f.key: _metadata_value(f, field) for f in files} if field else None
-    splits = assign_splits(keys, int(cfg.seed), float(cfg.data.get("valid_fraction", 0.1)), groups)
-    entries = []
-    for result in sorted(files, key=lambda f: f.key):
-        for entry in sorted(result.entries, key=lambda e: e["segment"]):
-            entries.append({**entry, "split": splits[result.key]})
-    missing = [e["id"] for e in entries if "shard" not in e]
-    if missing:  # would be a bug in the writer: never write a manifest pointing nowhere
-        raise RuntimeError(f"segments without codes: {missing[:3]}")
-    return entries
-
-
-def _metadata_value(result: _FileResult, field: str) -> str:
-    """The file's caption field ``field`` (files without it form one group of their own)."""
-    metadata = result.entries[0].get("metadata", {}) if result.entries else {}
-    return str(metadata.get(field, ""))
-
-
-def _report(cfg, cache, encoder, files, skipped, removed, entries, counts) -> dict:
-    tokens = sum(e["frames"] for e in entries) * encoder.num_codebooks
-    splits = {}
-    for name in ("train", "valid"):
-        part = [e for e in entries if e["split"] == name]
-        splits[name] = {"files": len({e["key"] for e in part}), "segments": len(part)}
-    return {
-        "cache": str(cache.root),
-        "source": str(cfg.data.source),
-        "codec": cache.info()["codec"],
-        "files_ok": len(files),
-        "files_skipped": len(skipped),
-        "files_encoded": counts["encoded"],
-        "files_reused": counts["reused"],
-        "skipped": skipped,
-        "removed": removed,
-        "totals": {
-            "hours": round(sum(f.duration for f in files) / 3600, 6),
-            "segments": len(entries),
-            "frames": sum(e["frames"] for e in entries),
-            "tokens": tokens,
-        },
-        "splits": splits,
-    }
-
-
-def _log_summary(report: dict) -> None:
-    totals = report["totals"]
-    log.info(
-        "prepared %d file(s) (%d encoded, %d unchanged), skipped %d; %.3f h of audio, "
-        "%d segments, %d tokens -> %s",
-        report["files_ok"],
-        report["files_encoded"],
-        report["files_reused"],
-        report["files_skipped"],
-        totals["hours"],
-        totals["segments"],
-        totals["tokens"],
-        report["cache"],
-    )
-    for item in report["skipped"]:
-        log.warning("skipped %s: %s", item["path"], item["reason"])
-    for item in report["removed"]:
-        log.info("removed %s: %s", item["path"], item["reason"])

@@ -1,7 +1,9 @@
 """Decode every item and decide whether it can be trained on; a rejected item carries its reason.
 
 One corrupt file must never kill a run hours in: everything soundfile cannot read, every empty,
-too short, silent or non-finite signal becomes a ``SkippedItem`` that the report lists.
+too short, silent or non-finite signal becomes a ``SkippedItem`` that the report lists. Prepare
+uses ``validate_stream`` (the file decoded block by block, never held whole); ``validate`` applies
+the same rules to bytes already in memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import numpy as np
 
 from musicgen_train.audio import read_audio
 from musicgen_train.data.items import AudioItem, SkippedItem
+from musicgen_train.data.paths import NotReadable
+from musicgen_train.data.stream import AudioScan, open_item, scan
 
 
 @dataclass
@@ -54,6 +58,26 @@ def _looks_like_text(raw: bytes) -> bool:
     return True
 
 
+def _judge(info: AudioScan, *, min_duration: float, silence_db: float) -> str | None:
+    """The reason a decoded signal cannot be trained on, or None."""
+    if info.frames == 0:
+        return "empty: no audio samples"
+    if not info.finite:
+        return "holds NaN/Inf samples"
+    if info.duration < min_duration:
+        return f"too short: {info.duration:.2f} s < data.min_duration={min_duration} s"
+    level = 20.0 * np.log10(info.peak) if info.peak > 0 else float("-inf")
+    if level < silence_db:
+        return f"silent: peak {level:.1f} dBFS < data.silence_db={silence_db} dBFS"
+    return None
+
+
+def _undecodable(err: Exception, head: bytes) -> str:
+    if _looks_like_text(head):
+        return "not audio: the file holds text"
+    return f"cannot be decoded: {str(err).strip() or type(err).__name__}"
+
+
 def validate(
     item: AudioItem, raw: bytes, *, min_duration: float, silence_db: float
 ) -> DecodedItem | SkippedItem:
@@ -67,17 +91,36 @@ def validate(
     try:
         audio, rate = read_audio(raw)
     except Exception as err:  # libsndfile raises several types for unreadable data
-        if _looks_like_text(raw):
-            return skip("not audio: the file holds text")
-        return skip(f"cannot be decoded: {str(err).strip() or type(err).__name__}")
-    if audio.shape[-1] == 0:
-        return skip("empty: no audio samples")
-    if not np.isfinite(audio).all():
-        return skip("holds NaN/Inf samples")
-    duration = audio.shape[-1] / rate
-    if duration < min_duration:
-        return skip(f"too short: {duration:.2f} s < data.min_duration={min_duration} s")
-    level = peak_db(audio)
-    if level < silence_db:
-        return skip(f"silent: peak {level:.1f} dBFS < data.silence_db={silence_db} dBFS")
-    return DecodedItem(item=item, audio=audio, sample_rate=rate)
+        return skip(_undecodable(err, raw[:1024]))
+    finite = bool(np.isfinite(audio).all())
+    peak = float(np.max(np.abs(audio))) if audio.size and finite else 0.0
+    info = AudioScan(rate, audio.shape[0], audio.shape[-1], peak, finite)
+    reason = _judge(info, min_duration=min_duration, silence_db=silence_db)
+    return skip(reason) if reason else DecodedItem(item=item, audio=audio, sample_rate=rate)
+
+
+def validate_stream(
+    item: AudioItem, *, min_duration: float, silence_db: float
+) -> AudioScan | SkippedItem:
+    """Decode the item block by block and check it, holding no more than a block; never raises
+    for bad audio or a path that is not a readable file."""
+
+    def skip(reason: str) -> SkippedItem:
+        return SkippedItem(source=item.source, reason=reason)
+
+    try:
+        with open_item(item) as handle:
+            head = handle.read(1024)
+            if not head:
+                return skip("empty file (0 bytes)")
+            handle.seek(0)
+            try:
+                info = scan(handle)
+            except Exception as err:  # libsndfile raises several types for unreadable data
+                return skip(_undecodable(err, head))
+    except NotReadable as err:
+        return skip(str(err))
+    except OSError as err:
+        return skip(f"cannot be read: {err.strerror or err}")
+    reason = _judge(info, min_duration=min_duration, silence_db=silence_db)
+    return skip(reason) if reason else info

@@ -1,0 +1,233 @@
+"""Fault injection for prepare: kill -9 at seeded random points, then the recovery docs/data.md
+promises (a re-run reuses every committed batch and ends with the same cache, byte for byte)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicgen_train.data.cache import TokenCache
+from musicgen_train.data.prepare import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 32000
+FILES = (3.2, 4.6, 2.3, 5.1, 3.9)  # seconds: 3 + 4 + 2 + 5 + 4 segments (a 0.9 s tail)
+SEGMENTS = 18
+
+# The child: a real `prepare` process that kills itself with SIGKILL (no handler, no cleanup can
+# run) at the chosen point: during the n-th codec call, after the n-th part is written but before
+# its journal lines, half-way through the n-th journal write, after the n-th shard of the final
+# packing, or once the manifest is written but before the journal and parts are removed.
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from musicgen_train.config import load_config
+    from musicgen_train.data import cache as cache_module
+    from musicgen_train.data.encode import CodecEncoder
+    from musicgen_train.data.prepare import prepare
+
+    point, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    calls = {"n": 0}
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def nth():
+        calls["n"] += 1
+        return calls["n"] == n
+
+    Cache = cache_module.TokenCache
+    if point == "encode":
+        encode = CodecEncoder.encode
+        def patched(self, audio):
+            if nth():
+                die()
+            return encode(self, audio)
+        CodecEncoder.encode = patched
+    elif point == "before-journal":
+        append = Cache.append_journal
+        def patched(self, entries):
+            if nth():
+                die()
+            return append(self, entries)
+        Cache.append_journal = patched
+    elif point == "torn-journal":
+        import json
+        append = Cache.append_journal
+        def patched(self, entries):
+            if nth():
+                text = "".join(json.dumps(e, sort_keys=True) + "\\n" for e in entries)
+                with open(self.journal_path, "a") as handle:
+                    handle.write(text[: len(text) // 2])
+                die()
+            return append(self, entries)
+        Cache.append_journal = patched
+    elif point == "pack":
+        write_shard = Cache.write_shard
+        def patched(self, number, codes):
+            name = write_shard(self, number, codes)
+            if nth():
+                die()
+            return name
+        Cache.write_shard = patched
+    elif point == "manifest":
+        write = cache_module.atomic_write_bytes
+        def patched(path, data):
+            write(path, data)
+            if path.name == "manifest.jsonl":
+                die()
+        cache_module.atomic_write_bytes = patched
+    prepare(load_config(args))
+    """
+)
+
+
+def make_source(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, seconds in enumerate(FILES):
+        t = np.arange(int(seconds * SR)) / SR
+        noise = 0.02 * np.random.default_rng(i).standard_normal(t.size)
+        sf.write(root / f"song{i}.wav", (0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) + noise), SR)
+    return root
+
+
+def args(source: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "data=folder", f"++data.source={source}", f"data.output={output}",
+        "data.segment_seconds=1", "data.min_duration=0.3", "data.encode_batch_size=2",
+        "data.progress=false", "model=tiny", *extra,
+    ]  # fmt: skip
+
+
+def run_child(tmp_path: Path, point: str, n: int, argv: list[str]) -> subprocess.CompletedProcess:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(script), point, str(n), *argv],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def config(argv: list[str]):
+    from musicgen_train.config import load_config
+
+    return load_config(argv)
+
+
+def cache_files(root: Path) -> dict[str, bytes]:
+    """Everything a finished prepare leaves for training: manifest and shards, as bytes."""
+    files = {"manifest.jsonl": (root / "manifest.jsonl").read_bytes()}
+    for path in sorted((root / "shards").iterdir()):
+        files[f"shards/{path.name}"] = path.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The source and the cache of an uninterrupted prepare (the default shard_size=256)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    source = make_source(tmp / "audio")
+    report = prepare(config(args(source, tmp / "cache")))
+    assert report["totals"]["segments"] == SEGMENTS and report["files_encoded"] == len(FILES)
+    return source, cache_files(tmp / "cache")
+
+
+def committed(output: Path) -> int:
+    """Segments a killed run left committed (journaled with their codes on disk)."""
+    return len(TokenCache(output).known_entries())
+
+
+@pytest.mark.slow
+def test_kill9_at_the_default_shard_size_keeps_every_committed_batch(tmp_path, straight):
+    """Today's complaint: kill -9 with shard_size=256 kept 0 segments. Now it keeps every batch
+    the codec finished: the 5th codec call dies, so 4 batches of 2 are on disk and reused."""
+    source, expected = straight
+    output = tmp_path / "cache"
+    child = run_child(tmp_path, "encode", 5, args(source, output))
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert committed(output) == 8
+    report = prepare(config(args(source, output)))
+    assert report["segments_reused"] == 8 and report["segments_encoded"] == SEGMENTS - 8
+    assert cache_files(output) == expected
+
+
+POINTS = ("encode", "before-journal", "torn-journal", "pack", "manifest")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", POINTS)
+def test_kill9_at_seeded_random_points_resumes_to_the_same_cache(tmp_path, straight, first):
+    """Two kills in a row (the first at each kind of point, the second anywhere; where, drawn
+    from a seeded generator), then a full run: the cache equals the uninterrupted run's, and the
+    last run reused exactly the segments the killed ones committed."""
+    source, expected = straight
+    output = tmp_path / "cache"
+    rng = random.Random(POINTS.index(first))
+    batches = 10  # 17 full windows in batches of 2, the last one alone, and the tail
+    for kill in range(2):
+        point = first if kill == 0 else rng.choice(POINTS)
+        n = rng.randint(1, 3) if point == "pack" else rng.randint(1, batches)
+        before = committed(output)
+        child = run_child(tmp_path, point, n, args(source, output, "data.shard_size=4"))
+        if child.returncode == 0:  # fewer batches were left than n: it finished
+            assert committed(output) == SEGMENTS
+            continue
+        assert child.returncode == -signal.SIGKILL, (point, n, child.stderr[-2000:])
+        after = committed(output)
+        if point in ("pack", "manifest") or before == SEGMENTS:
+            assert after == SEGMENTS, (point, n)  # everything was encoded before packing
+        else:
+            # The n-th batch of this run died; the n-1 before it were committed.
+            assert after >= before and after <= SEGMENTS, (point, n)
+    kept = committed(output)
+    report = prepare(config(args(source, output, "data.shard_size=4")))
+    assert report["segments_reused"] == kept, (first, kept)
+    assert report["segments_encoded"] == SEGMENTS - kept
+    assert not TokenCache(output).journal_path.exists()
+    assert not TokenCache(output).parts_dir.exists() or not any(
+        TokenCache(output).parts_dir.iterdir()
+    )
+    straight_4 = tmp_path / "straight4"
+    prepare(config(args(source, straight_4, "data.shard_size=4")))
+    assert cache_files(output) == cache_files(straight_4)
+    manifest = [json.loads(line) for line in expected["manifest.jsonl"].decode().splitlines()]
+    assert len(manifest) == SEGMENTS
+
+
+@pytest.mark.slow
+def test_kill9_from_outside_while_encoding(tmp_path, straight):
+    """A plain `kill -9 <pid>` from another process, once a seeded number of batches is
+    journaled: the re-run reuses what the journal held and ends with the uninterrupted cache."""
+    source, expected = straight
+    output = tmp_path / "cache"
+    journal = output / "journal.jsonl"
+    target = random.Random(7).randint(2, 12)  # journal lines (segments) to wait for
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(script), "none", "0", *args(source, output, "data.encode_threads=1")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while child.poll() is None:
+            if journal.exists() and journal.read_text().count("\n") >= target:
+                child.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        child.wait(timeout=600)
+    kept = committed(output)
+    report = prepare(config(args(source, output)))
+    assert report["segments_reused"] == kept and report["segments_encoded"] == SEGMENTS - kept
+    assert cache_files(output) == expected
