@@ -46,14 +46,14 @@ class EvaluationCallback(Callback):
 
     def evaluate(self, module, epoch: int) -> dict[str, float]:
         """Generate for the prompt set with the module's model and score it: ``eval/<metric>``."""
-        from musicgen_train.evaluation.prompts import load_prompt_set
+        from musicgen_train.evaluation.prompts import prompt_set_for
         from musicgen_train.evaluation.run import generate_clips, generation_params
         from musicgen_train.evaluation.suite import MetricSuite
         from musicgen_train.model.loader import LoadedModel
 
         ecfg = self.cfg.eval
         if self.prompt_set is None:
-            self.prompt_set = load_prompt_set(ecfg.prompts, self.max_prompts)
+            self.prompt_set = prompt_set_for(self.cfg, self.max_prompts)
         was_training = module.training
         module.eval()
         try:

@@ -63,6 +63,41 @@ def resolve_prompt_file(name_or_path: str) -> Path:
     )
 
 
+HELDOUT = "heldout"  # eval.prompts=heldout: the captions of the token cache's valid split
+
+
+def heldout_prompts(cache_dir: str | Path, limit: int | None = None) -> PromptSet:
+    """Your own held-out captions as the prompt set: one prompt per distinct caption of the
+    valid split of the token cache (in manifest order), so evaluation asks the fine-tune for
+    what your data sounds like, not for the demo's styles."""
+    manifest = Path(cache_dir) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise UserError(
+            f"eval.prompts=heldout needs the token cache {cache_dir} (prepare or train first), "
+            "or give eval.prompts=<a prompt set or prompts.jsonl>"
+        )
+    seen: dict[str, str] = {}
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        text = str(row.get("caption") or "").strip()
+        if row.get("split") == "valid" and text and text not in seen:
+            seen[text] = str(row.get("id", len(seen) + 1))
+    if not seen:
+        raise UserError(
+            f"eval.prompts=heldout: the valid split of {cache_dir} has no captions; give "
+            "eval.prompts=<a prompt set or prompts.jsonl>"
+        )
+    prompts = tuple(Prompt(f"heldout-{i + 1}", text) for i, text in enumerate(seen))
+    return PromptSet(HELDOUT, manifest, prompts[:limit] if limit else prompts)
+
+
+def prompt_set_for(cfg, limit: int | None = None) -> PromptSet:
+    """``eval.prompts`` of a composed config: ``heldout`` or a shipped set or a file."""
+    if str(cfg.eval.prompts) == HELDOUT:
+        return heldout_prompts(cfg.data.output, limit)
+    return load_prompt_set(cfg.eval.prompts, limit)
+
+
 def load_prompt_set(name_or_path: str, limit: int | None = None) -> PromptSet:
     """Read and check a prompt set; a bad line raises a UserError naming file and line."""
     path = resolve_prompt_file(name_or_path)

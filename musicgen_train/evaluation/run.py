@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from musicgen_train.audio import write_audio
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
-from musicgen_train.evaluation.prompts import PromptSet, load_prompt_set
+from musicgen_train.evaluation.prompts import PromptSet, prompt_set_for
 from musicgen_train.evaluation.protocol import apply_protocol
 from musicgen_train.evaluation.suite import MetricSuite
 from musicgen_train.generation import GenerationEngine, GenerationParams
@@ -39,7 +39,7 @@ def write_reference_statistics(cfg: DictConfig, path=None) -> dict:
     from musicgen_train.evaluation.frechet import save_statistics
 
     path = Path(path or cfg.eval.get("stats_output") or Path(cfg.work_dir) / "reference.npz")
-    suite = MetricSuite(cfg, load_prompt_set(cfg.eval.prompts))
+    suite = MetricSuite(cfg, prompt_set_for(cfg))
     if suite.reference is None:
         raise UserError("; ".join(suite.skipped) or "no reference to compute statistics from")
     written = {}
@@ -56,18 +56,38 @@ def write_reference_statistics(cfg: DictConfig, path=None) -> dict:
     return {"path": str(path), "statistics": written, "skipped": suite.skipped}
 
 
+def with_training_data(cfg: DictConfig, source: str) -> DictConfig:
+    """For a run's checkpoint, the data it trained on: its token cache holds the held-out split
+    (reference, caption gain, held-out prompts), so nothing is encoded a second time."""
+    from musicgen_train.sources.checkpoint import checkpoint_config
+
+    trained = checkpoint_config(source)
+    if trained is None or "data" not in trained:
+        return cfg
+    if not (Path(str(trained.data.output)) / "manifest.jsonl").is_file():
+        return cfg  # its cache is gone (another machine?): prepare with this config's data
+    if str(trained.data.output) != str(cfg.data.output):
+        log.info(
+            "evaluate: using the token cache %s that %s trained on", trained.data.output, source
+        )
+    cfg = cfg.copy()
+    cfg.data = trained.data
+    return cfg
+
+
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
     """Generate, score and report; returns the content of ``eval_report.json`` + ``report_dir``."""
     from musicgen_train.evaluation.report import write_report
     from musicgen_train.sources import load_musicgen, load_options
 
+    cfg = with_training_data(cfg, str(model_source or cfg.model.id))
     ecfg = cfg.eval
     sources = [("model", str(model_source or cfg.model.id))]
     if ecfg.get("compare_with"):
         sources.append(("compare", str(ecfg.compare_with)))
     out = Path(output_dir or ecfg.get("output_dir") or default_output_dir(cfg, sources[0][1]))
     out.mkdir(parents=True, exist_ok=True)
-    prompt_set = load_prompt_set(ecfg.prompts, ecfg.get("max_prompts"))
+    prompt_set = prompt_set_for(cfg, ecfg.get("max_prompts"))
     params = generation_params(ecfg.generation)
 
     models, generations, codec = [], {}, None

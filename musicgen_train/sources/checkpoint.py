@@ -136,6 +136,20 @@ def _consolidate_deepspeed(folder: Path, out_file: Path) -> Path:
 LoadBase = Callable[[DictConfig], LoadedModel]
 
 
+def checkpoint_config(path: str | Path) -> DictConfig | None:
+    """The training config a Lightning ``.ckpt`` holds, read without loading its weights
+    (memory-mapped); None for anything else or a file that is not ours."""
+    path = Path(path).expanduser()
+    if path.suffix != ".ckpt" or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # unreadable: loading the model will say why, in its own words
+        return None
+    cfg = (state.get("hyper_parameters") or {}).get("cfg") if isinstance(state, dict) else None
+    return OmegaConf.create(cfg) if cfg else None
+
+
 @dataclass
 class CheckpointModel:
     """What a checkpoint holds, rebuilt on the base model: the model (trained weights in place,

@@ -114,6 +114,20 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def sample_prompts(cfg: DictConfig) -> list[str]:
+    """``callbacks.samples.prompts``, or (empty) the first two held-out captions of the data."""
+    prompts = list(cfg.callbacks.samples.prompts or [])
+    if prompts:
+        return prompts
+    from musicgen_train.errors import UserError
+    from musicgen_train.evaluation.prompts import heldout_prompts
+
+    try:
+        return heldout_prompts(cfg.data.output, limit=2).texts
+    except UserError:
+        return [cfg.data.get("caption", {}).get("default") or "music"]
+
+
 def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     ccfg = cfg.callbacks
     folder = checkpoint_dir(run_dir)
@@ -139,7 +153,7 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
             SamplesCallback(
                 run_dir,
                 samples.every_n_steps,
-                list(samples.prompts),
+                sample_prompts(cfg),
                 samples.duration,
                 samples.guidance_scale,
                 samples.seed,

@@ -17,7 +17,19 @@ from musicgen_train.training.strategy_config import validate_strategy
 FINETUNE_MODES = ("full", "lora")
 SCHEDULERS = ("cosine", "constant")
 # Lightning's names; Hydra turns `trainer.precision=32` into the integer 32, so both spellings.
-PRECISIONS = ("32", 32, "32-true", "bf16-mixed", "16-mixed", 16, "bf16-true", "64", 64, "64-true")
+PRECISIONS = (
+    "auto",
+    "32",
+    32,
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    16,
+    "bf16-true",
+    "64",
+    64,
+    "64-true",
+)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 BOOLEANS = (True, False)
 
@@ -128,7 +140,10 @@ def validate_callbacks(cfg: DictConfig) -> None:
     check_range(cfg, f"{c}.samples.every_n_steps", 0, integer=True)
     if cfg.callbacks.samples.every_n_steps:
         prompts = cfg.callbacks.samples.prompts
-        if not isinstance(prompts, ListConfig) or not prompts:
-            raise ConfigError(f"{c}.samples.prompts={prompts!r} is not allowed: a non-empty list")
+        if not isinstance(prompts, ListConfig) or not all(isinstance(p, str) for p in prompts):
+            raise ConfigError(
+                f"{c}.samples.prompts={prompts!r} is not allowed: a list of prompts "
+                "(empty: the first two held-out captions)"
+            )
         check_range(cfg, f"{c}.samples.duration", 0.1)
         check_range(cfg, f"{c}.samples.guidance_scale", 1.0)

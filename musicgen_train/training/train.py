@@ -144,6 +144,7 @@ def build_trainer(
     """The Trainer of ``cfg.trainer`` with the project's loggers, strategy and callbacks."""
     t = cfg.trainer
     check_precision(t.precision, t.accelerator)
+    precision = resolve_precision(t.precision, t.accelerator)
     val_every = t.val_check_interval
     # An integer interval counts training batches across epochs (not within one epoch).
     across_epochs = isinstance(val_every, int) and not isinstance(val_every, bool)
@@ -156,7 +157,7 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        precision=t.precision,
+        precision=precision,
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -175,6 +176,17 @@ def build_trainer(
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+def resolve_precision(precision, accelerator: str, cuda=None):
+    """``auto``: bf16-mixed on a CUDA GPU that has bf16, 16-mixed on an older GPU, 32 on a CPU
+    (bf16 autocast on a CPU without native bf16 is slower than fp32); anything else as given."""
+    if str(precision) != "auto":
+        return precision
+    cuda = cuda or torch.cuda
+    if accelerator not in ("auto", "gpu", "cuda") or not cuda.is_available():
+        return "32"
+    return "bf16-mixed" if cuda.is_bf16_supported() else "16-mixed"
 
 
 def check_precision(precision: str, accelerator: str) -> None:
