@@ -211,6 +211,21 @@ def test_a_solver_checkpoint_imports_its_best_state(tmp_path, perturbed, tiny_lo
     torch.testing.assert_close(codec_audio(converted), codec_audio(tiny_loaded.model))
 
 
+def test_a_fine_tuned_text_encoder_comes_along(tmp_path, perturbed, tiny_loaded):
+    lm = audiocraft_lm(perturbed)
+    t5 = {k: v + 0.01 for k, v in tiny_loaded.model.text_encoder.state_dict().items()}
+    lm |= {f"condition_provider.conditioners.description.t5.{k}": v for k, v in t5.items()}
+    result = _import(tmp_path, write_export(tmp_path / "t5", perturbed, lm=lm, codec=False))
+    converted = load_musicgen(str(result.model_dir)).model
+    for name, value in converted.text_encoder.state_dict().items():
+        torch.testing.assert_close(value, t5[name], atol=0, rtol=0)
+    assert result.facts["text_encoder"] == "fine-tuned (from the checkpoint)"
+    # a T5 that comes in part is refused
+    del lm["condition_provider.conditioners.description.t5.shared.weight"]
+    with pytest.raises(UserError, match="condition_provider.conditioners.description.t5"):
+        _import(tmp_path, write_export(tmp_path / "t5-part", perturbed, lm=lm, codec=False))
+
+
 def test_a_folder_is_a_model_source_converted_once(tmp_path, perturbed, caplog):
     source = write_export(tmp_path / "as-source", perturbed, codec=False)
     first = load_musicgen(str(source))  # the base of its shape: tiny

@@ -105,10 +105,15 @@ def _short(err: Exception) -> str:
 
 
 def _plain_cfg(value) -> dict:
-    if isinstance(value, str):
-        value = OmegaConf.create(value)
-    if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=False)
+    """audiocraft's training config (YAML text or an OmegaConf object) as a dict, {} if none."""
+    try:
+        if isinstance(value, str):
+            value = OmegaConf.create(value)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=False)
+    except Exception as err:  # a config we cannot read only leaves the model card shorter
+        log.warning("audiocraft's xp.cfg could not be read (%s)", _short(err))
+        return {}
     return dict(value) if isinstance(value, Mapping) else {}
 
 
@@ -252,8 +257,8 @@ def _check_layout(source: AudiocraftSource, model, base: str) -> None:
     if (hidden, layers, codebooks, card) != want:
         raise AudiocraftError(
             f"{source.lm_file} holds a decoder of hidden size {hidden}, {layers} layers, "
-            f"{codebooks} codebooks of {card}; base {base} has {want[0]}, {want[1]} layers, "
-            f"{want[2]} codebooks of {want[3]}: give a base of the same shape"
+            f"{codebooks} codebooks of {card}; base {base} has hidden size {want[0]}, "
+            f"{want[1]} layers, {want[2]} codebooks of {want[3]}: give a base of the same shape"
         )
 
 
