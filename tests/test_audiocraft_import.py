@@ -245,6 +245,8 @@ def test_a_folder_is_a_model_source_converted_once(tmp_path, perturbed, caplog):
         ("missing", "has no transformer.layers.1.linear2.weight"),
         ("unknown", "transformer.layers.0.layer_scale_1.scale has no place"),
         ("qkv", "transformer.layers.1.self_attn.in_proj_weight has shape (191, 64)"),
+        ("truncated", "state_dict.bin cannot be read as a torch file"),
+        ("codec", "has no weight for audio_encoder.quantizer.layers.0.codebook.embed ("),
     ],
 )
 def test_damaged_checkpoints_fail_in_one_line(tmp_path, perturbed, capsys, damage, named):
@@ -255,9 +257,16 @@ def test_damaged_checkpoints_fail_in_one_line(tmp_path, perturbed, capsys, damag
         del lm["transformer.layers.1.linear2.weight"]
     elif damage == "unknown":
         lm["transformer.layers.0.layer_scale_1.scale"] = torch.ones(64)
-    else:
+    elif damage == "qkv":
         lm["transformer.layers.1.self_attn.in_proj_weight"] = torch.zeros(191, 64)
-    source = write_export(tmp_path / "bad", perturbed, lm=lm, codec=False)
+    source = write_export(tmp_path / "bad", perturbed, lm=lm, codec=damage == "codec")
+    if damage == "truncated":
+        data = (source / "state_dict.bin").read_bytes()
+        (source / "state_dict.bin").write_bytes(data[: len(data) // 2])
+    if damage == "codec":
+        state = torch.load(source / "compression_state_dict.bin", weights_only=True)
+        del state["best_state"]["quantizer.vq.layers.0._codebook.embed"]
+        torch.save(state, source / "compression_state_dict.bin")
     with pytest.raises(UserError) as err:
         _import(tmp_path, source)
     message = str(err.value)

@@ -82,9 +82,6 @@ class AudiocraftSource:
         codebooks = sum(1 for k in self.lm if re.fullmatch(r"emb\.\d+\.weight", k))
         return int(emb.shape[1]), len(layers), codebooks, int(emb.shape[0]) - 1
 
-    def files(self) -> list[Path]:
-        return [f for f in (self.lm_file, self.codec_file) if f is not None]
-
 
 def _torch_load(path: Path):
     try:
@@ -275,10 +272,9 @@ def _load_weights(model, weights: dict, *, required: list[str], file: Path, base
             )
     missing = [name for name in required if name not in weights]
     if missing:
-        origin = audiocraft_lm_name(missing[0]) or missing[0]
-        raise AudiocraftError(
-            f"{file} has no {origin} (for {missing[0]}; {len(missing)} weights missing)"
-        )
+        origin = audiocraft_lm_name(missing[0])
+        what = f"{origin} (for {missing[0]};" if origin else f"weight for {missing[0]} ("
+        raise AudiocraftError(f"{file} has no {what} {len(missing)} weights missing)")
     with torch.no_grad():
         for name, (tensor, _) in weights.items():
             target[name].copy_(tensor.to(target[name].dtype))
