@@ -19,6 +19,7 @@ STAGES = {
     "evaluate": "musicgen_train.evaluation.run:run",
     "export": "musicgen_train.registry.export:run",
     "registry": "musicgen_train.registry.commands:run",
+    "import": "musicgen_train.registry.import_audiocraft:run",
     "serve": "musicgen_train.serve.main:run",
     "run": "musicgen_train.pipeline:run",
 }
@@ -31,6 +32,7 @@ stages: {", ".join(STAGES)}
   evaluate  generate for a prompt set, FAD + CLAP report   (model=... eval=...)
   export    checkpoint -> HF model + model card + registry (checkpoint=... registry.name=...)
   registry  list | show | promote | download               (registry.name=... registry.alias=...)
+  import    audiocraft fine-tune -> HF model [+ registry]  (source=... base=... registry.name=...)
   serve     HTTP inference service                         (model=models:/name@alias serve.port=...)
   run       prepare -> train -> evaluate -> export, what `python train.py` does
 """

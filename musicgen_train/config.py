@@ -23,6 +23,8 @@ DEFAULT_RECIPE = "demo"
 # Short keys for what people type most: `musicgen-train serve host=0.0.0.0 port=8000`.
 SHORTHANDS = {"host": "serve.host", "port": "serve.port"}
 # Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
+# Top-level keys of `musicgen-train import` (configs/config.yaml): null or a path / model source.
+PATH_KEYS = ("source", "base", "output")
 STAGE_PACKAGES = ("model", "data", "training", "evaluation", "registry", "serve")
 
 
@@ -131,6 +133,8 @@ def _one_line(err: Exception) -> str:
 
 
 def validate_config(cfg: DictConfig) -> None:
+    for key in PATH_KEYS:
+        check_path(cfg, key)
     for package in STAGE_PACKAGES:
         name = f"musicgen_train.{package}.config"
         if importlib.util.find_spec(name) is not None:
@@ -138,6 +142,13 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 # --- small checks the stage validators share -------------------------------------------------
+
+
+def check_path(cfg: DictConfig, key: str) -> None:
+    """``key`` is null or names something: a path, a hub id, a model source."""
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be null or a path or name")
 
 
 def check_choice(cfg: DictConfig, key: str, allowed: Sequence) -> None:

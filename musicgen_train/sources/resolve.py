@@ -1,7 +1,8 @@
 """Any model source -> a folder or hub id that ``from_pretrained`` accepts, then loaded.
 
 ``source`` may be ``tiny`` (built locally), a hub id such as ``facebook/musicgen-small``, a local
-folder saved with ``save_pretrained``, a Lightning ``.ckpt`` or DeepSpeed checkpoint folder, or a
+folder saved with ``save_pretrained``, a Lightning ``.ckpt`` or DeepSpeed checkpoint folder, an
+audiocraft fine-tune (a folder holding ``state_dict.bin``, or a ``checkpoint.th``), or a
 registry URI (``models:/name@alias``, ``models:/name/3``). This module is the only place that
 knows all of them; a new kind of source is a new branch of ``resolve_model_source``.
 """
@@ -18,6 +19,7 @@ from musicgen_train.model.codec import load_codec as _load_codec
 from musicgen_train.model.codec import load_without_codec as _load_without_codec
 from musicgen_train.model.loader import LoadedModel, ModelNotFoundError, load_pretrained
 from musicgen_train.model.tiny import ensure_tiny_model
+from musicgen_train.sources.audiocraft import audiocraft_to_pretrained, is_audiocraft_source
 from musicgen_train.sources.checkpoint import (
     CheckpointModel,
     checkpoint_to_pretrained,
@@ -41,6 +43,10 @@ def resolve_model_source(
     path = Path(source).expanduser()
     if path.suffix == ".ckpt" or (path.is_dir() and _is_lightning_checkpoint_dir(path)):
         return str(checkpoint_to_pretrained(path, load_base))
+    if path.exists() and is_audiocraft_source(path):  # over the hub MusicGen of its shape
+        options = {"tiny_seed": tiny_seed, "registry_uri": registry_uri}
+        load = lambda base: load_musicgen(base, **options)  # noqa: E731
+        return str(audiocraft_to_pretrained(path, load, salt=f"tiny_seed={tiny_seed}"))
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(
