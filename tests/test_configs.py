@@ -77,7 +77,7 @@ def test_training_defaults_follow_audiocraft():
         (["callbacks.checkpoint.mode=up"], "callbacks.checkpoint.mode='up'"),
         (["callbacks.samples.every_n_steps=-2"], "callbacks.samples.every_n_steps=-2"),
         (
-            ["callbacks.samples.every_n_steps=5", "callbacks.samples.prompts=[]"],
+            ["callbacks.samples.every_n_steps=5", "callbacks.samples.prompts=[1,2]"],
             "callbacks.samples.prompts",
         ),
         (["ckpt_path=3"], "ckpt_path=3"),
