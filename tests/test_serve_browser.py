@@ -38,8 +38,11 @@ pytestmark = [
 
 @pytest.fixture
 def server_url(tmp_path, tiny_model_dir, tiny_loaded):
+    yield from _serve(create_app(make_settings(tmp_path, tiny_model_dir), served(tiny_loaded)))
+
+
+def _serve(app):
     port = free_port()
-    app = create_app(make_settings(tmp_path, tiny_model_dir), served(tiny_loaded))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -216,3 +219,47 @@ def test_docs_render_with_no_network(server_url):
             assert elsewhere == [] and failed == []
         finally:
             browser.close()
+
+
+def test_web_page_with_an_api_key_lists_models_generates_and_downloads(
+    tmp_path, tiny_model_dir, tiny_loaded
+):
+    """A keyed service: the page sends the key; the download saves the audio it fetched with
+    the key (a plain link could not send it)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the browser extra")
+    keys = tmp_path / "keys.txt"
+    keys.write_text("page-key\n")
+    settings = make_settings(tmp_path, tiny_model_dir, auth={"keys_file": str(keys)})
+    url = next(served_app := _serve(create_app(settings, served(tiny_loaded))))
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = _browser(playwright)
+            try:
+                page = browser.new_page()
+                page.goto(url + "/")
+                assert page.locator("#model option").count() == 0  # 401 without the key
+                page.fill("#key", "page-key")
+                page.locator("#key").dispatch_event("change")
+                page.wait_for_function("document.querySelector('#model').options.length > 0")
+                page.fill("#prompt", "keyed pads")
+                page.locator("#duration").fill("0.5")
+                page.click("#generate")
+                page.wait_for_function(
+                    "document.querySelector('#status').textContent.startsWith('succeeded')",
+                    timeout=120_000,
+                )
+                link = page.locator("#download")
+                audio_url = link.get_attribute("href")
+                assert audio_url.startswith("/v1/generations/") and audio_url.endswith("/audio")
+                assert page.request.get(url + audio_url).status == 401  # a link alone: refused
+                with page.expect_download() as download:
+                    link.click()
+                saved = Path(download.value.path()).read_bytes()
+                fetched = page.request.get(url + audio_url, headers={"X-API-Key": "page-key"})
+                assert fetched.status == 200 and saved == fetched.body()
+                info = sf.info(download.value.path())
+                assert info.format == "WAV" and info.frames == int(0.5 * 32000)
+            finally:
+                browser.close()
+    finally:
+        next(served_app, None)

@@ -168,7 +168,12 @@ def _add_routes(app: FastAPI) -> None:
         """Queue a generation; poll its status link, then fetch the audio (or stream it)."""
         job = _submit(svc, body, stream=False)
         response.headers["Location"] = f"/v1/generations/{job.id}"
-        return describe(job, svc.estimates.of(job))
+        queue = None
+        try:  # the job is queued: a failed estimate must not turn that into an error (a retry)
+            queue = svc.estimates.of(job)
+        except Exception:
+            log.exception("estimating the queue position of job %s failed", job.id)
+        return describe(job, queue)
 
     @app.post(
         "/v1/generations/stream",
