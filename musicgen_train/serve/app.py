@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
@@ -37,6 +38,7 @@ from musicgen_train.serve.storage import CONTENT_TYPES
 log = logging.getLogger(__name__)
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
+DOCS_ASSETS = "/static/docs"  # Swagger UI's and ReDoc's files
 EVENTS_POLL_SECONDS = 0.25
 STORED_CHUNK_SECONDS = 0.5
 
@@ -82,11 +84,16 @@ def create_app(
         yield
         await asyncio.to_thread(svc.stop)
 
-    app = FastAPI(
+    # /docs (Swagger UI) loads its JavaScript and CSS from this server (the copies
+    # fastapi-offline ships, under DOCS_ASSETS), not from a CDN: it works offline. No /redoc:
+    # ReDoc fetches its logo from its vendor's CDN on every load.
+    app = FastAPIOffline(
         title="musicgen-train inference service",
         version="1",
         description="Text-to-music generation jobs, streaming audio, health and metrics.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        redoc_url=None,
     )
     app.state.service = svc
     if settings.cors.allow_origins:
@@ -161,7 +168,12 @@ def _add_routes(app: FastAPI) -> None:
         """Queue a generation; poll its status link, then fetch the audio (or stream it)."""
         job = _submit(svc, body, stream=False)
         response.headers["Location"] = f"/v1/generations/{job.id}"
-        return describe(job)
+        queue = None
+        try:  # the job is queued: a failed estimate must not turn that into an error (a retry)
+            queue = svc.estimates.of(job)
+        except Exception:
+            log.exception("estimating the queue position of job %s failed", job.id)
+        return describe(job, queue)
 
     @app.post(
         "/v1/generations/stream",
@@ -183,11 +195,12 @@ def _add_routes(app: FastAPI) -> None:
     async def get_generation(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
-        """Status, progress, timings, parameters and, for a failed job, the reason."""
+        """Status, progress, timings, parameters and, for a failed job, the reason; while it
+        is queued, its queue position and an estimated start (from measured throughput)."""
         job = await svc.read(svc.store.get, str(job_id))
         if job is None:
             raise HTTPException(404, f"no generation with id {job_id}")
-        return describe(job)
+        return describe(job, await svc.read(svc.estimates.of, job))
 
     @app.get(
         "/v1/generations/{job_id}/audio",

@@ -22,9 +22,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import make_url
@@ -85,6 +87,21 @@ class Job:
         values = dict(row._mapping)
         values["params"] = json.loads(values["params"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Work:
+    """Audio a job still has to generate: its model and seconds of audio left."""
+
+    model: str
+    audio_seconds: float
+
+    @classmethod
+    def of(cls, row) -> Work:
+        values = row._mapping
+        duration = float(json.loads(values["params"]).get("duration", 0.0))
+        done = float(values.get("progress") or 0.0)
+        return cls(values["model"], duration * (1.0 - min(max(done, 0.0), 1.0)))
 
 
 def new_job_id() -> str:
@@ -160,15 +177,51 @@ class JobStore:
             return int(conn.execute(query).scalar_one())
 
     def queued(self, limit: int = 64) -> list[Job]:
-        """The oldest queued jobs first."""
+        """The oldest queued jobs first (the id breaks ties): the order workers claim in."""
         query = (
             select(jobs_table)
             .where(jobs_table.c.status == QUEUED)
-            .order_by(jobs_table.c.created_at)
+            .order_by(jobs_table.c.created_at, jobs_table.c.id)
             .limit(limit)
         )
         with self.engine.connect() as conn:
             return [Job.from_row(row) for row in conn.execute(query)]
+
+    # --- what is ahead of a queued job, and how fast it goes -----------------------------------
+
+    def ahead_of(self, job: Job) -> list[Work]:
+        """The queued jobs a worker claims before ``job`` (same order as ``queued``)."""
+        c = jobs_table.c
+        earlier = or_(
+            c.created_at < job.created_at, and_(c.created_at == job.created_at, c.id < job.id)
+        )
+        query = select(c.model, c.params).where(c.status == QUEUED, earlier)
+        with self.engine.connect() as conn:
+            return [Work.of(row) for row in conn.execute(query)]
+
+    def running(self) -> list[Work]:
+        """The running jobs, with the part of their audio still to generate."""
+        c = jobs_table.c
+        query = select(c.model, c.params, c.progress).where(c.status == RUNNING)
+        with self.engine.connect() as conn:
+            return [Work.of(row) for row in conn.execute(query)]
+
+    def recent_runs(self, model: str, limit: int) -> list[tuple[float, float, float]]:
+        """(started_at, finished_at, audio_seconds) of the model's last ``limit`` successes."""
+        c = jobs_table.c
+        query = (
+            select(c.started_at, c.finished_at, c.audio_seconds)
+            .where(
+                c.status == SUCCEEDED,
+                c.model == model,
+                c.started_at.is_not(None),
+                c.audio_seconds.is_not(None),
+            )
+            .order_by(c.finished_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
 
     # --- state changes: each is one conditional UPDATE -----------------------------------------
 

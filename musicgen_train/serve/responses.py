@@ -37,7 +37,8 @@ def require_audio(job: Job) -> None:
         raise HTTPException(410, f"the audio of generation {job.id} has expired (retention)")
 
 
-def describe(job: Job) -> dict:
+def describe(job: Job, queue: dict | None = None) -> dict:
+    """A job's status body; ``queue`` is ``QueueEstimator.of(job)`` for a queued job."""
     base = f"/v1/generations/{job.id}"
     timings = Timings(
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at
@@ -59,6 +60,7 @@ def describe(job: Job) -> dict:
         "audio_seconds": job.audio_seconds,
         "audio_expired": job.audio_expired,
         "timings": timings,
+        "queue": queue,
         "links": Links(
             self=base,
             audio=f"{base}/audio",
@@ -113,6 +115,19 @@ async def wait_finished(svc: Service, job_id: str) -> Job:
         await asyncio.sleep(EVENTS_POLL_SECONDS)
 
 
+def _event_queue(svc: Service, job: Job) -> dict | None:
+    """Queue facts for an event, rounded so that a waiting job's events come when they change
+    (the position, or the estimate by a second), not at every poll."""
+    queue = svc.estimates.of(job)
+    if queue is None:
+        return None
+    rounded = {"position": queue["position"]}
+    rounded["audio_ahead_seconds"] = round(queue["audio_ahead_seconds"], 1)
+    for key in ("estimated_wait_seconds", "estimated_start_at"):
+        rounded[key] = None if queue[key] is None else round(queue[key])
+    return rounded
+
+
 async def events(svc: Service, job_id: str):
     last = None
     while True:
@@ -123,6 +138,8 @@ async def events(svc: Service, job_id: str):
             "progress": round(job.progress, 4),
             "error": job.error,
         }
+        if job.status == states.QUEUED:
+            event["queue"] = await asyncio.to_thread(_event_queue, svc, job)
         if event != last:
             yield f"event: {'progress' if job.status == states.RUNNING else 'status'}\n"
             yield f"data: {json.dumps(event)}\n\n"

@@ -66,6 +66,27 @@ class Timings(BaseModel):
     generation_seconds: float | None = None
 
 
+class QueueInfo(BaseModel):
+    """Where a queued job stands. The wait is an estimate from measured throughput."""
+
+    position: int = Field(ge=1, description="Place among queued jobs; 1 = the next one claimed")
+    audio_ahead_seconds: float = Field(
+        ge=0,
+        description="Seconds of audio to generate first: the queued jobs ahead and the rest "
+        "of the running ones",
+    )
+    estimated_wait_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="An estimate: the audio ahead divided by each model's recent throughput "
+        "(seconds of audio per second of generating); null while a model ahead has not "
+        "finished a job yet",
+    )
+    estimated_start_at: float | None = Field(
+        default=None, description="Unix time: now plus estimated_wait_seconds; null if unknown"
+    )
+
+
 class GenerationStatus(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -79,6 +100,9 @@ class GenerationStatus(BaseModel):
     audio_seconds: float | None = None
     audio_expired: bool = False
     timings: Timings
+    queue: QueueInfo | None = Field(
+        default=None, description="Queue position and estimated start; only while queued"
+    )
     links: Links
 
 

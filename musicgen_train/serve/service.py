@@ -17,6 +17,7 @@ from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
 from musicgen_train.serve.auth import Guard
 from musicgen_train.serve.batch import reason
+from musicgen_train.serve.estimates import QueueEstimator
 from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
 from musicgen_train.serve.jobs import JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
@@ -36,6 +37,7 @@ class Service:
         self.settings = settings
         self.engines = engines
         self.store = JobStore(settings.database_url)
+        self.estimates = QueueEstimator(self.store)
         self.audio = AudioStore(settings.storage)
         self.metrics = ServiceMetrics(queue_depth=lambda: self.store.count(states.QUEUED))
         self.guard = Guard(settings)
