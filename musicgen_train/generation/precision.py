@@ -1,0 +1,58 @@
+"""``generation.precision``: the number format the decoder runs in (the codec always stays fp32).
+
+- ``fp32``: the loaded weights as they are (bit-exact with transformers' ``generate``).
+- ``bf16`` / ``fp16``: a copy of the decoder cast to that dtype.
+- ``int8``: a copy of the decoder whose Linear layers hold int8 weights and quantise their
+  activations on the fly (torch's dynamic quantisation, fp32 accumulation); CPU only.
+- ``auto``: int8 on CPU, bf16 on CUDA where the GPU supports it, else fp16.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from musicgen_train.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> a concrete precision for ``device``; checks the value and the combination."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"generation.precision={precision!r} is not allowed: choose one of {list(PRECISIONS)}"
+        )
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "int8" if device.type == "cpu" else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError(
+            "generation.precision=int8 runs on CPU only (dynamic int8 kernels); "
+            "use bf16 or fp16 on a GPU"
+        )
+    return precision
+
+
+def prepare_decoder(decoder: nn.Module, precision: str) -> nn.Module:
+    """The decoder (``MusicgenForCausalLM``) to run at ``precision``: the module itself when it
+    already is in that format, else a converted copy (the loaded model is never changed, since
+    training or another engine may share it)."""
+    if precision == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        quantized = copy.deepcopy(decoder).float()
+        with warnings.catch_warnings():  # torch announces torchao as the successor
+            warnings.simplefilter("ignore")
+            quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        return quantized.eval()
+    dtype = DTYPES[precision]
+    if next(decoder.parameters()).dtype == dtype:
+        return decoder
+    return copy.deepcopy(decoder).to(dtype).eval()
