@@ -116,10 +116,12 @@ class Row:
 class DecodeLoop:
     """The running batch: ``add_row`` to join, ``step`` to advance every row by one token."""
 
-    def __init__(self, model, processor, decoder=None):
+    def __init__(self, model, processor, decoder=None, cache_dtype: torch.dtype | None = None):
         """``model``: a ``MusicgenForConditionalGeneration`` (its text encoder, projection and
         config); ``decoder``: the ``MusicgenForCausalLM`` to run (by default ``model.decoder``;
-        a cast or quantised copy for other precisions)."""
+        a cast or quantised copy for other precisions); ``cache_dtype``: the K/V caches' dtype
+        (default: the decoder's; attention reads the whole cache every step, so a narrower
+        cache reads less memory)."""
         self.model = model
         self.processor = processor
         self.causal_lm = decoder if decoder is not None else model.decoder
@@ -141,6 +143,7 @@ class DecodeLoop:
         self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(
             "eager" if self.eager else "sdpa", eager_attention_forward
         )
+        self.cache_dtype = cache_dtype or self.dtype
         self.rows: list[Row] = []
         self._ids = itertools.count()
         self._k: list[torch.Tensor] = []  # per layer [S, H, capacity, D]
@@ -241,7 +244,7 @@ class DecodeLoop:
             shape = (1, states.shape[1], self.num_heads, self.head_dim)
             k = attn.k_proj(states).view(shape).transpose(1, 2)
             v = attn.v_proj(states).view(shape).transpose(1, 2)
-            out.append((k, v))
+            out.append((k.to(self.cache_dtype), v.to(self.cache_dtype)))
         return out
 
     # --- the batch layout ---------------------------------------------------------------------
@@ -259,8 +262,8 @@ class DecodeLoop:
         shape = (len(slots), self.num_heads, capacity, self.head_dim)
         new_k, new_v = [], []
         for layer in range(len(self.decoder.layers)):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            k = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
             if keep_new and used:
                 src = torch.tensor(keep_old, device=self.device)
                 dst = torch.tensor(keep_new, device=self.device)
@@ -294,8 +297,8 @@ class DecodeLoop:
         visible = visible[:, None, None, :]
         if not self.eager:
             return visible
-        zero = torch.zeros((), dtype=self.dtype, device=visible.device)
-        return torch.where(visible, zero, torch.finfo(self.dtype).min)
+        zero = torch.zeros((), dtype=self.cache_dtype, device=visible.device)
+        return torch.where(visible, zero, torch.finfo(self.cache_dtype).min)
 
     # --- stepping -----------------------------------------------------------------------------
 
@@ -408,28 +411,28 @@ class DecodeLoop:
                 cache_v[slot_index, :, index] = v[:, :, 0]
             out, _ = self.attention(
                 attn,
-                q,
+                q.to(self.cache_dtype),
                 cache_k[:, :, :length],
                 cache_v[:, :, :length],
                 self_mask,
                 dropout=0.0,
                 scaling=attn.scaling,
             )
-            hidden = hidden + attn.out_proj(out.reshape(slots, 1, -1))
+            hidden = hidden + attn.out_proj(out.reshape(slots, 1, -1).to(hidden.dtype))
             # cross-attention, conditional rows only (the null rows' output is exactly zero)
             attn = layer.encoder_attn
             x = layer.encoder_attn_layer_norm(hidden[:cond])
             q = attn.q_proj(x).view(cond, 1, self.num_heads, self.head_dim).transpose(1, 2)
             out, _ = self.attention(
                 attn,
-                q,
+                q.to(self.cache_dtype),
                 self._cross_k[layer_index],
                 self._cross_v[layer_index],
                 self._cross_mask,
                 dropout=0.0,
                 scaling=attn.scaling,
             )
-            attended = hidden[:cond] + attn.out_proj(out.reshape(cond, 1, -1))
+            attended = hidden[:cond] + attn.out_proj(out.reshape(cond, 1, -1).to(hidden.dtype))
             hidden = torch.cat([attended, hidden[cond:]]) if cond < slots else attended
             # feed-forward
             x = layer.final_layer_norm(hidden)

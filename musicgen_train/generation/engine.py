@@ -22,7 +22,7 @@ from musicgen_train.generation.decode import (
     SamplingParams,
     frames_for,
 )
-from musicgen_train.generation.precision import prepare_decoder, resolve_precision
+from musicgen_train.generation.precision import cache_dtype, prepare_decoder, resolve_precision
 from musicgen_train.generation.threads import configure_threads
 from musicgen_train.model.loader import LoadedModel
 
@@ -89,6 +89,7 @@ class GenerationEngine:
         self.precision = resolve_precision(precision or env_precision(), self.device)
         self.threads = configure_threads(threads if threads is not None else env_threads())
         self.decoder = prepare_decoder(self.model.decoder, self.precision)
+        self.cache_dtype = cache_dtype(self.precision, self.device)
         self.cuda_graphs = env_cuda_graphs() if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs:
             from musicgen_train.generation.cuda import check_cuda_graphs
@@ -123,8 +124,8 @@ class GenerationEngine:
         if self.cuda_graphs:
             from musicgen_train.generation.cuda import GraphedDecodeLoop
 
-            return GraphedDecodeLoop(self.model, self.processor, self.decoder)
-        return DecodeLoop(self.model, self.processor, self.decoder)
+            return GraphedDecodeLoop(self.model, self.processor, self.decoder, self.cache_dtype)
+        return DecodeLoop(self.model, self.processor, self.decoder, self.cache_dtype)
 
     def sampling(self, params: GenerationParams) -> SamplingParams:
         if params.duration <= 0:

@@ -4,7 +4,8 @@ Both decoders see the same tokens (teacher forcing: the fp32 run samples, the ot
 fp32 sampled), so every step compares two next-token distributions for the same context. Each
 row of the other run samples with the same seed as fp32, so ``sampled_agreement`` is how often
 the same random draw picks the same token; ``argmax_agreement`` is how often the most likely
-token is the same.
+token is the same. The other run is set up as ``GenerationEngine`` sets it up (int8 on a CPU
+with native bf16 keeps its K/V cache in bf16).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from musicgen_train.generation.decode import DecodeLoop, SamplingParams
-from musicgen_train.generation.precision import prepare_decoder
+from musicgen_train.generation.precision import cache_dtype, prepare_decoder
 
 
 @torch.inference_mode()
@@ -30,7 +31,12 @@ def compare_precision(
     """Run ``prompts`` for ``steps`` at fp32 and at ``precision`` in lockstep; the mean KL(fp32 ||
     other) of the guided next-token distributions (nats per codebook token) and agreements."""
     reference = DecodeLoop(model, processor, prepare_decoder(model.decoder, "fp32"))
-    other = DecodeLoop(model, processor, prepare_decoder(model.decoder, precision))
+    other = DecodeLoop(
+        model,
+        processor,
+        prepare_decoder(model.decoder, precision),
+        cache_dtype(precision, model.device),
+    )
     params = SamplingParams(max_new_tokens=steps, guidance_scale=guidance_scale, top_k=top_k)
     pairs = [
         (reference.add_row(p, params, seed=seed + i), other.add_row(p, params, seed=seed + i))
