@@ -96,6 +96,7 @@ class HFStep:
     """What ``generate`` runs per step, with L steps already in a DynamicCache."""
 
     def __init__(self, model, processor, batch: int, length: int):
+        device = model.device
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
         from transformers.generation.logits_process import (
             ClassifierFreeGuidanceLogitsProcessor,
@@ -106,7 +107,7 @@ class HFStep:
 
         self.model = model
         cfg = model.config.decoder
-        inputs = processor(text=[PROMPT] * batch, padding=True, return_tensors="pt")
+        inputs = processor(text=[PROMPT] * batch, padding=True, return_tensors="pt").to(device)
         with torch.inference_mode():
             states = model.text_encoder(**inputs).last_hidden_state
         states = torch.cat([states, torch.zeros_like(states)])
@@ -125,12 +126,12 @@ class HFStep:
         self.cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
         for layer in range(cfg.num_hidden_layers):
             if length:
-                kv = torch.randn(seqs, heads, length, dim, dtype=dtype)
+                kv = torch.randn(seqs, heads, length, dim, dtype=dtype, device=device)
                 self.cache.self_attention_cache.update(kv, kv.clone(), layer)
-            cross = torch.randn(seqs, heads, states.shape[1], dim, dtype=dtype)
+            cross = torch.randn(seqs, heads, states.shape[1], dim, dtype=dtype, device=device)
             self.cache.cross_attention_cache.update(cross, cross.clone(), layer)
             self.cache.is_updated[layer] = True
-        self.ids = torch.full((seqs * cfg.num_codebooks, 1), 5, dtype=torch.long)
+        self.ids = torch.full((seqs * cfg.num_codebooks, 1), 5, dtype=torch.long, device=device)
         self.input_ids = self.ids[: batch * cfg.num_codebooks]
         self.processors = LogitsProcessorList(
             [ClassifierFreeGuidanceLogitsProcessor(GUIDANCE), TopKLogitsWarper(TOP_K)]
@@ -156,7 +157,11 @@ class HFStep:
 
 class EngineStep:
     def __init__(self, model, processor, decoder, batch: int, length: int, precision: str):
-        self.loop = DecodeLoop(model, processor, decoder, cache_dtype(precision, "cpu"))
+        loop_class = DecodeLoop
+        if precision.endswith("graphs"):
+            from musicgen_train.generation.cuda import GraphedDecodeLoop as loop_class
+        precision = precision.split("+")[0]
+        self.loop = loop_class(model, processor, decoder, cache_dtype(precision, model.device))
         params = SamplingParams(max_new_tokens=CLIP_STEPS, guidance_scale=GUIDANCE, top_k=TOP_K)
         for i in range(batch):
             self.loop.add_row(PROMPT, params, seed=i)
@@ -172,12 +177,19 @@ class EngineStep:
 # --- timing ---------------------------------------------------------------------------------------
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_steps(step, repeats: int) -> tuple[float, float]:
     """Seconds per step: (CPU, wall), after one warm-up step."""
     step()
+    _sync()
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         step()
+    _sync()
     return (time.process_time() - cpu) / repeats, (time.perf_counter() - wall) / repeats
 
 
@@ -196,6 +208,11 @@ def main() -> None:
     parser.add_argument("--batches", default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quality", action="store_true", help="int8 KL / agreement too")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda: wall clock only; variants e.g. hf-fp32,hf-bf16,engine-bf16,engine-bf16+graphs",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,4,8")).split(",")]
@@ -210,10 +227,12 @@ def main() -> None:
         torch=torch.__version__,
     )
     model, processor = build_model()
+    model.to(args.device)
+    gpu = args.device.startswith("cuda")
     decoders = {}
     for name in args.variants.split(","):
         family, precision = name.split("-")
-        decoders[name] = prepare_decoder(model.decoder, precision)
+        decoders[name] = prepare_decoder(model.decoder, precision.split("+")[0])
     fp32_decoder = model.decoder
     results: dict[tuple[str, int], dict] = {}
     for batch in batches:
@@ -228,7 +247,9 @@ def main() -> None:
                 torch.set_num_threads(1)
                 cpu, wall_1 = time_steps(step, repeats)
                 wall = float("nan")
-                if batch == 1:  # all threads: slow to measure on a busy host, batch 1 only
+                if gpu:
+                    cpu, wall = float("nan"), wall_1
+                elif batch == 1:  # all threads: slow to measure on a busy host, batch 1 only
                     torch.set_num_threads(threads)
                     _, wall = time_steps(step, 1)
                 cpu_costs.append(cpu)
@@ -255,6 +276,7 @@ def main() -> None:
                 "cpu_ms_per_step": round(mean_cpu * 1e3, 1),
                 "wall_ms_per_step": round(mean_wall * 1e3, 1),
                 "steps_per_cpu_second": round(batch / mean_cpu, 3),
+                "steps_per_wall_second": round(batch / mean_wall, 3),
                 "clip_30s_decode_wall_s": round(mean_wall * CLIP_STEPS, 1),
             }
             results[(name, batch)] = row
@@ -266,7 +288,7 @@ def main() -> None:
         start = time.perf_counter()
         loop.add_row(PROMPT, SamplingParams(max_new_tokens=CLIP_STEPS, guidance_scale=GUIDANCE))
         prefill = time.perf_counter() - start
-        codes = torch.randint(0, 2048, (1, 1, 4, CLIP_STEPS - 3))
+        codes = torch.randint(0, 2048, (1, 1, 4, CLIP_STEPS - 3), device=model.device)
         start = time.perf_counter()
         model.audio_encoder.decode(codes, audio_scales=[None])
         codec = time.perf_counter() - start

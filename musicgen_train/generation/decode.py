@@ -196,7 +196,8 @@ class DecodeLoop:
                 "(the model's position table)"
             )
         if generator is None:
-            generator = torch.Generator(device="cpu")
+            # On the model's device, as generate draws: the same seed, the same stream.
+            generator = torch.Generator(device=self.device)
             if seed is None:
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             generator.manual_seed(int(seed))
