@@ -232,7 +232,9 @@ def main() -> None:
     decoders = {}
     for name in args.variants.split(","):
         family, precision = name.split("-")
-        decoders[name] = prepare_decoder(model.decoder, precision.split("+")[0])
+        # transformers' forward needs the unfused modules
+        fuse = family == "engine"
+        decoders[name] = prepare_decoder(model.decoder, precision.split("+")[0], fuse=fuse)
     fp32_decoder = model.decoder
     results: dict[tuple[str, int], dict] = {}
     for batch in batches:

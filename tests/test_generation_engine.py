@@ -196,13 +196,40 @@ def test_int8_quantises_decoder_linears_only_and_leaves_the_model(tiny_loaded):
     quantized = [m for m in decoder.modules() if isinstance(m, DynamicLinear)]
     linears = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)]
     # 2 layers x (4 self + 4 cross attention projections + 2 feed-forward) + 4 LM heads
-    assert len(quantized) == len(linears) == 2 * 10 + 4
+    assert len(linears) == 2 * 10 + 4
+    # fused: 2 layers x (QKV + out + 4 cross + 2 feed-forward) + one LM head matrix
+    assert len(quantized) == 2 * 8 + 1
     assert all(type(m) is nn.Linear for m in linears)  # the loaded model is untouched
+    unfused = prepare_decoder(model.decoder, "int8", fuse=False)
+    assert len([m for m in unfused.modules() if isinstance(m, DynamicLinear)]) == 24
     engine = GenerationEngine(tiny_loaded, precision="int8")
     assert engine.decoder is not model.decoder
     assert next(model.audio_encoder.parameters()).dtype == torch.float32
     audio = engine.generate([PROMPT], GenerationParams(duration=0.3, seed=1))
     assert audio.shape == (1, 1, 9600) and np.isfinite(audio).all()
+
+
+def test_fused_projections_compute_what_the_separate_ones_do(tiny_loaded):
+    import copy
+
+    from musicgen_train.generation.precision import fuse_projections
+
+    model = tiny_loaded.model
+    fused = copy.deepcopy(model.decoder)
+    fuse_projections(fused)
+    assert not hasattr(fused, "lm_heads") and hasattr(fused, "fused_heads")
+    seen = {}
+    tokens = []
+    for name, decoder in (("plain", model.decoder), ("fused", fused)):
+        loop = DecodeLoop(model, tiny_loaded.processor, decoder)
+        loop.observer = lambda row, scores, name=name: seen.setdefault(name, []).append(scores)
+        row = loop.add_row(PROMPT, SamplingParams(max_new_tokens=10), seed=1)
+        while loop.rows:
+            loop.step()
+        tokens.append(row.tokens)
+    for a, b in zip(seen["plain"], seen["fused"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(tokens[0], tokens[1])
 
 
 def test_bf16_copy_and_fp32_shares_the_loaded_decoder(tiny_loaded):

@@ -400,9 +400,13 @@ class DecodeLoop:
             # self-attention over the static cache
             attn = layer.self_attn
             x = layer.self_attn_layer_norm(hidden)
-            q = attn.q_proj(x).view(shape).transpose(1, 2)
-            k = attn.k_proj(x).view(shape).transpose(1, 2)
-            v = attn.v_proj(x).view(shape).transpose(1, 2)
+            if hasattr(attn, "qkv_proj"):  # a fused copy (precision.fuse_projections)
+                q, k, v = attn.qkv_proj(x).chunk(3, dim=-1)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q = q.reshape(shape).transpose(1, 2)
+            k = k.reshape(shape).transpose(1, 2)
+            v = v.reshape(shape).transpose(1, 2)
             cache_k, cache_v = self._k[layer_index], self._v[layer_index]
             if index is None:
                 cache_k[:, :, position] = k[:, :, 0]
@@ -439,6 +443,9 @@ class DecodeLoop:
             x = layer.final_layer_norm(hidden)
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
         hidden = decoder.layer_norm(hidden)
+        if hasattr(self.causal_lm, "fused_heads"):
+            logits = self.causal_lm.fused_heads(hidden[:, -1])  # [S, K * V]
+            return logits.view(slots, self.num_codebooks, -1).float()
         logits = torch.stack([head(hidden) for head in self.causal_lm.lm_heads], dim=1)
         return logits[:, :, -1].float()  # [S, K, V]
 

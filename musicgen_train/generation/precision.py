@@ -63,19 +63,54 @@ def cache_dtype(precision: str, device: torch.device | str) -> torch.dtype | Non
     return None
 
 
-def prepare_decoder(decoder: nn.Module, precision: str) -> nn.Module:
+def prepare_decoder(decoder: nn.Module, precision: str, *, fuse: bool = True) -> nn.Module:
     """The decoder (``MusicgenForCausalLM``) to run at ``precision``: the module itself when it
     already is in that format, else a converted copy (the loaded model is never changed, since
-    training or another engine may share it)."""
+    training or another engine may share it).
+
+    A copy is ours, so with ``fuse`` its self-attention Q/K/V projections become one Linear
+    (``qkv_proj``) and its LM heads one (``fused_heads``): fewer, larger matmuls per step (and
+    one activation quantisation instead of three at int8). The fused copy then serves
+    ``DecodeLoop`` only, not transformers' ``forward``."""
     if precision == "int8":
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = copy.deepcopy(decoder).float()
+        copied = copy.deepcopy(decoder).float()
+        if fuse:
+            fuse_projections(copied)
         with warnings.catch_warnings():  # torch announces torchao as the successor
             warnings.simplefilter("ignore")
-            quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        return quantized.eval()
+            quantize_dynamic(copied, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        return copied.eval()
     dtype = DTYPES[precision]
     if next(decoder.parameters()).dtype == dtype:
         return decoder
-    return copy.deepcopy(decoder).to(dtype).eval()
+    copied = copy.deepcopy(decoder).to(dtype).eval()
+    if fuse:
+        fuse_projections(copied)
+    return copied
+
+
+@torch.no_grad()
+def fuse_projections(causal_lm: nn.Module) -> None:
+    """In place: ``qkv_proj`` for each self-attention and ``fused_heads`` for the LM heads, built
+    from the same weights (concatenated); the separate modules are removed."""
+    for layer in causal_lm.model.decoder.layers:
+        attn = layer.self_attn
+        parts = [attn.q_proj, attn.k_proj, attn.v_proj]
+        weight = torch.cat([p.weight for p in parts])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=parts[0].bias is not None)
+        fused = fused.to(device=weight.device, dtype=weight.dtype)
+        fused.weight.copy_(weight)
+        if parts[0].bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        attn.qkv_proj = fused
+        del attn.q_proj, attn.k_proj, attn.v_proj
+    heads = causal_lm.lm_heads
+    weight = torch.cat([head.weight for head in heads])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    fused = fused.to(device=weight.device, dtype=weight.dtype)
+    fused.weight.copy_(weight)
+    causal_lm.fused_heads = fused
+    causal_lm.num_heads_fused = len(heads)
+    del causal_lm.lm_heads
