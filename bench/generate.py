@@ -201,6 +201,40 @@ def integrate(lengths: list[int], costs: list[float]) -> float:
     return total / (lengths[-1] - lengths[0])
 
 
+def batch_independence(model, processor, threads: int, steps: int = 24) -> None:
+    """How often a row's token differs between running in a batch of 4 and running alone."""
+    torch.set_num_threads(threads)
+    prompts = [PROMPT, "lofi beat", "orchestral film score with strings", "techno"]
+    params = SamplingParams(max_new_tokens=steps, guidance_scale=GUIDANCE, top_k=TOP_K)
+    for precision in ("fp32", "int8"):
+        decoder = prepare_decoder(model.decoder, precision)
+        dtype = cache_dtype(precision, model.device)
+
+        def run(batch, decoder=decoder, dtype=dtype):
+            loop = DecodeLoop(model, processor, decoder, dtype)
+            rows = [loop.add_row(prompts[i], params, seed=100 + i) for i in batch]
+            while loop.rows:
+                loop.step()
+            return [row.delayed_ids() for row in rows]
+
+        together = run(range(len(prompts)))
+        alone = [run([i])[0] for i in range(len(prompts))]
+        differing = sum(int((a != b).sum()) for a, b in zip(together, alone, strict=True))
+        first = [
+            int((a != b).any(0).nonzero()[0]) if (a != b).any() else None
+            for a, b in zip(together, alone, strict=True)
+        ]
+        emit(
+            kind="batch_independence",
+            precision=precision,
+            batch=len(prompts),
+            steps=steps,
+            tokens=sum(a.numel() for a in alone),
+            differing=differing,
+            first_differing_step=first,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -208,6 +242,11 @@ def main() -> None:
     parser.add_argument("--batches", default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quality", action="store_true", help="int8 KL / agreement too")
+    parser.add_argument(
+        "--independence",
+        action="store_true",
+        help="only: tokens of rows batched together vs each alone (fp32 and int8)",
+    )
     parser.add_argument(
         "--device",
         default="cpu",
@@ -228,6 +267,9 @@ def main() -> None:
     )
     model, processor = build_model()
     model.to(args.device)
+    if args.independence:
+        batch_independence(model, processor, threads)
+        return
     gpu = args.device.startswith("cuda")
     decoders = {}
     for name in args.variants.split(","):

@@ -232,6 +232,26 @@ def test_fused_projections_compute_what_the_separate_ones_do(tiny_loaded):
     assert torch.equal(tokens[0], tokens[1])
 
 
+def test_lora_model_generates_like_transformers_and_merges_into_int8_copies(tiny_model_dir):
+    """The training samples callback generates with LoRA adapters still attached."""
+    from musicgen_train.model import load_musicgen
+    from musicgen_train.model.lora import apply_lora
+
+    loaded = load_musicgen(str(tiny_model_dir))
+    apply_lora(loaded.model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, param in loaded.model.decoder.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # adapters that change the output
+    loaded.model.eval()
+    params = GenerationParams(duration=0.3, seed=6)
+    ours = GenerationEngine(loaded, precision="fp32").generate([PROMPT], params)
+    np.testing.assert_array_equal(ours, _transformers_audio(loaded, PROMPT, params)[..., :9600])
+    int8 = GenerationEngine(loaded, precision="int8")
+    assert not hasattr(int8.decoder, "peft_config")
+    assert np.isfinite(int8.generate([PROMPT], params)).all()
+
+
 def test_bf16_copy_and_fp32_shares_the_loaded_decoder(tiny_loaded):
     assert prepare_decoder(tiny_loaded.model.decoder, "fp32") is tiny_loaded.model.decoder
     engine = GenerationEngine(tiny_loaded, precision="bf16")

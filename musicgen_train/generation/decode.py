@@ -124,7 +124,10 @@ class DecodeLoop:
         cache reads less memory)."""
         self.model = model
         self.processor = processor
-        self.causal_lm = decoder if decoder is not None else model.decoder
+        causal_lm = decoder if decoder is not None else model.decoder
+        if hasattr(causal_lm, "get_base_model"):  # LoRA while training: the peft-wrapped layers
+            causal_lm = causal_lm.get_base_model()
+        self.causal_lm = causal_lm
         self.decoder = self.causal_lm.model.decoder  # MusicgenDecoder
         config = model.config.decoder
         self.config = config

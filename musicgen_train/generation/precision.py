@@ -75,7 +75,7 @@ def prepare_decoder(decoder: nn.Module, precision: str, *, fuse: bool = True) ->
     if precision == "int8":
         from torch.ao.quantization import quantize_dynamic
 
-        copied = copy.deepcopy(decoder).float()
+        copied = _plain_copy(decoder).float()
         if fuse:
             fuse_projections(copied)
         with warnings.catch_warnings():  # torch announces torchao as the successor
@@ -85,9 +85,17 @@ def prepare_decoder(decoder: nn.Module, precision: str, *, fuse: bool = True) ->
     dtype = DTYPES[precision]
     if next(decoder.parameters()).dtype == dtype:
         return decoder
-    copied = copy.deepcopy(decoder).to(dtype).eval()
+    copied = _plain_copy(decoder).to(dtype).eval()
     if fuse:
         fuse_projections(copied)
+    return copied
+
+
+def _plain_copy(decoder: nn.Module) -> nn.Module:
+    """A copy of the decoder; LoRA adapters (a peft model) merged into the copy's weights."""
+    copied = copy.deepcopy(decoder)
+    if hasattr(copied, "merge_and_unload"):
+        copied = copied.merge_and_unload()
     return copied
 
 
