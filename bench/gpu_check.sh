@@ -17,6 +17,9 @@ print(json.dumps({"check": "cuda", "ok": ok, "device": torch.cuda.get_device_nam
                   "bf16": ok and torch.cuda.is_bf16_supported(), "torch": torch.__version__}))
 raise SystemExit(0 if ok else 1)
 PY
+# the demo recipe's token cache, once (CPU, seconds)
+timeout 300 python -m musicgen_train.cli prepare > "$MUSICGEN_TRAIN_HOME/prepare.log" 2>&1 \
+  || { echo '{"check": "prepare", "ok": false}'; tail -5 "$MUSICGEN_TRAIN_HOME/prepare.log"; status=1; }
 for strategy in auto deepspeed_stage_2; do
   start=$(date +%s.%N)
   if timeout 300 python -m musicgen_train.cli train model=tiny logger=csv strategy=$strategy \
