@@ -22,6 +22,7 @@ STAGES = {
     "import": "musicgen_train.registry.import_audiocraft:run",
     "serve": "musicgen_train.serve.main:run",
     "run": "musicgen_train.pipeline:run",
+    "generate": "musicgen_train.generate:run",
 }
 
 USAGE = f"""usage: musicgen-train STAGE [ACTION] [key=value ...]
@@ -35,6 +36,7 @@ stages: {", ".join(STAGES)}
   import    audiocraft fine-tune -> HF model [+ registry]  (source=... base=... registry.name=...)
   serve     HTTP inference service                         (model=models:/name@alias serve.port=...)
   run       prepare -> train -> evaluate -> export, what `python train.py` does
+  generate  text -> wav with the generation engine        (model=... prompt="..." duration=12)
 """
 
 
@@ -47,6 +49,9 @@ def run_stage(stage: str, args: Sequence[str]):
     actions = [a for a in args if "=" not in a]
     overrides = [a for a in args if "=" in a]
     cfg = load_config(overrides)
+    from musicgen_train.generation.config import export_defaults
+
+    export_defaults(cfg)  # generation.precision/threads reach every stage that generates
     module_name, function_name = STAGES[stage].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     return function(cfg, *actions)

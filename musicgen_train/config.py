@@ -21,11 +21,17 @@ from musicgen_train.errors import ConfigError
 
 DEFAULT_RECIPE = "demo"
 # Short keys for what people type most: `musicgen-train serve host=0.0.0.0 port=8000`.
-SHORTHANDS = {"host": "serve.host", "port": "serve.port"}
+SHORTHANDS = {
+    "host": "serve.host",
+    "port": "serve.port",
+    "prompt": "generation.prompt",
+    "prompts": "generation.prompts",
+    "duration": "generation.duration",
+}
 # Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
 # Top-level keys of `musicgen-train import` (configs/config.yaml): null or a path / model source.
 PATH_KEYS = ("source", "base", "output")
-STAGE_PACKAGES = ("model", "data", "training", "evaluation", "registry", "serve")
+STAGE_PACKAGES = ("model", "generation", "data", "training", "evaluation", "registry", "serve")
 
 
 def run_name(recipe: str, data_name: str) -> str:

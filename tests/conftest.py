@@ -50,3 +50,16 @@ def work_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("MUSICGEN_TRAIN_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _generation_defaults_per_test():
+    """The CLI exports generation.* as MUSICGEN_GENERATION_* for the engines it builds; a stage
+    run in one test must not choose the precision of another test's engine."""
+    names = [n for n in os.environ if n.startswith("MUSICGEN_GENERATION_")]
+    saved = {n: os.environ[n] for n in names}
+    yield
+    for name in [n for n in os.environ if n.startswith("MUSICGEN_GENERATION_")]:
+        if name not in saved:
+            del os.environ[name]
+    os.environ.update(saved)

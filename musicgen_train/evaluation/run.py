@@ -219,16 +219,16 @@ def generate_clips(
 ) -> list[list[Clip]]:
     """Write each prompt's generations as wav files; ``clips[i]`` are those of prompt ``i``.
 
-    Batch ``b`` of sample round ``s`` uses seed ``seed + 1000 * s + b``: every model sees the same
-    seeds, so two models are compared on equal terms.
+    Prompt ``i`` of sample round ``s`` uses seed ``seed + 1000 * s + i`` whatever the batch size:
+    every model sees the same seeds, so two models are compared on equal terms.
     """
     engine = GenerationEngine(loaded)
     prompts = prompt_set.prompts
     clips: list[list[Clip]] = [[] for _ in prompts]
     for sample in range(samples_per_prompt):
-        for number, start in enumerate(range(0, len(prompts), batch_size)):
+        for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
-            seed = None if params.seed is None else params.seed + 1000 * sample + number
+            seed = None if params.seed is None else params.seed + 1000 * sample + start
             audio = engine.generate([p.text for p in batch], _with_seed(params, seed))
             for offset, (prompt, wave) in enumerate(zip(batch, audio, strict=True)):
                 name = _file_name(prompt.id, sample, samples_per_prompt)

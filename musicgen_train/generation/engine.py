@@ -1,14 +1,29 @@
-"""Text -> audio with transformers' ``generate``: tokenise, sample codes, decode with EnCodec."""
+"""Text -> audio: tokenise, sample codes with the decode loop, decode them with EnCodec.
+
+``GenerationEngine`` is what every stage uses (evaluate, the training samples callback, the
+notebooks, the pyfunc model, the service). It runs ``decode.DecodeLoop`` over the loaded model's
+own modules at ``generation.precision`` with ``generation.threads`` CPU threads; at fp32 a seeded
+row gives the same audio as transformers' ``generate`` with ``torch.manual_seed(seed)``.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from musicgen_train.generation.null_condition import null_condition
+from musicgen_train.generation.config import env_cuda_graphs, env_precision, env_threads
+from musicgen_train.generation.decode import (
+    DecodeLoop,
+    GenerationInputError,
+    Row,
+    SamplingParams,
+    frames_for,
+)
+from musicgen_train.generation.precision import cache_dtype, prepare_decoder, resolve_precision
+from musicgen_train.generation.threads import configure_threads
 from musicgen_train.model.loader import LoadedModel
 
 
@@ -22,12 +37,12 @@ class GenerationParams:
     seed: int | None = None
 
     def generate_kwargs(self, frame_rate: float, num_codebooks: int) -> dict:
+        """The same request as arguments of transformers' ``generate``."""
         # The delay pattern costs num_codebooks - 1 steps before the last codebook catches up.
         # Round up: round() would give 12 frames (0.24 s) for 0.25 s at 50 frames/s.
-        frames = max(1, math.ceil(self.duration * frame_rate - 1e-9))
         kwargs = {
             "do_sample": True,
-            "max_new_tokens": frames + num_codebooks - 1,
+            "max_new_tokens": frames_for(self.duration, frame_rate) + num_codebooks - 1,
             "guidance_scale": self.guidance_scale if self.guidance_scale > 1.0 else None,
             "temperature": self.temperature,
             "top_k": self.top_k,
@@ -36,16 +51,50 @@ class GenerationParams:
             kwargs["top_p"] = self.top_p
         return kwargs
 
+    def sampling(self, frame_rate: float, num_codebooks: int) -> SamplingParams:
+        kwargs = self.generate_kwargs(frame_rate, num_codebooks)
+        return SamplingParams(
+            max_new_tokens=kwargs["max_new_tokens"],
+            guidance_scale=kwargs["guidance_scale"],
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=kwargs.get("top_p"),
+        )
+
     def batch_key(self) -> tuple:
         """Jobs whose keys are equal can share one ``generate`` call."""
         return tuple(v for k, v in asdict(self).items() if k != "seed")
 
 
 class GenerationEngine:
-    def __init__(self, loaded: LoadedModel):
+    """The model at one precision, ready to generate.
+
+    ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8`` (see ``precision.py``);
+    ``threads``: torch's CPU threads (None: at most the CPUs this process may use);
+    ``cuda_graphs``: the decoder step through ``torch.compile(mode="reduce-overhead")`` (CUDA
+    only; see ``cuda.py``). Each None means: as the config said (``generation.*``, exported
+    by the CLI), else fp32 / torch's threads capped / off."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        precision: str | None = None,
+        threads: int | None = None,
+        cuda_graphs: bool | None = None,
+    ):
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
+        self.precision = resolve_precision(precision or env_precision(), self.device)
+        self.threads = configure_threads(threads if threads is not None else env_threads())
+        self.decoder = prepare_decoder(self.model.decoder, self.precision)
+        self.cache_dtype = cache_dtype(self.precision, self.device)
+        self.cuda_graphs = env_cuda_graphs() if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs:
+            from musicgen_train.generation.cuda import check_cuda_graphs
+
+            check_cuda_graphs(self.device)
 
     @property
     def sample_rate(self) -> int:
@@ -55,25 +104,114 @@ class GenerationEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _generate_kwargs(self, params: GenerationParams) -> dict:
-        num_codebooks = self.model.config.decoder.num_codebooks
-        return params.generate_kwargs(self.loaded.frame_rate, num_codebooks)
+    @property
+    def num_codebooks(self) -> int:
+        return int(self.model.config.decoder.num_codebooks)
 
-    def _inputs(self, prompts: list[str]) -> dict:
-        inputs = self.processor(text=list(prompts), padding=True, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in inputs.items()}
+    @property
+    def max_duration(self) -> float:
+        """The longest clip the model's position table allows, in seconds."""
+        steps = int(self.model.config.decoder.max_position_embeddings) - 1
+        return (steps - self.num_codebooks + 1) / self.loaded.frame_rate
+
+    def _generate_kwargs(self, params: GenerationParams) -> dict:
+        """The request as transformers' ``generate`` arguments (streamers size themselves by
+        its ``max_new_tokens``)."""
+        return params.generate_kwargs(self.loaded.frame_rate, self.num_codebooks)
+
+    def new_loop(self) -> DecodeLoop:
+        """An empty running batch over this engine's decoder (for continuous batching)."""
+        if self.cuda_graphs:
+            from musicgen_train.generation.cuda import GraphedDecodeLoop
+
+            return GraphedDecodeLoop(self.model, self.processor, self.decoder, self.cache_dtype)
+        return DecodeLoop(self.model, self.processor, self.decoder, self.cache_dtype)
+
+    def sampling(self, params: GenerationParams) -> SamplingParams:
+        if params.duration <= 0:
+            raise GenerationInputError(f"duration={params.duration} must be more than 0 seconds")
+        if params.duration > self.max_duration + 1e-9:
+            raise GenerationInputError(
+                f"duration={params.duration} is beyond this model's limit of "
+                f"{self.max_duration:.2f} s"
+            )
+        return params.sampling(self.loaded.frame_rate, self.num_codebooks)
+
+    def add(
+        self,
+        loop: DecodeLoop,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        seed: int | None = None,
+        on_step: Callable[[Row], None] | None = None,
+        should_stop: Callable[[], str | None] | None = None,
+        tag: object = None,
+    ) -> Row:
+        """Put one request into ``loop``; its seed is ``seed``, else ``params.seed``."""
+        seed = params.seed if seed is None else seed
+        return loop.add_row(
+            prompt,
+            self.sampling(params),
+            seed=seed,
+            on_step=on_step,
+            should_stop=should_stop,
+            tag=tag,
+        )
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: GenerationParams | None = None, **kw):
-        """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``."""
+    def decode(self, rows: Sequence[Row]) -> np.ndarray:
+        """Finished rows (of the same length) -> float32 audio ``[rows, channels, samples]``."""
+        stereo = self.model.config.decoder.audio_channels == 2
+        codes = torch.stack([row.codes(stereo) for row in rows])[None]  # [1, B, K, frames]
+        codes = codes.to(self.device)
+        codec = self.model.audio_encoder
+        scales = [None] * len(rows)
+        if stereo:
+            left = codec.decode(codes[:, :, ::2], audio_scales=scales).audio_values
+            right = codec.decode(codes[:, :, 1::2], audio_scales=scales).audio_values
+            audio = torch.cat([left, right], dim=1)
+        else:
+            audio = codec.decode(codes, audio_scales=scales).audio_values
+        return audio.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams | None = None,
+        *,
+        seeds: Sequence[int | None] | None = None,
+        stopping_criteria=None,
+        on_step: Callable[[Row], None] | None = None,
+    ) -> np.ndarray:
+        """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``.
+
+        Row ``i`` is seeded with ``seeds[i]``, else ``params.seed + i`` (so the first prompt of
+        a batch sounds as it does alone with ``params.seed``), else from torch's global RNG.
+        ``stopping_criteria`` (transformers' ``StoppingCriteria``) are called after every step
+        with ``input_ids`` ``[batch * codebooks, length]`` as ``generate`` would hold them; when
+        all say stop, generation ends and the audio of the frames made so far is returned."""
         params = params or GenerationParams()
-        with torch.random.fork_rng(devices=[]):
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            inputs = self._inputs(prompts)
-            # "" = the null condition, as training blanks captions (issue 15; keep when porting).
-            with null_condition(self.model, list(prompts), inputs):
-                audio = self.model.generate(**inputs, **self._generate_kwargs(params), **kw)
-        audio = audio.float().cpu().numpy()
+        if seeds is None:
+            seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
+        loop = self.new_loop()
+        rows = [
+            self.add(loop, prompt, params, seed=seed, on_step=on_step)
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]
+        while loop.rows:
+            loop.step()
+            if stopping_criteria is not None and self._should_stop(rows, stopping_criteria):
+                loop.remove(list(loop.rows))
+        audio = self.decode(rows)
         wanted = int(round(params.duration * self.sample_rate))
         return np.ascontiguousarray(audio[..., :wanted])
+
+    @staticmethod
+    def _should_stop(rows: list[Row], criteria) -> bool:
+        ids = torch.cat([row.tokens[:, : row.step + 1] for row in rows])
+        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        for criterion in criteria:
+            done = done | criterion(ids, None).cpu()
+        return bool(done.all())

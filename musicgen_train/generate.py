@@ -1,0 +1,177 @@
+"""``musicgen-train generate``: text -> wav with the generation engine.
+
+    musicgen-train generate model=facebook/musicgen-small prompt="warm lofi beat" duration=12 \
+        seed=1 output=out.wav
+    musicgen-train generate model=models:/jazz@prod prompts=prompts.txt output=clips/
+
+``prompts=`` reads one prompt a line (blank lines and ``#`` comments skipped) and writes
+``001-<slug>.wav`` ... into the folder, ``generation.batch_size`` prompts at a time. A progress
+bar shows steps/s; the last line says where the audio went and the real-time factor (seconds of
+audio per second of wall clock).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from musicgen_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class GenerateInputError(UserError):
+    """A ``generate`` request that cannot run; the message is one line."""
+
+
+def _prompts(gen: DictConfig) -> tuple[list[str], bool]:
+    """The prompts, and whether they came from a file (then the output is a folder)."""
+    prompt, prompts = gen.get("prompt"), gen.get("prompts")
+    if prompt is not None and prompts is not None:
+        raise GenerateInputError("give prompt=... or prompts=<file>, not both")
+    if prompts is not None:
+        path = Path(str(prompts)).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise GenerateInputError(
+                f"prompts={path}: cannot read it ({err.__class__.__name__})"
+            ) from err
+        lines = [line.strip() for line in text.splitlines()]
+        lines = [line for line in lines if line and not line.startswith("#")]
+        if not lines:
+            raise GenerateInputError(f"prompts={path} holds no prompt (one prompt a line)")
+        return lines, True
+    if prompt is None or not str(prompt).strip():
+        raise GenerateInputError('prompt is empty: give prompt="a description of the music"')
+    return [str(prompt).strip()], False
+
+
+def _output(value, folder: bool) -> Path:
+    """``output=`` (a top-level key, shared with ``import``), else ``generation.output``."""
+    default = "generated" if folder else "generated.wav"
+    out = Path(str(value or default)).expanduser()
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise GenerateInputError(f"output={out} is a file: prompts= writes into a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise GenerateInputError(
+                f"output={out}: cannot create the folder ({err.strerror})"
+            ) from err
+        if not os.access(out, os.W_OK):
+            raise GenerateInputError(f"output={out}: the folder is not writable")
+        return out
+    if out.suffix.lower() not in (".wav", ".flac"):
+        raise GenerateInputError(f"output={out}: give a .wav or .flac file name")
+    if out.is_dir():
+        raise GenerateInputError(f"output={out} is a folder: give a file name")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise GenerateInputError(f"output={out}: {parent} is a file, not a folder")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as err:
+            raise GenerateInputError(
+                f"output={out}: cannot create {parent} ({err.strerror})"
+            ) from err
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise GenerateInputError(f"output={out}: not writable")
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def run(cfg: DictConfig, *actions: str) -> list[Path]:
+    """Generate ``generation.prompt`` (or each line of ``generation.prompts``); returns the
+    files written."""
+    if actions:
+        raise GenerateInputError(f"generate takes no action, got {' '.join(actions)!r}")
+    from tqdm import tqdm
+
+    from musicgen_train.audio import write_audio
+    from musicgen_train.generation import GenerationEngine, GenerationParams
+    from musicgen_train.sources import load_musicgen, load_options
+
+    gen = cfg.generation
+    prompts, to_folder = _prompts(gen)
+    duration = float(gen.duration)
+    if duration <= 0:
+        raise GenerateInputError(f"duration={duration:g} must be more than 0 seconds")
+    out = _output(cfg.get("output") or gen.get("output"), to_folder)
+    seed = OmegaConf.select(cfg, "seed")
+    params = GenerationParams(duration=duration, seed=None if seed is None else int(seed))
+    source = str(cfg.model.id)
+    loaded = load_musicgen(source, **load_options(cfg))
+    engine = GenerationEngine(
+        loaded,
+        precision=str(gen.precision),
+        threads=gen.get("threads"),
+        cuda_graphs=bool(gen.get("cuda_graphs", False)),
+    )
+    if duration > engine.max_duration + 1e-9:
+        raise GenerateInputError(
+            f"duration={duration:g} is beyond this model's limit of {engine.max_duration:.2f} s"
+        )
+    log.info(
+        "generating %d clip(s) of %g s with %s (%s, %d threads)",
+        len(prompts),
+        duration,
+        source,
+        engine.precision,
+        engine.threads,
+    )
+    batch_size = int(gen.get("batch_size", 1)) if to_folder else 1
+    steps_per_clip = engine.sampling(params).max_new_tokens
+    batches = range(0, len(prompts), batch_size)
+    total = steps_per_clip * len(batches)
+    written: list[Path] = []
+    started = time.perf_counter()
+    bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+    try:
+        for start in batches:
+            batch = prompts[start : start + batch_size]
+            seeds = [
+                None if params.seed is None else params.seed + start + i for i in range(len(batch))
+            ]
+            lead: dict = {}  # the bar counts the batch's steps through its first row
+
+            def on_step(row, lead=lead):
+                if row is lead.get("row"):
+                    bar.update(1)
+
+            loop = engine.new_loop()
+            rows = [
+                engine.add(loop, prompt, params, seed=s, on_step=on_step)
+                for prompt, s in zip(batch, seeds, strict=True)
+            ]
+            lead["row"] = rows[0]
+            bar.set_postfix_str(f"clips {start + 1}-{start + len(batch)} of {len(prompts)}")
+            while loop.rows:
+                loop.step()
+            audio = engine.decode(rows)[..., : int(round(duration * engine.sample_rate))]
+            for offset, clip in enumerate(audio):
+                index = start + offset
+                path = out / f"{index + 1:03d}-{_slug(prompts[index])}.wav" if to_folder else out
+                written.append(write_audio(path, clip, engine.sample_rate))
+    finally:
+        bar.close()
+    wall = time.perf_counter() - started
+    seconds = duration * len(prompts)
+    where = out if to_folder else written[0]
+    print(
+        f"wrote {len(written)} clip(s), {seconds:g} s of audio, to {where} in {wall:.1f} s: "
+        f"real-time factor {seconds / wall:.2f} ({total / wall:.1f} steps/s, "
+        f"{engine.precision}, {engine.threads} threads)"
+    )
+    return written

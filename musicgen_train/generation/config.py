@@ -1,0 +1,78 @@
+"""Validate the ``generation`` config section, and hand it to every stage that generates.
+
+``export_defaults(cfg)`` puts ``generation.precision`` / ``threads`` / ``cuda_graphs`` into the
+environment (``MUSICGEN_GENERATION_*``), where ``GenerationEngine`` reads its defaults: the CLI
+calls it once, so evaluate, the training samples callback, the service (and its generation
+processes) and the pyfunc model all generate as the config says without passing it along.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from musicgen_train.errors import ConfigError
+from musicgen_train.generation.precision import PRECISIONS
+
+ENV_PRECISION = "MUSICGEN_GENERATION_PRECISION"
+ENV_THREADS = "MUSICGEN_GENERATION_THREADS"
+ENV_CUDA_GRAPHS = "MUSICGEN_GENERATION_CUDA_GRAPHS"
+
+
+def validate(cfg: DictConfig) -> None:
+    if "generation" not in cfg:
+        return
+    gen = cfg.generation
+    precision = OmegaConf.select(gen, "precision")
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"generation.precision={precision!r} is not allowed: choose one of {list(PRECISIONS)}"
+        )
+    threads = OmegaConf.select(gen, "threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise ConfigError(f"generation.threads={threads!r} is not allowed: null or an integer >= 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"generation.threads={threads!r} is not allowed: null or an integer >= 1")
+    if not isinstance(OmegaConf.select(gen, "cuda_graphs", default=False), bool):
+        raise ConfigError("generation.cuda_graphs must be true or false")
+    duration = OmegaConf.select(gen, "duration")
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+        raise ConfigError(f"duration={duration!r} is not allowed: a number of seconds above 0")
+    batch = OmegaConf.select(gen, "batch_size", default=1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"generation.batch_size={batch!r} is not allowed: an integer >= 1")
+    for key in ("prompt", "prompts", "output"):
+        value = OmegaConf.select(gen, key)
+        if value is not None and not isinstance(value, str | int | float):
+            raise ConfigError(f"{key}={value!r} is not allowed: give text")
+
+
+def export_defaults(cfg: DictConfig) -> None:
+    """Make the config's generation settings this process's (and its children's) defaults."""
+    if "generation" not in cfg:
+        return
+    os.environ[ENV_PRECISION] = str(cfg.generation.precision)
+    if cfg.generation.get("threads") is not None:
+        os.environ[ENV_THREADS] = str(int(cfg.generation.threads))
+    else:
+        os.environ.pop(ENV_THREADS, None)
+    os.environ[ENV_CUDA_GRAPHS] = "1" if cfg.generation.get("cuda_graphs") else "0"
+
+
+def env_precision(default: str = "fp32") -> str:
+    return os.environ.get(ENV_PRECISION) or default
+
+
+def env_threads() -> int | None:
+    value = os.environ.get(ENV_THREADS)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{ENV_THREADS}={value!r} is not an integer") from None
+
+
+def env_cuda_graphs() -> bool:
+    return os.environ.get(ENV_CUDA_GRAPHS, "0") in ("1", "true", "yes")
