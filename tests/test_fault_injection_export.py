@@ -1,0 +1,101 @@
+"""kill -9 during `musicgen-train export` at seeded random points, then the recovery the docs
+promise (docs/registry.md): the registry as it was, latest and aliases on complete versions, the
+next export cleaning what the killed one left."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from musicgen_train.config import load_config
+from musicgen_train.sources.registry_store import COMPLETE_TAG, Registry
+from musicgen_train.sources.registry_uri import parse_registry_uri
+from musicgen_train.training.train import train
+
+NAME = "killed-export"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("runs") / "full"
+    overrides = [
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.val_before_training=false",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        "callbacks.samples.every_n_steps=0",
+        f"run_dir={folder}",
+    ]
+    train(load_config(overrides))
+    return folder
+
+
+def export_command(run_dir: Path, registry_uri: str, exports: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "musicgen_train.cli",
+        "export",
+        "checkpoint=last",
+        f"run_dir={run_dir}",
+        f"registry.name={NAME}",
+        "registry.alias=production",
+        f"registry.uri={registry_uri}",
+        f"export.output={exports / NAME}",
+    ]
+
+
+def complete_versions(registry: Registry) -> list[int]:
+    if not registry._exists(NAME):
+        return []
+    versions = registry.versions(NAME)
+    return sorted(int(v.version) for v in versions if (v.tags or {}).get(COMPLETE_TAG))
+
+
+@pytest.mark.slow
+def test_kill_9_during_export_leaves_the_registry_usable(run_dir, tmp_path):
+    registry_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exports = tmp_path / "exports"
+    command = export_command(run_dir, registry_uri, exports)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One complete export first: the state every later kill must leave usable.
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    registry = Registry(registry_uri)
+    assert complete_versions(registry) == [1]
+
+    # A full export's wall time, measured here, bounds where the kills land.
+    started = time.monotonic()
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    full = time.monotonic() - started
+    rng = random.Random(14)
+    for _ in range(3):
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(rng.uniform(0.3, 0.95) * full)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        complete = complete_versions(registry)
+        # Whatever the kill interrupted: latest and the alias name complete versions.
+        latest = registry.resolve(parse_registry_uri(f"models:/{NAME}/latest"))
+        alias = registry.resolve(parse_registry_uri(f"models:/{NAME}@production"))
+        assert int(latest.version) == max(complete)
+        assert int(alias.version) in complete
+        assert (exports / NAME / "config.json").is_file()  # the previous export folder
+
+    # The next export succeeds and leaves nothing behind: no incomplete version, no staging.
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    versions = registry.versions(NAME)
+    assert all((v.tags or {}).get(COMPLETE_TAG) == "complete" for v in versions)
+    assert [p.name for p in exports.iterdir()] == [NAME]
+    newest = max(int(v.version) for v in versions)
+    alias = registry.resolve(parse_registry_uri(f"models:/{NAME}@production"))
+    assert int(alias.version) == newest
