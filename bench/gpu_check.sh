@@ -38,7 +38,7 @@ timeout 600 python bench/generate.py --device cuda --quick --batches 1,8 --repea
 timeout 300 python - <<'PY' || status=1
 import json, torch
 from musicgen_train.model.tiny import ensure_tiny_model
-from musicgen_train.model import load_musicgen
+from musicgen_train.sources import load_musicgen
 from musicgen_train.generation import GenerationEngine, GenerationParams
 loaded = load_musicgen(str(ensure_tiny_model(seed=0)), device="cuda")
 params = GenerationParams(duration=1.0, seed=3)

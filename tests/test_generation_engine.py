@@ -234,8 +234,8 @@ def test_fused_projections_compute_what_the_separate_ones_do(tiny_loaded):
 
 def test_lora_model_generates_like_transformers_and_merges_into_int8_copies(tiny_model_dir):
     """The training samples callback generates with LoRA adapters still attached."""
-    from musicgen_train.model import load_musicgen
     from musicgen_train.model.lora import apply_lora
+    from musicgen_train.sources import load_musicgen
 
     loaded = load_musicgen(str(tiny_model_dir))
     apply_lora(loaded.model, r=4, alpha=8, dropout=0.0)
