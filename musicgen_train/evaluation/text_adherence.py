@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers.modeling_outputs import BaseModelOutput
 
 from musicgen_train.generation.null_condition import zero_null_rows
-from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels
+from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels, logits_for_labels
 
 
 def derangement(texts: list[str], rng: np.random.Generator, tries: int = 32) -> list[int]:
@@ -93,14 +92,7 @@ def caption_cross_entropies(
     for name, captions in conditions.items():
         null = torch.full((len(texts),), name == "ce_null", dtype=torch.bool)
         hidden, mask = encode_captions(model, tokenizer, captions, max_tokens, null)
-        result = model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            attention_mask=mask,
-            labels=labels,
-            use_cache=False,
-        )
-        k = labels.shape[-1]
-        logits = result.logits.reshape(-1, k, *result.logits.shape[1:])
+        _, logits = logits_for_labels(model, hidden, mask, labels)
         out[name] = per_clip_cross_entropy(logits, labels).cpu()
     return out
 

@@ -65,3 +65,19 @@ def undelay_labels(labels: torch.Tensor) -> torch.Tensor:
     num_codebooks = labels.shape[-1]
     frames = labels.shape[1] - num_codebooks + 1
     return torch.stack([labels[:, k : k + frames, k] for k in range(num_codebooks)], dim=1)
+
+
+def logits_for_labels(model, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+    """MusicGen's forward on encoder states and delayed ``labels`` ``[B, T, K]``: the output
+    (its ``loss`` is the mean per-codebook cross-entropy) and the logits as ``[B, K, T, V]``.
+    Training and the text-adherence score both read the model this one way."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    out = model(
+        encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+        attention_mask=mask,
+        labels=labels,
+        use_cache=False,
+    )
+    k = labels.shape[-1]
+    return out, out.logits.reshape(-1, k, *out.logits.shape[1:])

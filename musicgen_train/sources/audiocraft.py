@@ -41,11 +41,11 @@ from musicgen_train.sources.audiocraft_names import (
     weight_norm_as,
 )
 from musicgen_train.sources.checkpoint import DEFAULT_GENERATION
-from musicgen_train.sources.checksums import ChecksumError, has_checksums, verify_checksums
 from musicgen_train.sources.model_folder import (
     atomic_folder,
     save_model_folder,
     set_generation_defaults,
+    verified_conversion,
 )
 
 log = logging.getLogger(__name__)
@@ -349,12 +349,8 @@ def audiocraft_to_pretrained(
     key = hashlib.sha256(f"{content_key(path)}:{salt}".encode()).hexdigest()[:16]
     name = path.name if path.is_dir() else path.parent.name or path.stem
     folder = cache_root() / "audiocraft" / f"{name}-{key}"
-    if has_checksums(folder):
-        try:
-            verify_checksums(folder)
-            return folder
-        except ChecksumError as err:
-            log.warning("converting %s again: %s", path, err)
+    if verified_conversion(folder, path):
+        return folder
     log.info("converting audiocraft checkpoint %s into a model folder (once)", path)
     loaded, _ = import_audiocraft(path, load_base)
     set_generation_defaults(loaded.model, generation)

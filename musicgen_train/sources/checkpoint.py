@@ -28,11 +28,11 @@ from musicgen_train.model.finetune import configure_trainable, trainable_paramet
 from musicgen_train.model.loader import LoadedModel
 from musicgen_train.model.lora import ADAPTER_DIR
 from musicgen_train.model.tiny import cache_root
-from musicgen_train.sources.checksums import ChecksumError, has_checksums, verify_checksums
 from musicgen_train.sources.model_folder import (
     atomic_folder,
     save_model_folder,
     set_generation_defaults,
+    verified_conversion,
 )
 
 log = logging.getLogger(__name__)
@@ -292,12 +292,8 @@ def checkpoint_to_pretrained(path: str | Path, load_base: LoadBase) -> Path:
         raise CheckpointError(f"checkpoint {path} does not exist")
     key = content_hash(path)[:16]
     folder = cache_root() / "checkpoints" / f"{path.stem}-{key}"
-    if has_checksums(folder):
-        try:
-            verify_checksums(folder)
-            return folder
-        except ChecksumError as err:
-            log.warning("converting %s again: %s", path, err)
+    if verified_conversion(folder, path):
+        return folder
     log.info("converting checkpoint %s into a model folder (once)", path)
     module = load_checkpoint_model(path, load_base)
     with atomic_folder(folder) as tmp:

@@ -7,6 +7,7 @@ half-written model where a complete one is expected.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -15,7 +16,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from musicgen_train.sources.checksums import verify_checksums, write_checksums
+from musicgen_train.sources.checksums import (
+    ChecksumError,
+    has_checksums,
+    verify_checksums,
+    write_checksums,
+)
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -82,6 +90,19 @@ def _replace(new: Path, dest: Path) -> None:
             old.rename(dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def verified_conversion(folder: Path, source: Path) -> Path | None:
+    """``folder`` when it holds a complete, verified earlier conversion of ``source``; a damaged
+    one is said in a line and converted again (None)."""
+    if not has_checksums(folder):
+        return None
+    try:
+        verify_checksums(folder)
+        return folder
+    except ChecksumError as err:
+        log.warning("converting %s again: %s", source, err)
+        return None
 
 
 def set_generation_defaults(model, defaults: Mapping) -> None:

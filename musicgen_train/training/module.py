@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from transformers.modeling_outputs import BaseModelOutput
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from musicgen_train.model import lora as lora_wiring
 from musicgen_train.model.codec import has_codec
-from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels
+from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels, logits_for_labels
 from musicgen_train.model.ema import EMA
 from musicgen_train.model.finetune import configure_trainable, trainable_parameters
 from musicgen_train.sources import attach_codec, load_codec, load_options, load_without_codec
@@ -120,14 +119,7 @@ class MusicgenLightningModule(pl.LightningModule):
         """Loss (what backward uses), per-codebook cross-entropy and labels of one batch."""
         labels = delayed_labels(self.model.decoder, batch["codes"], batch.get("padding_mask"))
         hidden, mask = self.encode_text(batch["texts"], drop)
-        out = self.model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            attention_mask=mask,
-            labels=labels,
-            use_cache=False,
-        )
-        num_codebooks = labels.shape[-1]
-        logits = out.logits.reshape(-1, num_codebooks, *out.logits.shape[1:])
+        out, logits = logits_for_labels(self.model, hidden, mask, labels)
         with torch.no_grad():
             per_codebook = codebook_cross_entropy(logits.detach(), labels)
         return {"loss": out.loss, "ce_per_codebook": per_codebook, "labels": labels}
