@@ -169,6 +169,27 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     return callbacks
 
 
+def remove_untracked_best(callbacks: list[Callback]) -> list[Path]:
+    """Delete ``best-*.ckpt`` files the best-checkpoint callback does not keep: a kill between
+    saving a new best and deleting the old one (or before last.ckpt recorded it) leaves one
+    that the resumed run's callback never heard of."""
+    removed = []
+    for callback in callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath:
+            continue
+        kept = {Path(p).resolve() for p in callback.best_k_models} | (
+            {Path(callback.best_model_path).resolve()} if callback.best_model_path else set()
+        )
+        prefix = BEST_FILENAME.split("{", 1)[0]
+        for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
+            if kept and path.resolve() not in kept:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d best checkpoint(s) left by an interrupted run", len(removed))
+    return removed
+
+
 def best_checkpoint(callbacks: list[Callback]) -> Path | None:
     for callback in callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.best_model_path:

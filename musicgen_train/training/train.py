@@ -21,7 +21,12 @@ from omegaconf import DictConfig
 
 from musicgen_train.errors import UserError
 from musicgen_train.sources.checkpoint import best_from_last
-from musicgen_train.training.callbacks import best_checkpoint, build_callbacks, checkpoint_dir
+from musicgen_train.training.callbacks import (
+    best_checkpoint,
+    build_callbacks,
+    checkpoint_dir,
+    remove_untracked_best,
+)
 from musicgen_train.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from musicgen_train.training.loggers import build_loggers
 from musicgen_train.training.strategy import build_strategy
@@ -127,6 +132,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics["val/ce_start"] = float(trainer.callback_metrics["val/ce"])
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt_path is not None and _is_first_process():
+        remove_untracked_best(trainer.callbacks)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     last = checkpoint_dir(run_dir) / "last.ckpt"
     return TrainResult(
