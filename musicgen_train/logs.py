@@ -71,8 +71,11 @@ def quiet_libraries() -> None:
 
 
 def is_terminal(stream=None) -> bool:
-    """Whether progress can be drawn in place on ``stream`` (stderr, where tqdm writes)."""
+    """Whether progress can be drawn in place on ``stream`` (stderr, where tqdm writes): a TTY,
+    or a Jupyter kernel's output (not a TTY, but the notebook redraws a bar in place)."""
     stream = sys.stderr if stream is None else stream
+    if type(stream).__module__.startswith("ipykernel"):
+        return True
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):  # replaced or closed streams

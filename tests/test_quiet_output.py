@@ -24,7 +24,7 @@ from musicgen_train.evaluation.callback import (
     log_evaluation,
     report_clips,
 )
-from musicgen_train.logs import DropNoise, quiet_libraries
+from musicgen_train.logs import DropNoise, is_terminal, quiet_libraries
 from musicgen_train.training.loggers import build_loggers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,3 +267,20 @@ def test_deepspeed_cpu_notice_is_dropped_and_its_other_warnings_kept():
         deepspeed.removeHandler(handler)
     assert stream.getvalue() == "ZeRO stage 3 offload is slow\n"
     assert sum(isinstance(f, DropNoise) for f in deepspeed.filters) == 1  # added once
+
+
+def test_progress_is_drawn_in_a_terminal_or_notebook_only(tmp_path):
+    from musicgen_train.training.callbacks import LineProgress, build_callbacks
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    OutStream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})
+    assert is_terminal(Tty()) and is_terminal(OutStream())
+    assert not is_terminal(io.StringIO()) and not is_terminal(None)
+    with open(tmp_path / "log", "w") as closed:
+        pass
+    assert not is_terminal(closed)  # isatty() of a closed file raises ValueError
+    bars = [c for c in build_callbacks(load_config([]), tmp_path) if "Progress" in type(c).__name__]
+    assert [type(b) for b in bars] == [LineProgress]  # pytest captures stdout: not a terminal
