@@ -90,7 +90,7 @@ def test_piped_output_has_no_library_noise(piped_run):
     steps = re.findall(r"step (\d+)/10, epoch \d+: train/ce=", out)
     assert steps == ["2", "4", "6", "8", "10"]
     assert re.search(r"model: [\d,]+ parameters, [\d,]+ trainable", out)
-    # 35 lines for the demo as it ships; here 9 more for the evaluation during training.
+    # 34 lines for the demo as it ships; here 10 more for the evaluation during training.
     assert out.count("\n") <= 45, out
 
 

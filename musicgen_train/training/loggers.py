@@ -3,7 +3,8 @@
 W&B is the default. It runs offline unless it can upload (``WANDB_API_KEY`` set, or
 ``logger.mode=online``), and then says how to upload the run later. CSV, TensorBoard and MLflow
 (a local SQLite store under the work dir unless a tracking URI is given) are the alternatives.
-Audio samples always land as wav files under ``<run_dir>/samples/step-000100/`` too.
+Audio samples always land as wav files under ``<run_dir>/samples/step-000100/`` too; evaluations
+reach the same loggers through ``evaluation.callback.log_evaluation``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def wandb_mode(lcfg: DictConfig) -> tuple[str, str]:
 
 
 def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
+    import wandb
+
     lcfg = cfg.logger
     mode, why = wandb_mode(lcfg)
     if lcfg.log_model and mode != "online":
@@ -83,8 +86,6 @@ def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
         )
     # Our own id names the offline folder (offline-run-<time>-<id>), so the hint can point at it.
     run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as W&B's own ids
-    import wandb
-
     logger = WandbLogger(
         project=lcfg.project,
         entity=lcfg.entity,
