@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -13,7 +15,9 @@ def run(cfg: DictConfig) -> dict:
     """Run every stage the recipe asks for and return where each result went."""
     from musicgen_train.training.train import is_main_process, train
 
-    trained = train(cfg)  # prepares the token cache first when it is missing or incomplete
+    dashboards = RunLoggers()
+    # train() prepares the token cache first when it is missing or incomplete
+    trained = train(cfg, callbacks=[dashboards])
     outputs: dict = {"token_cache": str(cfg.data.output), **trained.summary()}
     if not is_main_process():
         return outputs  # other DDP ranks: evaluating and registering is rank 0's job
@@ -24,10 +28,38 @@ def run(cfg: DictConfig) -> dict:
 
         evaluation = evaluate(cfg, model_source=str(final))
         outputs["eval_report"] = evaluation["report"]
+        dashboards.log_evaluation(evaluation)
     if cfg.registry.register_after_training:
         outputs.update(register_final_model(cfg, trained, evaluation))
     _print_summary(outputs)
     return outputs
+
+
+class RunLoggers(Callback):
+    """Keeps the run's loggers after training, so the final evaluation lands in the same run."""
+
+    def __init__(self):
+        self.loggers: list = []
+        self.step = 0
+
+    def on_fit_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            self.loggers, self.step = list(trainer.loggers), trainer.global_step
+
+    def log_evaluation(self, report: dict) -> None:
+        """The report's metrics (``eval/<metric>``), plots and a few clips, at the last step."""
+        from musicgen_train.evaluation.callback import (
+            evaluation_metrics,
+            log_evaluation,
+            report_clips,
+        )
+
+        if not self.loggers:
+            return
+        plots, clips = report.get("plots", []), report_clips(report)
+        log_evaluation(self.loggers, evaluation_metrics(report), plots, clips, self.step)
+        for logger in self.loggers:
+            logger.finalize("success")  # training finalized them once; flush what came since
 
 
 def register_final_model(cfg: DictConfig, trained, evaluation: dict | None) -> dict:
@@ -44,6 +76,15 @@ def register_final_model(cfg: DictConfig, trained, evaluation: dict | None) -> d
 
 
 def _print_summary(outputs: dict) -> None:
+    """Where each result went, a line each; the numbers (final losses) on one line."""
+    numbers = {k: v for k, v in outputs.items() if isinstance(v, int | float)}
     log.info("done. Everything this run wrote:")
     for key, value in outputs.items():
-        log.info("  %-16s %s", key, value)
+        if key not in numbers:
+            log.info("  %-16s %s", key, value)
+    if numbers:
+        log.info("  %s", ", ".join(f"{k}={_number(v)}" for k, v in numbers.items()))
+
+
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) or not math.isfinite(value) else f"{value:g}"

@@ -189,10 +189,10 @@ def test_lightning_lines_print_once_and_without_tips():
         info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
         level = info.level
         info.setLevel(logging.INFO)
-        info.info("GPU available: False, used: False")
+        info.info("`Trainer.fit` stopped: `max_steps=100` reached.")
         info.info("💡 Tip: For seamless cloud logging, try installing litlogger")
         info.setLevel(level)
-        assert ours.getvalue() == "GPU available: False, used: False\n"
+        assert ours.getvalue() == "`Trainer.fit` stopped: `max_steps=100` reached.\n"
         assert theirs.getvalue() == ""
     finally:
         root.removeHandler(handler)

@@ -23,11 +23,22 @@ def write_report(
 ) -> Path:
     """Write the JSON and the HTML report into ``out``; returns the HTML path."""
     out = Path(out)
+    plots = write_plots(out, report, generations, spectrograms)
+    report["plots"] = [str(p) for p in plots]  # what dashboards log as images
     (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-    plots = [_metric_bar_chart(out, report), *_spectrograms(out, generations, spectrograms)]
     path = out / "report.html"
-    path.write_text(_html(out, report, [p for p in plots if p is not None]), encoding="utf-8")
+    path.write_text(_html(out, report, plots), encoding="utf-8")
     return path
+
+
+def write_plots(
+    out: Path, report: dict, generations: dict[str, list[list[Clip]]], spectrograms: int = 4
+) -> list[Path]:
+    """The metric-per-prompt chart (when a metric has per-prompt values) and a spectrogram strip
+    per model, as PNG files in ``out``; ``report`` needs only ``models`` with their scores."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    plots = [_metric_bar_chart(Path(out), report), *_spectrograms(out, generations, spectrograms)]
+    return [p for p in plots if p is not None]
 
 
 def _jsonable(value):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
+    ModelSummary,
     OnExceptionCheckpoint,
+    ProgressBar,
     TQDMProgressBar,
 )
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
 
+from musicgen_train.logs import is_terminal
 from musicgen_train.sources.checkpoint import checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,59 @@ def _shards_weights(trainer) -> bool:
     return name == "FSDPStrategy" or zero3
 
 
+class LineProgress(ProgressBar):
+    """Progress for a log file: one line at each fifth of the run (a bar redrawn in place would
+    be hundreds of lines there). Used when stdout is not a terminal."""
+
+    def __init__(self, lines: int = 5):
+        super().__init__()
+        self.lines = lines
+        self._enabled = True
+        self._next = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, module) -> None:
+        self._next = trainer.global_step + self._every(trainer)
+
+    def _every(self, trainer) -> int:
+        total = trainer.estimated_stepping_batches
+        return max(1, math.ceil(total / self.lines)) if math.isfinite(total) else 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        every = self._every(trainer)
+        if not self._enabled or not every or trainer.global_step < self._next:
+            return
+        self._next = trainer.global_step + every
+        self._line(trainer, f"/{int(trainer.estimated_stepping_batches)}")
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self._enabled and not self._every(trainer):  # no step budget: a line per epoch
+            self._line(trainer, "")
+
+    def _line(self, trainer, of: str) -> None:
+        metrics = {k: v for k, v in trainer.progress_bar_metrics.items() if "/" in k}
+        shown = ", ".join(f"{k}={float(v):.3f}" for k, v in metrics.items())
+        log.info("step %d%s, epoch %d: %s", trainer.global_step, of, trainer.current_epoch, shown)
+
+
+class OneLineSummary(ModelSummary):
+    """The model's parameter counts in one line instead of Lightning's table."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, *a, **k):
+        log.info(
+            "model: %s parameters, %s trainable (%.1f MB)",
+            f"{total_parameters:,}",
+            f"{trainable_parameters:,}",
+            model_size,
+        )
+
+
 class LastCheckpoint(ModelCheckpoint):
     """The one writer of ``last.ckpt``: after every validation, every ``every_n_train_steps``
     optimizer steps when set (for resuming long epochs), and at ``max_steps``, so the file
@@ -146,7 +204,9 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     if ccfg.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        drawn = is_terminal(sys.stdout)  # Lightning's bar writes to stdout
+        callbacks.append(TQDMProgressBar(refresh_rate=1) if drawn else LineProgress())
+    callbacks.append(OneLineSummary())
     samples = ccfg.samples
     if samples.every_n_steps:
         callbacks.append(

@@ -3,7 +3,8 @@
 W&B is the default. It runs offline unless it can upload (``WANDB_API_KEY`` set, or
 ``logger.mode=online``), and then says how to upload the run later. CSV, TensorBoard and MLflow
 (a local SQLite store under the work dir unless a tracking URI is given) are the alternatives.
-Audio samples always land as wav files under ``<run_dir>/samples/step-000100/`` too.
+Audio samples always land as wav files under ``<run_dir>/samples/step-000100/`` too; evaluations
+reach the same loggers through ``evaluation.callback.log_evaluation``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.audio import write_audio
 from musicgen_train.errors import UserError
+from musicgen_train.evaluation.callback import log_audio_files
 from musicgen_train.training.logger_config import (  # noqa: F401 (used and re-exported)
     LOGGERS,
     WANDB_MODES,
@@ -73,6 +75,8 @@ def wandb_mode(lcfg: DictConfig) -> tuple[str, str]:
 
 
 def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
+    import wandb
+
     lcfg = cfg.logger
     mode, why = wandb_mode(lcfg)
     if lcfg.log_model and mode != "online":
@@ -96,7 +100,12 @@ def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
         notes=lcfg.notes,
         # The whole resolved config, so a dashboard run says exactly how it was made.
         config=OmegaConf.to_container(cfg, resolve=True),
+        # Offline, the one line below is all a user needs (wandb's own banner and footer repeat
+        # the sync advice); online, wandb prints the run's URL and nothing else.
+        settings=wandb.Settings(silent=True) if mode == "offline" else wandb.Settings(quiet=True),
     )
+    # Lightning passes anonymous=None, which wandb now warns about on every run; unset it.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     if mode == "offline":
         _print_rank_zero(
             f"W&B is offline ({why}): upload this run later with: "
@@ -197,17 +206,7 @@ def log_audio(
     folder = Path(run_dir) / "samples" / f"step-{step:06d}"
     paths = write_samples(folder, key, audios, sample_rate, captions)
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_audio(key, [str(p) for p in paths], step=step, caption=list(captions))
-        elif isinstance(logger, TensorBoardLogger):
-            for i, (audio, caption) in enumerate(zip(audios, captions, strict=True)):
-                # TensorBoard's audio summary is mono: average the channels.
-                mono = np.atleast_2d(np.asarray(audio, dtype=np.float32)).mean(axis=0)
-                logger.experiment.add_audio(
-                    f"{key}/{i}", np.clip(mono, -1, 1)[None], step, sample_rate=sample_rate
-                )
-                logger.experiment.add_text(f"{key}/{i}/caption", caption, step)
-        elif isinstance(logger, MLFlowLogger):
-            for path in paths:
-                logger.experiment.log_artifact(logger.run_id, str(path), f"samples/{folder.name}")
+        log_audio_files(
+            logger, key, paths, list(captions), step, f"samples/{folder.name}", audios, sample_rate
+        )
     return paths
