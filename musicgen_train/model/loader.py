@@ -14,7 +14,7 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from musicgen_train.errors import ModelNotFoundError
-from musicgen_train.model.families import Family, family_of, model_class
+from musicgen_train.model.families import Family, audio_channels, family_of, model_class
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 from musicgen_train.model.lora import merge_saved_adapter
 
@@ -36,7 +36,7 @@ class LoadedModel:
 
     @property
     def channels(self) -> int:
-        return int(getattr(self.model.config.decoder, "audio_channels", 1) or 1)
+        return audio_channels(self.model)
 
 
 def load_pretrained(
