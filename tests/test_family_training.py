@@ -241,3 +241,35 @@ def test_real_checkpoints_missing_is_one_line():
         assert "\n" not in str(err.value)
         assert load_config([f"model={name.split('/')[1]}"]).model.id == name
     assert json.dumps(load_config(["recipe=stereo"]).model.channels) == "2"
+
+
+class InterruptedEncoder:
+    """The real encoder, interrupted (as Ctrl-C) before its ``after``-th batch."""
+
+    def __init__(self, encoder, after: int):
+        self.inner, self.after, self.batches = encoder, after, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, audio):
+        if self.batches == self.after:
+            raise KeyboardInterrupt
+        self.batches += 1
+        return self.inner.encode(audio)
+
+
+def test_interrupted_melody_prepare_keeps_the_chroma(tmp_path, melody_cache):
+    from musicgen_train.data.encode import CodecEncoder
+
+    cfg, straight = melody_cache
+    source = cfg.data.source
+    resumed = config("tiny-melody", source, tmp_path / "resumed")
+    encoder = CodecEncoder.from_config(resumed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(resumed, encoder=InterruptedEncoder(encoder, after=2))
+    assert len(TokenCache(resumed.data.output).known_entries()) == 4  # 2 batches of 2
+    prepare(resumed, encoder=encoder)
+    chroma = {e["id"]: e["chroma"] for e in TokenCache(straight).manifest()}
+    again = {e["id"]: e["chroma"] for e in TokenCache(resumed.data.output).manifest()}
+    assert again == chroma and len(again) == 6
