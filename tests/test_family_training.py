@@ -273,3 +273,23 @@ def test_interrupted_melody_prepare_keeps_the_chroma(tmp_path, melody_cache):
     chroma = {e["id"]: e["chroma"] for e in TokenCache(straight).manifest()}
     again = {e["id"]: e["chroma"] for e in TokenCache(resumed.data.output).manifest()}
     assert again == chroma and len(again) == 6
+
+
+def test_melody_prepare_resumed_inside_a_file_keeps_its_chroma(tmp_path):
+    """A file whose first segments were encoded before the interruption: those keep the chroma
+    the first run computed, the rest get theirs."""
+    from musicgen_train.data.encode import CodecEncoder
+
+    for name, freq in (("a440", 440.0), ("g392", 392.0)):
+        write_stereo(tmp_path / "src" / f"{name}.wav", 3.0, freq, freq)
+    cfg = config("tiny-melody", tmp_path / "src", tmp_path / "cache")
+    encoder = CodecEncoder.from_config(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, encoder=InterruptedEncoder(encoder, after=1))
+    assert len(TokenCache(cfg.data.output).known_entries()) == 2  # a440's first two segments
+    prepare(cfg, encoder=encoder)
+    entries = TokenCache(cfg.data.output).manifest()
+    assert len(entries) == 6
+    for entry in entries:
+        pitch = {"a440": "9", "g392": "7"}[Path(entry["origin"]).stem]
+        assert entry["chroma"] == pitch * (SR // 4096 + 1)
