@@ -2,7 +2,9 @@
 
 Batches are ``{"texts", "metadata", "codes" [B, K, T], "padding_mask" [B, T], "keys"}``. Codes
 shorter than the longest of the batch are padded with the model's pad id (= codebook size) and
-masked out (``padding_mask`` is True on real frames).
+masked out (``padding_mask`` is True on real frames). A cache made for a melody model adds
+``"chroma"`` ``[B, F, 12]``: each segment's one-hot chroma (cropped with its codes), shorter ones
+padded with the null chroma (pitch class 0, what ``generate`` uses for "no melody").
 
 Exact resume: the train loader is torchdata's ``StatefulDataLoader`` and its sampler yields
 ``(index, crop_seed)`` pairs computed from ``(seed, epoch, position)`` alone. Its state is just
@@ -54,6 +56,12 @@ class TokenDataset(Dataset):
         self.crop_frames = crop_frames
         self.seed = seed
         self.reader = ShardReader(cache.root)
+        codec = (self.info or {}).get("codec", {})
+        chroma = codec.get("chroma")
+        # codec frames -> chroma frames (e.g. 50/s -> 7.8125/s)
+        self.chroma_per_frame = (
+            chroma["sampling_rate"] / chroma["hop_length"] / codec["frame_rate"] if chroma else None
+        )
 
     @property
     def pad_id(self) -> int:
@@ -66,18 +74,38 @@ class TokenDataset(Dataset):
         index, crop_seed = request if isinstance(request, tuple) else (request, None)
         entry = self.entries[index]
         codes = self.reader.codes(entry)
+        start, frames = 0, codes.shape[-1]
         if self.crop_frames and codes.shape[-1] > self.crop_frames:
             rng = np.random.default_rng(
                 crop_seed if crop_seed is not None else derive_seed(self.seed, index)
             )
             start = int(rng.integers(0, codes.shape[-1] - self.crop_frames + 1))
             codes = codes[:, start : start + self.crop_frames]
-        return {
+        item = {
             "key": entry["id"],
             "text": entry["caption"],
             "metadata": entry.get("metadata", {}),
             "codes": torch.from_numpy(codes.astype(np.int64)),
         }
+        if self.chroma_per_frame is not None:
+            item["chroma"] = self._chroma(entry, start, codes.shape[-1], frames)
+        return item
+
+    def _chroma(self, entry: dict, start: int, length: int, frames: int) -> torch.Tensor:
+        """The chroma frames that cover codec frames ``[start, start + length)``."""
+        from musicgen_train.model.chroma import chroma_from_text
+
+        if "chroma" not in entry:
+            raise UserError(
+                f"segment {entry['id']} of {self.reader.shards_dir.parent} has no chroma: the "
+                "cache was made for another model; rebuild it with data.overwrite=true"
+            )
+        chroma = chroma_from_text(entry["chroma"])
+        if length == frames:
+            return chroma
+        first = int(start * self.chroma_per_frame)
+        last = max(first + 1, int(np.ceil((start + length) * self.chroma_per_frame)))
+        return chroma[first:last]
 
 
 def collate_tokens(items: list[dict], pad_id: int) -> dict:
@@ -90,13 +118,21 @@ def collate_tokens(items: list[dict], pad_id: int) -> dict:
         length = item["codes"].shape[-1]
         codes[row, :, :length] = item["codes"]
         mask[row, :length] = True
-    return {
+    batch = {
         "texts": [item["text"] for item in items],
         "metadata": [item["metadata"] for item in items],
         "codes": codes,
         "padding_mask": mask,
         "keys": [item["key"] for item in items],
     }
+    if "chroma" in items[0]:
+        longest = max(item["chroma"].shape[0] for item in items)
+        chroma = torch.zeros(len(items), longest, items[0]["chroma"].shape[-1])
+        chroma[..., 0] = 1.0  # the null chroma where a segment is shorter
+        for row, item in enumerate(items):
+            chroma[row, : item["chroma"].shape[0]] = item["chroma"]
+        batch["chroma"] = chroma
+    return batch
 
 
 class _Collate:

@@ -1,4 +1,5 @@
-"""Turn audio into MusicGen's tokens with the model's own EnCodec.
+"""Turn audio into MusicGen's tokens with the model's own EnCodec (and, for melody models, the
+chroma each segment is conditioned on).
 
 The codes are the raw EnCodec codes ``[num_codebooks, frames]`` (no delay pattern: training
 applies it). Stereo checkpoints encode left and right separately and interleave the codebooks,
@@ -17,7 +18,7 @@ from musicgen_train.errors import UserError
 
 
 class CodecEncoder:
-    def __init__(self, model, model_id: str, channels: int = 1):
+    def __init__(self, model, model_id: str, channels: int | None = None, chroma=None):
         self.codec = model.audio_encoder.eval()
         self.model_id = str(model_id)
         self.sample_rate = int(model.config.audio_encoder.sampling_rate)
@@ -26,7 +27,9 @@ class CodecEncoder:
         self.codebook_size = int(model.config.audio_encoder.codebook_size)
         self.num_codebooks = int(model.decoder.config.num_codebooks)
         self.channels = int(model.decoder.config.audio_channels)
-        if channels != self.channels:
+        # Melody models: the chroma of each segment is stored with its codes (a ChromaExtractor).
+        self.chroma = chroma
+        if channels is not None and int(channels) != self.channels:
             kind = "stereo" if self.channels == 2 else "mono"
             raise UserError(
                 f"data.channels={channels} does not fit {model_id}, a {kind} model: "
@@ -41,14 +44,19 @@ class CodecEncoder:
 
     @classmethod
     def from_config(cls, cfg) -> CodecEncoder:
+        from musicgen_train.model.families import is_melody
         from musicgen_train.sources import load_musicgen, load_options
 
         loaded = load_musicgen(cfg.model.id, **load_options(cfg))
-        return cls(loaded.model, cfg.model.id, channels=int(cfg.data.channels))
+        channels = cfg.data.get("channels")
+        chroma = loaded.processor.chroma if is_melody(loaded.model) else None
+        return cls(loaded.model, cfg.model.id, channels=channels, chroma=chroma)
 
     def identity(self) -> dict:
         """What a cache records to refuse codes made by another codec."""
+        chroma = {"chroma": self.chroma.to_dict()} if self.chroma is not None else {}
         return {
+            **chroma,
             "model_id": self.model_id,
             "sample_rate": self.sample_rate,
             "frame_rate": self.frame_rate,
@@ -75,6 +83,15 @@ class CodecEncoder:
         else:  # interleave: codebook 2k is left's k-th, 2k+1 right's k-th
             codes = torch.stack(per_channel, dim=2).flatten(1, 2)
         return codes.to(torch.int16).numpy()
+
+    def chroma_texts(self, audio: np.ndarray) -> list[str] | None:
+        """Melody models: each segment's chroma ``[batch, channels, samples]`` -> one hex digit
+        per chroma frame (``model.chroma``); None for other models."""
+        if self.chroma is None:
+            return None
+        from musicgen_train.model.chroma import chroma_to_text
+
+        return [chroma_to_text(frames) for frames in self.chroma(audio)]
 
     def _encode_mono(self, values: torch.Tensor) -> torch.Tensor:
         out = self.codec.encode(values, bandwidth=self.bandwidth, return_dict=True)

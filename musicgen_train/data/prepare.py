@@ -251,7 +251,8 @@ def _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer
                 "settings": settings,
             }
             if segment.index in have:  # finished by an interrupted run
-                entry.update({k: v for k, v in have[segment.index].items() if k in _WHERE})
+                kept = have[segment.index].items()
+                entry.update({k: v for k, v in kept if k in (*_WHERE, "chroma")})
                 result.entries.append(entry)
             else:
                 writer.add(segment, entry, result.entries)

@@ -46,7 +46,11 @@ class SegmentWriter:
 
     def _encode(self, length: int) -> None:
         group = self.waiting.pop(length)
-        codes = self.encoder.encode(np.stack([audio for audio, _ in group]))
+        audio = np.stack([audio for audio, _ in group])
+        codes = self.encoder.encode(audio)
+        chroma = self.encoder.chroma_texts(audio)  # melody models: kept in the segment's line
+        for text, (_, entry) in zip(chroma or (), group, strict=False):
+            entry["chroma"] = text
         self.cache.write_part(self.number, codes, [entry for _, entry in group])
         self.number += 1
         self.segments += len(group)

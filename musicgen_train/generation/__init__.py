@@ -3,7 +3,11 @@
 Names load on first use, so importing the package costs nothing until a model generates.
 """
 
-_LAZY = {"GenerationEngine": "engine", "GenerationParams": "engine"}
+_LAZY = {
+    "GenerationEngine": "engine",
+    "GenerationParams": "engine",
+    "melody_conditioning": "melody",
+}
 
 __all__ = sorted(_LAZY)
 

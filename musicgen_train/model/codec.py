@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
-from transformers import AutoProcessor, MusicgenConfig, MusicgenForConditionalGeneration
+from transformers import MusicgenForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+from musicgen_train.model.families import config_class, family_of, model_class
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
-from musicgen_train.model.loader import ModelNotFoundError, missing_message
+from musicgen_train.model.loader import ModelNotFoundError, load_processor, missing_message
 
 
 class CodecNotLoaded(nn.Module):
@@ -47,7 +49,8 @@ def _quiet_from_pretrained(path: str, **kwargs) -> MusicgenForConditionalGenerat
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return MusicgenForConditionalGeneration.from_pretrained(path, **kwargs)
+        cls = model_class(family_of(path, **hub_kwargs(path)))
+        return cls.from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(level)
 
@@ -57,11 +60,12 @@ def load_without_codec(path: str, *, source: str | None = None) -> CodecFreeMode
     on disk. ``source`` is what the user wrote, for messages."""
     hub = hub_kwargs(path)
     try:
-        config = MusicgenConfig.from_pretrained(path, **hub)
+        family = family_of(path, **hub)
+        config = config_class(family).from_pretrained(path, **hub)
         model = _quiet_from_pretrained(
             path, config=config, audio_encoder=CodecNotLoaded(config.audio_encoder), **hub
         )
-        processor = AutoProcessor.from_pretrained(path, **hub)
+        processor = load_processor(path, family, **hub)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(missing_message(source or path, path, hub_offline())) from err
     return CodecFreeModel(model=model, processor=processor, path=str(path))
@@ -84,3 +88,16 @@ def attach_codec(model: MusicgenForConditionalGeneration, path: str):
         device = next(model.decoder.parameters()).device
         model.audio_encoder = load_codec(path).to(device)
     return model
+
+
+@torch.no_grad()
+def decode_codes(codec: nn.Module, codes: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """Raw codes ``[batch, K, frames]`` -> audio ``[batch, channels, samples]``.
+
+    Stereo codes are interleaved (left's codebook k at 2k, right's at 2k + 1): each channel is
+    decoded on its own, as transformers' stereo ``generate`` does (``[:, ::2]``, ``[:, 1::2]``).
+    """
+    codes = codes.long()[None]  # [chunks=1, batch, K, frames]
+    parts = [codes[:, :, c::channels] for c in range(channels)]
+    audio = [codec.decode(part, [None]).audio_values for part in parts]
+    return torch.cat(audio, dim=1)

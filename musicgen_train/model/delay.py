@@ -10,6 +10,10 @@ sees exactly the layout that ``generate`` produces:
     codebook 1:   P c0 c1 c2 c3  P  P
     codebook 2:   P  P c0 c1 c2 c3  P
     codebook 3:   P  P  P c0 c1 c2 c3      (P = pad_token_id; frames T -> T + K - 1)
+
+Stereo models (``audio_channels=2``) interleave left and right codebooks (8 = 4 per channel) and
+delay each left/right pair together: codebooks 2k and 2k + 1 run k frames late, frames
+T -> T + K/2 - 1. ``build_delay_pattern_mask`` knows this from the decoder's config.
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ from transformers import MusicgenForCausalLM
 IGNORE_INDEX = -100  # labels the cross-entropy skips
 
 
+def delay_steps(decoder: MusicgenForCausalLM) -> int:
+    """How many codebooks are delayed one after another: K, or K/2 for stereo."""
+    channels = int(getattr(decoder.config, "audio_channels", 1) or 1)
+    return int(decoder.config.num_codebooks) // channels
+
+
 def delay_codes(
     decoder: MusicgenForCausalLM, codes: torch.Tensor, pad_token_id: int
 ) -> torch.Tensor:
-    """Raw codes ``[B, K, T]`` -> delayed codes ``[B, K, T + K - 1]`` padded with ``pad_token_id``.
+    """Raw codes ``[B, K, T]`` -> delayed codes ``[B, K, T + D - 1]`` padded with ``pad_token_id``
+    (``D = delay_steps(decoder)``: K, or K/2 for stereo).
 
     ``build_delay_pattern_mask`` expects sequences that start with the decoder start token (as in
     ``generate``), so a start column is put in front and the all-pad start column it yields is
@@ -36,7 +47,7 @@ def delay_codes(
     # left: it is the delayed sequence itself. (``apply_delay_pattern_mask`` is what generate
     # uses to force these pads onto its own samples; tests check our labels against it.)
     _, pattern = decoder.build_delay_pattern_mask(
-        with_start, pad_token_id=pad_token_id, max_length=frames + num_codebooks
+        with_start, pad_token_id=pad_token_id, max_length=frames + delay_steps(decoder)
     )
     return pattern.reshape(batch, num_codebooks, -1)[..., 1:]
 
@@ -47,7 +58,8 @@ def delayed_labels(
     padding_mask: torch.Tensor | None = None,
     pad_token_id: int | None = None,
 ) -> torch.Tensor:
-    """Training labels ``[B, T + K - 1, K]`` for ``MusicgenForConditionalGeneration.forward``.
+    """Training labels ``[B, T + D - 1, K]`` (``D``: see ``delay_codes``) for the composite
+    model's ``forward`` (``MusicgenForConditionalGeneration`` or its melody class).
 
     ``codes`` are raw codes ``[B, K, T]``; ``padding_mask`` ``[B, T]`` is True on real frames.
     Delay-pattern pads and padded frames become -100 so the loss ignores them.
@@ -60,11 +72,14 @@ def delayed_labels(
     return labels.transpose(1, 2).contiguous()
 
 
-def undelay_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``delayed_labels`` for unpadded items: ``[B, T + K - 1, K]`` -> ``[B, K, T]``."""
+def undelay_labels(labels: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """Inverse of ``delayed_labels`` for unpadded items: ``[B, T + D - 1, K]`` -> ``[B, K, T]``
+    (``channels=2``: stereo, codebook k delayed by k // 2)."""
     num_codebooks = labels.shape[-1]
-    frames = labels.shape[1] - num_codebooks + 1
-    return torch.stack([labels[:, k : k + frames, k] for k in range(num_codebooks)], dim=1)
+    frames = labels.shape[1] - num_codebooks // channels + 1
+    return torch.stack(
+        [labels[:, k // channels : k // channels + frames, k] for k in range(num_codebooks)], dim=1
+    )
 
 
 def logits_for_labels(model, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):

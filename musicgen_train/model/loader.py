@@ -14,13 +14,14 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from musicgen_train.errors import ModelNotFoundError
+from musicgen_train.model.families import Family, audio_channels, family_of, model_class
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 from musicgen_train.model.lora import merge_saved_adapter
 
 
 @dataclass
 class LoadedModel:
-    model: MusicgenForConditionalGeneration
+    model: MusicgenForConditionalGeneration  # or MusicgenMelodyForConditionalGeneration
     processor: object
     source: str  # what the user asked for
     path: str  # the folder or hub id that was finally loaded
@@ -32,6 +33,10 @@ class LoadedModel:
     @property
     def frame_rate(self) -> float:
         return float(self.model.config.audio_encoder.frame_rate)
+
+    @property
+    def channels(self) -> int:
+        return audio_channels(self.model)
 
 
 def load_pretrained(
@@ -46,14 +51,24 @@ def load_pretrained(
     source = str(source or path)
     hub = hub_kwargs(path)
     try:
+        family = family_of(path, **hub)
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = MusicgenForConditionalGeneration.from_pretrained(path, **hub, **kwargs)
-        processor = AutoProcessor.from_pretrained(path, **hub)
+        model = model_class(family).from_pretrained(path, **hub, **kwargs)
+        processor = load_processor(path, family, **hub)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(missing_message(source, path, hub_offline())) from err
     model = merge_saved_adapter(model, path)  # exports with export.merge_lora=false
     model.to(device).eval()
     return LoadedModel(model=model, processor=processor, source=source, path=str(path))
+
+
+def load_processor(path: str, family: Family, **hub):
+    """transformers' processor; for melody folders ours (tokenizer + chroma, no torchaudio)."""
+    if family.melody:
+        from musicgen_train.model.chroma import MelodyProcessor
+
+        return MelodyProcessor.from_pretrained(path, **hub)
+    return AutoProcessor.from_pretrained(path, **hub)
 
 
 def missing_message(source: str, path: str, offline: bool) -> str:

@@ -119,7 +119,8 @@ def set_generation_defaults(model, defaults: Mapping) -> None:
     config.top_p = float(defaults["top_p"]) if defaults["top_p"] > 0 else 1.0
     # One start token plus the delay pattern's num_codebooks - 1 steps come on top of the frames.
     config.max_length = frames + int(model.config.decoder.num_codebooks)
-    config.decoder_start_token_id = model.config.decoder.decoder_start_token_id
+    decoder = model.config.decoder  # melody decoders start with their bos token
+    config.decoder_start_token_id = getattr(decoder, "decoder_start_token_id", decoder.bos_token_id)
     config.pad_token_id = model.config.decoder.pad_token_id
 
 

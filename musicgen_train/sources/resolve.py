@@ -1,10 +1,11 @@
 """Any model source -> a folder or hub id that ``from_pretrained`` accepts, then loaded.
 
-``source`` may be ``tiny`` (built locally), a hub id such as ``facebook/musicgen-small``, a local
-folder saved with ``save_pretrained``, a Lightning ``.ckpt`` or DeepSpeed checkpoint folder, an
-audiocraft fine-tune (a folder holding ``state_dict.bin``, or a ``checkpoint.th``), or a
-registry URI (``models:/name@alias``, ``models:/name/3``). This module is the only place that
-knows all of them; a new kind of source is a new branch of ``resolve_model_source``.
+``source`` may be ``tiny``, ``tiny-stereo`` or ``tiny-melody`` (built locally), a hub id such as
+``facebook/musicgen-small``, a local folder saved with ``save_pretrained``, a Lightning ``.ckpt``
+or DeepSpeed checkpoint folder, an audiocraft fine-tune (a folder holding ``state_dict.bin``, or
+a ``checkpoint.th``), or a registry URI (``models:/name@alias``, ``models:/name/3``). This module
+is the only place that knows all of them; a new kind of source is a new branch of
+``resolve_model_source``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from musicgen_train.model.codec import attach_codec as _attach_codec
 from musicgen_train.model.codec import load_codec as _load_codec
 from musicgen_train.model.codec import load_without_codec as _load_without_codec
 from musicgen_train.model.loader import LoadedModel, ModelNotFoundError, load_pretrained
-from musicgen_train.model.tiny import ensure_tiny_model
+from musicgen_train.model.tiny_families import TINY_NAMES, ensure_tiny_family
 from musicgen_train.sources.audiocraft import audiocraft_to_pretrained, is_audiocraft_source
 from musicgen_train.sources.checkpoint import (
     CheckpointModel,
@@ -34,8 +35,8 @@ def resolve_model_source(
 ) -> str:
     """Turn what the user wrote into something ``from_pretrained`` accepts (a folder or hub id)."""
     source = str(source)
-    if source == "tiny":
-        return str(ensure_tiny_model(seed=tiny_seed))
+    if source in TINY_NAMES:  # tiny, tiny-stereo, tiny-melody
+        return str(ensure_tiny_family(source, seed=tiny_seed))
     if source.startswith("models:/"):
         from musicgen_train.sources.registry_uri import download_registry_model  # MLflow: lazy
 

@@ -53,6 +53,8 @@ def validate(cfg: DictConfig) -> None:
 def validate_finetune(cfg: DictConfig) -> None:
     check_choice(cfg, "finetune.name", FINETUNE_MODES)
     check_range(cfg, "finetune.cfg_dropout", 0.0, 1.0)
+    if OmegaConf.select(cfg, "finetune.chroma_dropout") is not None:
+        check_range(cfg, "finetune.chroma_dropout", 0.0, 1.0)
     check_range(cfg, "finetune.max_text_tokens", 1, integer=True)
     check_choice(cfg, "finetune.gradient_checkpointing", BOOLEANS)
     decay = OmegaConf.select(cfg, "finetune.ema.decay")

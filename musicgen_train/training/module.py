@@ -4,6 +4,11 @@ One training step: captions -> frozen T5 (no grad) -> some captions blanked for 
 guidance -> codes delayed into labels -> ``MusicgenForConditionalGeneration.forward(labels=...)``,
 whose loss is the mean over codebooks of the per-codebook cross-entropy. The codec is never
 loaded for training; it is attached only to decode samples and at export.
+
+Stereo models train the same way on 8 interleaved codebooks (the delay pattern knows the pairs).
+Melody models also get each segment's chroma (``batch["chroma"]``, from the token cache) as
+``input_features``; classifier-free dropout blanks caption and chroma together (the null
+condition ``generate`` uses), and ``finetune.chroma_dropout`` drops the chroma alone.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from musicgen_train.model import lora as lora_wiring
 from musicgen_train.model.codec import has_codec
 from musicgen_train.model.delay import IGNORE_INDEX, delayed_labels, logits_for_labels
 from musicgen_train.model.ema import EMA
+from musicgen_train.model.families import is_melody
 from musicgen_train.model.finetune import configure_trainable, trainable_parameters
 from musicgen_train.sources import attach_codec, load_codec, load_options, load_without_codec
 
@@ -58,6 +64,7 @@ class MusicgenLightningModule(pl.LightningModule):
         self.model = loaded.model
         self.processor = loaded.processor
         self.model_path = loaded.path
+        self.melody = is_melody(self.model)  # conditioned on chroma too
         # The codec, loaded on first use by samples; a dict so that nn.Module does not register
         # it as a submodule (it must stay out of the state dict and the checkpoints).
         self._codec_cache: dict = {}
@@ -115,14 +122,38 @@ class MusicgenLightningModule(pl.LightningModule):
             mask = mask * keep[:, None].to(mask.dtype)
         return hidden, mask
 
-    def forward(self, batch: dict, drop: torch.Tensor | None = None) -> dict:
-        """Loss (what backward uses), per-codebook cross-entropy and labels of one batch."""
+    def forward(
+        self,
+        batch: dict,
+        drop: torch.Tensor | None = None,
+        drop_chroma: torch.Tensor | None = None,
+    ) -> dict:
+        """Loss (what backward uses), per-codebook cross-entropy and labels of one batch.
+        ``drop``: rows whose condition is blanked (caption, and chroma for melody models);
+        ``drop_chroma``: melody rows whose chroma alone is blanked."""
         labels = delayed_labels(self.model.decoder, batch["codes"], batch.get("padding_mask"))
-        hidden, mask = self.encode_text(batch["texts"], drop)
-        out, logits = logits_for_labels(self.model, hidden, mask, labels)
+        if self.melody:
+            out = self._melody_forward(batch, labels, drop, drop_chroma)
+            # Melody models return logits for their conditioning prefix too: the last frames.
+            logits = out.logits[:, -labels.shape[1] :]
+            logits = logits.reshape(-1, labels.shape[-1], *logits.shape[1:])
+        else:
+            hidden, mask = self.encode_text(batch["texts"], drop)
+            out, logits = logits_for_labels(self.model, hidden, mask, labels)
         with torch.no_grad():
             per_codebook = codebook_cross_entropy(logits.detach(), labels)
         return {"loss": out.loss, "ce_per_codebook": per_codebook, "labels": labels}
+
+    def _melody_forward(self, batch, labels, drop, drop_chroma):
+        """transformers' melody forward: T5 (frozen, eval) on the captions, the chroma projected
+        and prepended. A blanked caption has a zero attention mask (its states become zeros, as
+        in generate's null half); a blanked chroma is the null chroma (pitch class 0)."""
+        from musicgen_train.training.melody import melody_inputs, quiet_full_length_chroma_warning
+
+        quiet_full_length_chroma_warning()
+
+        inputs = melody_inputs(self, batch, drop, drop_chroma)
+        return self.model(**inputs, labels=labels, use_cache=False)
 
     def conditioning_dropout(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Which samples lose their caption (per sample, probability ``finetune.cfg_dropout``)."""
@@ -163,7 +194,12 @@ class MusicgenLightningModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch = {**batch, "texts": self.training_texts(batch, self._step_rng)}
         drop = self.conditioning_dropout(len(batch["texts"]), self._step_generator)
-        result = self(batch, drop)
+        drop_chroma = None
+        if self.melody:
+            p = float(OmegaConf.select(self.cfg, "finetune.chroma_dropout", default=0.0) or 0.0)
+            drop_chroma = torch.rand(len(batch["texts"]), generator=self._step_generator) < p
+            self.log("train/chroma_dropped", (drop | drop_chroma).float().mean(), on_step=True)
+        result = self(batch, drop, drop_chroma)
         self._log_losses("train", result, len(batch["texts"]))
         self.log("train/cfg_dropped", drop.float().mean(), on_step=True, on_epoch=False)
         return result["loss"]

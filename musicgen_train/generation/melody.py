@@ -1,0 +1,55 @@
+"""Conditioning for the melody family: a reference melody -> the chroma ``generate`` takes.
+
+The engine passes extra keywords to transformers' ``generate``, so a melody model generates
+with a reference by::
+
+    engine.generate(prompts, params, **melody_conditioning(engine.loaded, "ref.wav", len(prompts)))
+
+The chroma is computed exactly as for training segments (``model.chroma.ChromaExtractor``, the
+model folder's own settings): from the reference's first ``chunk_length`` (30) seconds, channels
+averaged; ``generate`` repeats it when shorter than the model's ``chroma_length`` and adds the
+null chroma itself for classifier-free guidance. Stereo models need nothing here: their
+``generate`` already returns ``[batch, 2, samples]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_train.errors import UserError
+
+
+def melody_conditioning(loaded, melody, batch: int, sample_rate: int | None = None) -> dict:
+    """``{"input_features": [batch, frames, 12]}`` for ``loaded`` (a melody model) from
+    ``melody``: an audio file, or float audio ``[samples]`` / ``[channels, samples]`` at
+    ``sample_rate``. One clear line for a model that takes no melody or a file that cannot be
+    read."""
+    extractor = getattr(loaded.processor, "chroma", None)
+    if extractor is None:
+        raise UserError(
+            f"melody= needs a melody model (e.g. facebook/musicgen-melody, tiny-melody): "
+            f"{loaded.source} is conditioned on text only"
+        )
+    if isinstance(melody, str | Path):
+        audio = _read(Path(melody), extractor.sampling_rate)
+    else:
+        audio = np.atleast_2d(np.asarray(melody, dtype=np.float32))
+        if sample_rate is not None and int(sample_rate) != extractor.sampling_rate:
+            from musicgen_train.audio import resample
+
+            audio = resample(audio, int(sample_rate), extractor.sampling_rate)
+    chroma = extractor(audio[None])  # [1, frames, 12]
+    device = next(loaded.model.parameters()).device
+    features = chroma.repeat(int(batch), 1, 1).to(device, dtype=loaded.model.dtype)
+    return {"input_features": features}
+
+
+def _read(path: Path, sample_rate: int) -> np.ndarray:
+    from musicgen_train.audio import load_audio
+
+    try:
+        return load_audio(path, sample_rate, channels=1)
+    except Exception as err:  # soundfile's errors name neither the file nor the argument
+        raise UserError(f"melody={path} cannot be read as audio: {err}") from err
