@@ -27,6 +27,7 @@ SHORTHANDS = {
     "prompt": "generation.prompt",
     "prompts": "generation.prompts",
     "duration": "generation.duration",
+    "melody": "generation.melody",
 }
 # Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
 # Top-level keys of `musicgen-train import` (configs/config.yaml): null or a path / model source.

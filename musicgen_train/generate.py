@@ -101,6 +101,8 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
 
     from musicgen_train.audio import write_audio
     from musicgen_train.generation import GenerationEngine, GenerationParams
+    from musicgen_train.generation.melody import melody_conditioning
+    from musicgen_train.model.families import is_melody
     from musicgen_train.sources import load_musicgen, load_options
 
     gen = cfg.generation
@@ -122,6 +124,12 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     if duration > engine.max_duration + 1e-9:
         raise GenerateInputError(
             f"duration={duration:g} is beyond this model's limit of {engine.max_duration:.2f} s"
+        )
+    conditioned = is_melody(loaded.model) or bool(gen.get("melody"))
+    if gen.get("melody") and not is_melody(loaded.model):
+        raise GenerateInputError(
+            f"melody={gen.melody}: {source} is conditioned on text only; give a melody model "
+            "(model=musicgen-melody, model=tiny-melody)"
         )
     log.info(
         "generating %d clip(s) of %g s with %s (%s, %d threads)",
@@ -150,16 +158,22 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
                 if row is lead.get("row"):
                     bar.update(1)
 
-            loop = engine.new_loop()
-            rows = [
-                engine.add(loop, prompt, params, seed=s, on_step=on_step)
-                for prompt, s in zip(batch, seeds, strict=True)
-            ]
-            lead["row"] = rows[0]
             bar.set_postfix_str(f"clips {start + 1}-{start + len(batch)} of {len(prompts)}")
-            while loop.rows:
-                loop.step()
-            audio = engine.decode(rows)[..., : int(round(duration * engine.sample_rate))]
+            if conditioned:  # a melody model: transformers' generate with the chroma
+                extra = melody_conditioning(loaded, gen.melody, len(batch)) if gen.melody else {}
+                audio = engine.generate(batch, params, seeds=seeds, **extra)
+                bar.update(steps_per_clip)
+            else:
+                loop = engine.new_loop()
+                rows = [
+                    engine.add(loop, prompt, params, seed=s, on_step=on_step)
+                    for prompt, s in zip(batch, seeds, strict=True)
+                ]
+                lead["row"] = rows[0]
+                while loop.rows:
+                    loop.step()
+                audio = engine.decode(rows)
+            audio = audio[..., : int(round(duration * engine.sample_rate))]
             for offset, clip in enumerate(audio):
                 index = start + offset
                 path = out / f"{index + 1:03d}-{_slug(prompts[index])}.wav" if to_folder else out

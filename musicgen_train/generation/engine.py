@@ -24,6 +24,7 @@ from musicgen_train.generation.decode import (
 )
 from musicgen_train.generation.precision import cache_dtype, prepare_decoder, resolve_precision
 from musicgen_train.generation.threads import configure_threads
+from musicgen_train.model.families import is_melody
 from musicgen_train.model.loader import LoadedModel
 
 
@@ -184,8 +185,14 @@ class GenerationEngine:
         seeds: Sequence[int | None] | None = None,
         stopping_criteria=None,
         on_step: Callable[[Row], None] | None = None,
+        **conditioning,
     ) -> np.ndarray:
         """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``.
+
+        ``conditioning``: more inputs of the model's own ``generate`` (a melody model's
+        ``input_features``, see ``generation.melody``). Melody models, whose condition is a
+        prefix of the decoder's input rather than cross-attention, run through transformers'
+        ``generate`` one seeded row at a time (same seeds, same audio as alone).
 
         Row ``i`` is seeded with ``seeds[i]``, else ``params.seed + i`` (so the first prompt of
         a batch sounds as it does alone with ``params.seed``), else from torch's global RNG.
@@ -195,6 +202,8 @@ class GenerationEngine:
         params = params or GenerationParams()
         if seeds is None:
             seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
+        if conditioning or is_melody(self.model):
+            return self._generate_with_transformers(prompts, params, seeds, conditioning)
         loop = self.new_loop()
         rows = [
             self.add(loop, prompt, params, seed=seed, on_step=on_step)
@@ -207,6 +216,21 @@ class GenerationEngine:
         audio = self.decode(rows)
         wanted = int(round(params.duration * self.sample_rate))
         return np.ascontiguousarray(audio[..., :wanted])
+
+    def _generate_with_transformers(self, prompts, params, seeds, conditioning) -> np.ndarray:
+        kwargs = self._generate_kwargs(params)
+        audio = []
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            inputs = self.processor(text=[prompt], padding=True, return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            row = {k: v[i : i + 1] for k, v in conditioning.items()}
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(int(seed))
+                out = self.model.generate(**inputs, **row, **kwargs)
+            audio.append(out.float().cpu().numpy())
+        wanted = int(round(params.duration * self.sample_rate))
+        return np.ascontiguousarray(np.concatenate(audio)[..., :wanted])
 
     @staticmethod
     def _should_stop(rows: list[Row], criteria) -> bool:
