@@ -28,6 +28,7 @@ SHORTHANDS = {
     "prompts": "generation.prompts",
     "duration": "generation.duration",
     "melody": "generation.melody",
+    "audio_prompt": "generation.audio_prompt",
 }
 # Each stage package may hold a ``config.py`` with ``validate(cfg)``; all run after composing.
 # Top-level keys of `musicgen-train import` (configs/config.yaml): null or a path / model source.

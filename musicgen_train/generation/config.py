@@ -18,6 +18,8 @@ from musicgen_train.generation.precision import PRECISIONS
 ENV_PRECISION = "MUSICGEN_GENERATION_PRECISION"
 ENV_THREADS = "MUSICGEN_GENERATION_THREADS"
 ENV_CUDA_GRAPHS = "MUSICGEN_GENERATION_CUDA_GRAPHS"
+ENV_WINDOW = "MUSICGEN_GENERATION_WINDOW_SECONDS"
+ENV_STRIDE = "MUSICGEN_GENERATION_EXTEND_STRIDE"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -39,10 +41,19 @@ def validate(cfg: DictConfig) -> None:
     duration = OmegaConf.select(gen, "duration")
     if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
         raise ConfigError(f"duration={duration!r} is not allowed: a number of seconds above 0")
+    window = OmegaConf.select(gen, "window_seconds", default=30.0)
+    stride = OmegaConf.select(gen, "extend_stride", default=18.0)
+    for key, value in (("window_seconds", window), ("extend_stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"generation.{key}={value!r} is not allowed: seconds above 0")
+    if stride >= window:
+        raise ConfigError(
+            f"generation.extend_stride={stride!r} must be below generation.window_seconds={window!r}"
+        )
     batch = OmegaConf.select(gen, "batch_size", default=1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"generation.batch_size={batch!r} is not allowed: an integer >= 1")
-    for key in ("prompt", "prompts", "output"):
+    for key in ("prompt", "prompts", "output", "audio_prompt"):
         value = OmegaConf.select(gen, key)
         if value is not None and not isinstance(value, str | int | float):
             raise ConfigError(f"{key}={value!r} is not allowed: give text")
@@ -58,6 +69,8 @@ def export_defaults(cfg: DictConfig) -> None:
     else:
         os.environ.pop(ENV_THREADS, None)
     os.environ[ENV_CUDA_GRAPHS] = "1" if cfg.generation.get("cuda_graphs") else "0"
+    os.environ[ENV_WINDOW] = str(float(cfg.generation.get("window_seconds", 30.0)))
+    os.environ[ENV_STRIDE] = str(float(cfg.generation.get("extend_stride", 18.0)))
 
 
 def env_precision(default: str = "fp32") -> str:
@@ -76,3 +89,21 @@ def env_threads() -> int | None:
 
 def env_cuda_graphs() -> bool:
     return os.environ.get(ENV_CUDA_GRAPHS, "0") in ("1", "true", "yes")
+
+
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number of seconds") from None
+
+
+def env_window_seconds(default: float = 30.0) -> float:
+    return _env_seconds(ENV_WINDOW, default)
+
+
+def env_extend_stride(default: float = 18.0) -> float:
+    return _env_seconds(ENV_STRIDE, default)

@@ -111,17 +111,21 @@ class DecodeLoop:
         on_step: Callable[[Row], None] | None = None,
         should_stop: Callable[[], str | None] | None = None,
         tag: object = None,
+        prefix: torch.Tensor | None = None,
     ) -> Row:
         """Prefill one request and put it into the running batch (it advances at the next
         ``step``). Without ``generator`` or ``seed`` the row's seed is drawn from torch's global
-        generator, so ``torch.manual_seed`` still makes a run repeatable."""
+        generator, so ``torch.manual_seed`` still makes a run repeatable. ``prefix``: codec codes
+        ``[K, F]`` the row continues (an audio prompt), forced as ``generate`` forces the codes
+        of ``input_values``; ``max_new_tokens`` steps are sampled after them."""
         if not isinstance(prompt, str):
             raise GenerationInputError(f"prompt must be text, not {type(prompt).__name__}")
         steps = int(params.max_new_tokens)
-        if not 1 <= steps <= self.max_new_tokens_limit():
+        forced = 0 if prefix is None else int(prefix.shape[-1])
+        if not 1 <= steps <= self.max_new_tokens_limit() - forced:
             raise GenerationInputError(
-                f"max_new_tokens={steps} is outside 1..{self.max_new_tokens_limit()} "
-                "(the model's position table)"
+                f"max_new_tokens={steps} is outside 1..{self.max_new_tokens_limit() - forced} "
+                f"(the model's position table{f' after a prompt of {forced} frames' if forced else ''})"
             )
         if generator is None:
             # On the model's device, as generate draws: the same seed, the same stream.
@@ -129,12 +133,15 @@ class DecodeLoop:
             if seed is None:
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             generator.manual_seed(int(seed))
-        tokens = torch.full((self.num_codebooks, steps + 1), self.pad_token_id, dtype=torch.long)
+        length = forced + steps + 1
+        tokens = torch.full((self.num_codebooks, length), self.pad_token_id, dtype=torch.long)
         start = torch.full((self.num_codebooks, 1), self.start_token_id, dtype=torch.long)
-        _, pattern = self.causal_lm.build_delay_pattern_mask(
-            start, pad_token_id=self.start_token_id, max_length=steps + 1
+        if prefix is not None:  # generate's decoder_input_ids: the start column, then the codes
+            start = torch.cat([start, prefix.to(torch.long).cpu()], dim=1)
+        known, pattern = self.causal_lm.build_delay_pattern_mask(
+            start, pad_token_id=self.start_token_id, max_length=length
         )
-        tokens[:, 0] = self.start_token_id
+        tokens[:, : known.shape[-1]] = known.cpu()
         row = Row(
             id=next(self._ids),
             prompt=prompt,
@@ -147,6 +154,7 @@ class DecodeLoop:
             should_stop=should_stop,
             tag=tag,
             warpers=params.warpers(),
+            forced=forced,
         )
         self.rows.append(row)
         self._layout_dirty = True
@@ -187,7 +195,7 @@ class DecodeLoop:
         null rows of those that use CFG; keep what cached rows already wrote."""
         slots = [(row.id, 0) for row in self.rows]
         slots += [(row.id, 1) for row in self.rows if row.params.cfg]
-        capacity = max(row.params.max_new_tokens for row in self.rows)
+        capacity = max(row.total_steps for row in self.rows)
         old = {slot: i for i, slot in enumerate(self._slots)}
         keep_new = [i for i, slot in enumerate(slots) if slot in old]
         keep_old = [old[slots[i]] for i in keep_new]
@@ -273,6 +281,9 @@ class DecodeLoop:
         logits = self._forward(ids.to(self.device), positions, cond)  # [S, K, V] fp32
         null_of = {i: cond + j for j, i in enumerate(cfg_index)}
         for i, row in enumerate(rows):
+            if row.step < row.forced:  # inside an audio prompt: its next ids are known
+                row.step += 1
+                continue
             scores = logits[i]
             if i in null_of:
                 uncond = logits[null_of[i]]

@@ -14,7 +14,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from musicgen_train.generation.config import env_cuda_graphs, env_precision, env_threads
+from musicgen_train.generation.config import (
+    env_cuda_graphs,
+    env_extend_stride,
+    env_precision,
+    env_threads,
+    env_window_seconds,
+)
+from musicgen_train.generation.continuation import prompt_codes
 from musicgen_train.generation.decode import (
     DecodeLoop,
     GenerationInputError,
@@ -83,6 +90,8 @@ class GenerationEngine:
         precision: str | None = None,
         threads: int | None = None,
         cuda_graphs: bool | None = None,
+        window_seconds: float | None = None,
+        extend_stride: float | None = None,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -96,6 +105,11 @@ class GenerationEngine:
             from musicgen_train.generation.cuda import check_cuda_graphs
 
             check_cuda_graphs(self.device)
+        # Long form: clips longer than the window are made window by window (long_form.py).
+        window = window_seconds if window_seconds is not None else env_window_seconds()
+        self.window_seconds = min(float(window), self.max_duration)
+        stride = extend_stride if extend_stride is not None else env_extend_stride()
+        self.extend_stride = float(stride)
 
     @property
     def sample_rate(self) -> int:
@@ -148,9 +162,14 @@ class GenerationEngine:
         on_step: Callable[[Row], None] | None = None,
         should_stop: Callable[[], str | None] | None = None,
         tag: object = None,
+        audio_prompt=None,
     ) -> Row:
-        """Put one request into ``loop``; its seed is ``seed``, else ``params.seed``."""
+        """Put one request into ``loop``; its seed is ``seed``, else ``params.seed``.
+        ``audio_prompt``: float audio ``[channels, samples]`` at ``sample_rate`` that the row
+        continues (``params.duration`` seconds are generated after it; ``decode`` gives the
+        prompt's frames, as the codec re-synthesises them, then the continuation)."""
         seed = params.seed if seed is None else seed
+        prefix = None if audio_prompt is None else self.prompt_codes(audio_prompt, params)
         return loop.add_row(
             prompt,
             self.sampling(params),
@@ -158,14 +177,39 @@ class GenerationEngine:
             on_step=on_step,
             should_stop=should_stop,
             tag=tag,
+            prefix=prefix,
         )
+
+    def prompt_codes(self, audio, params: GenerationParams | None = None) -> torch.Tensor:
+        """An audio prompt's codec codes ``[K, frames]``; with ``params``, checked to leave
+        room for ``params.duration`` more seconds in the model's positions."""
+        codes = prompt_codes(self.model, audio)
+        seconds = codes.shape[-1] / self.loaded.frame_rate
+        if params is not None and params.duration <= self.window_seconds + 1e-9:
+            if seconds + params.duration > self.max_duration + 1e-9:
+                raise GenerationInputError(
+                    f"audio_prompt ({seconds:.2f} s) + duration={params.duration:g} is beyond "
+                    f"this model's limit of {self.max_duration:.2f} s"
+                )
+        if seconds >= self.window_seconds:
+            raise GenerationInputError(
+                f"audio_prompt is {seconds:.2f} s long: it must be shorter than the model's "
+                f"window of {self.window_seconds:g} s"
+            )
+        return codes
 
     @torch.inference_mode()
     def decode(self, rows: Sequence[Row]) -> np.ndarray:
         """Finished rows (of the same length) -> float32 audio ``[rows, channels, samples]``."""
         stereo = self.model.config.decoder.audio_channels == 2
-        codes = torch.stack([row.codes(stereo) for row in rows])[None]  # [1, B, K, frames]
-        codes = codes.to(self.device)
+        return self.decode_codes(torch.stack([row.codes(stereo) for row in rows]))
+
+    @torch.inference_mode()
+    def decode_codes(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes ``[B, K, frames]`` -> float32 audio ``[B, channels, samples]`` (EnCodec)."""
+        stereo = self.model.config.decoder.audio_channels == 2
+        rows = range(codes.shape[0])
+        codes = codes[None].to(self.device)  # [1, B, K, frames]
         codec = self.model.audio_encoder
         scales = [None] * len(rows)
         if stereo:
@@ -185,6 +229,7 @@ class GenerationEngine:
         seeds: Sequence[int | None] | None = None,
         stopping_criteria=None,
         on_step: Callable[[Row], None] | None = None,
+        audio_prompt=None,
         **conditioning,
     ) -> np.ndarray:
         """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``.
@@ -198,15 +243,46 @@ class GenerationEngine:
         a batch sounds as it does alone with ``params.seed``), else from torch's global RNG.
         ``stopping_criteria`` (transformers' ``StoppingCriteria``) are called after every step
         with ``input_ids`` ``[batch * codebooks, length]`` as ``generate`` would hold them; when
-        all say stop, generation ends and the audio of the frames made so far is returned."""
+        all say stop, generation ends and the audio of the frames made so far is returned.
+
+        ``audio_prompt``: float audio ``[channels, samples]`` at ``sample_rate``, continued by
+        every row. The result then holds the prompt (its ``F = ceil(samples / hop)`` codec
+        frames, re-synthesised) followed by ``params.duration`` s of continuation, as
+        transformers' ``generate`` with ``input_values`` returns it.
+
+        ``params.duration`` beyond ``window_seconds``: long form (``long_form.py``), windows
+        advancing by ``extend_stride`` seconds, each continuing the previous one's last codes."""
         params = params or GenerationParams()
         if seeds is None:
             seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
+        if (conditioning or is_melody(self.model)) and audio_prompt is not None:
+            raise GenerationInputError("audio_prompt is not supported for melody models yet")
         if conditioning or is_melody(self.model):
             return self._generate_with_transformers(prompts, params, seeds, conditioning)
+        prefix = None if audio_prompt is None else self.prompt_codes(audio_prompt, params)
+        hop = int(round(self.sample_rate / self.loaded.frame_rate))
+        wanted = int(round(params.duration * self.sample_rate))
+        if prefix is not None:
+            wanted += prefix.shape[-1] * hop
+        if params.duration > self.window_seconds + 1e-9:
+            from musicgen_train.generation.long_form import long_form_codes
+
+            made = long_form_codes(
+                self,
+                list(prompts),
+                params,
+                list(seeds),
+                window=self.window_seconds,
+                stride=self.extend_stride,
+                prefixes=[prefix] * len(prompts),
+            )
+            audio = self.decode_codes(torch.stack(made.codes))
+            return np.ascontiguousarray(audio[..., :wanted])
         loop = self.new_loop()
         rows = [
-            self.add(loop, prompt, params, seed=seed, on_step=on_step)
+            loop.add_row(
+                prompt, self.sampling(params), seed=seed, on_step=on_step, prefix=prefix
+            )
             for prompt, seed in zip(prompts, seeds, strict=True)
         ]
         while loop.rows:
@@ -214,7 +290,6 @@ class GenerationEngine:
             if stopping_criteria is not None and self._should_stop(rows, stopping_criteria):
                 loop.remove(list(loop.rows))
         audio = self.decode(rows)
-        wanted = int(round(params.duration * self.sample_rate))
         return np.ascontiguousarray(audio[..., :wanted])
 
     def _generate_with_transformers(self, prompts, params, seeds, conditioning) -> np.ndarray:

@@ -56,7 +56,9 @@ class Row:
 
     ``tokens[:, :step + 1]`` are the ids so far (column 0 the decoder start tokens), as
     ``generate``'s ``input_ids`` hold them; ``pattern`` is the delay-pattern mask for the whole
-    length. ``on_step(row)`` runs after each of its steps; ``should_stop()`` before each step, and
+    length. With an audio prompt of F frames, ``tokens[:, :F + 1]`` start filled (the start
+    column, then the prompt's codes under the delay pattern) and the first ``forced = F`` steps
+    only run the model over them (as ``generate``'s prefill does), drawing nothing. ``on_step(row)`` runs after each of its steps; ``should_stop()`` before each step, and
     a non-None answer ends the row with that ``stop_reason``."""
 
     id: int
@@ -72,10 +74,16 @@ class Row:
     step: int = 0  # steps done
     stop_reason: str | None = None
     warpers: list = field(default_factory=list)
+    forced: int = 0  # steps whose next ids are known (an audio prompt's frames): no sampling
+
+    @property
+    def total_steps(self) -> int:
+        """Steps until the row is done: the prompt's frames, then ``max_new_tokens`` sampled."""
+        return self.forced + self.params.max_new_tokens
 
     @property
     def finished(self) -> bool:
-        return self.stop_reason is not None or self.step >= self.params.max_new_tokens
+        return self.stop_reason is not None or self.step >= self.total_steps
 
     def delayed_ids(self) -> torch.Tensor:
         """The ids so far with the delay pattern's pads forced, ``[K, step + 1]``."""

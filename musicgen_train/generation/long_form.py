@@ -1,0 +1,101 @@
+"""Clips longer than the model's window: windowed continuation on codes, as audiocraft extends.
+
+audiocraft's ``MusicGen.generate`` beyond ``max_duration`` generates a first window, then again
+and again a window whose first ``window - extend_stride`` seconds are the last seconds made so
+far (as a prompt), keeping ``extend_stride`` new seconds each time. Here each window's prompt is
+the codec codes themselves (forced under the delay pattern, ``DecodeLoop.add_row(prefix=...)``),
+never decoded and re-encoded: no codec round trip per window, and the codes on both sides of a
+seam are one sequence that EnCodec decodes in one pass at the end.
+
+Each row keeps one ``torch.Generator`` across its windows: a seed gives the whole long clip, and
+the first window is what ``duration=window`` gives with that seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from musicgen_train.generation.rows import GenerationInputError, frames_for
+
+
+@dataclass
+class LongForm:
+    """The codes of each row ``[K, frames]`` (an audio prompt's frames first, when given) and,
+    per window, each row's codes as that window made them (its forced prefix included)."""
+
+    codes: list[torch.Tensor]
+    windows: list[list[torch.Tensor]] = field(default_factory=list)
+    context_frames: int = 0
+
+
+def plan(total: int, window: int, stride: int, prompt: int = 0) -> list[tuple[int, int]]:
+    """(prefix frames, new frames) per window for ``total`` new frames after ``prompt`` frames:
+    the first window fills up to ``window`` frames, each next one keeps ``window - stride``
+    frames of context and adds at most ``stride``."""
+    if not 0 < stride < window:
+        raise GenerationInputError(
+            f"extend_stride ({stride} frames) must be above 0 and below the window ({window})"
+        )
+    if prompt >= window:
+        raise GenerationInputError(
+            f"the audio prompt ({prompt} frames) fills the whole window ({window} frames)"
+        )
+    steps = [(prompt, min(window - prompt, total))]
+    made = steps[0][1]
+    while made < total:
+        new = min(stride, total - made)
+        steps.append((window - stride, new))
+        made += new
+    return steps
+
+
+def long_form_codes(
+    engine,
+    prompts: list[str],
+    params,
+    seeds: list[int | None],
+    *,
+    window: float,
+    stride: float,
+    prefixes: list[torch.Tensor | None] | None = None,
+) -> LongForm:
+    """Generate ``params.duration`` seconds per prompt in windows of ``window`` seconds that
+    advance by ``stride`` seconds; ``prefixes``: per row, audio-prompt codes ``[K, F]``."""
+    rate = engine.loaded.frame_rate
+    window_frames, stride_frames = frames_for(window, rate), frames_for(stride, rate)
+    if window > engine.max_duration + 1e-9:
+        raise GenerationInputError(
+            f"window_seconds={window:g} is beyond this model's limit of {engine.max_duration:.2f} s"
+        )
+    prefixes = prefixes or [None] * len(prompts)
+    prompt_frames = {0 if p is None else int(p.shape[-1]) for p in prefixes}
+    if len(prompt_frames) != 1:
+        raise GenerationInputError("rows of one long-form batch need prompts of one length")
+    steps = plan(frames_for(params.duration, rate), window_frames, stride_frames, *prompt_frames)
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator(device=engine.device)
+        generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
+        generators.append(generator)
+    codes = [p.clone() if p is not None else None for p in prefixes]
+    result = LongForm(codes=[], context_frames=window_frames - stride_frames)
+    for context, new in steps:
+        sampling = engine.sampling(replace(params, duration=new / rate))
+        loop = engine.new_loop()
+        rows = []
+        for prompt, generator, made in zip(prompts, generators, codes, strict=True):
+            prefix = None if made is None or context == 0 else made[:, -context:]
+            rows.append(loop.add_row(prompt, sampling, generator=generator, prefix=prefix))
+        while loop.rows:
+            loop.step()
+        stereo = engine.model.config.decoder.audio_channels == 2
+        window_codes = [row.codes(stereo) for row in rows]
+        result.windows.append(window_codes)
+        codes = [
+            w if made is None else torch.cat([made, w[:, context:]], dim=1)
+            for made, w in zip(codes, window_codes, strict=True)
+        ]
+    result.codes = codes
+    return result
