@@ -88,8 +88,58 @@ def _output(value, folder: bool) -> Path:
     return out
 
 
+def clip_seconds(path: Path, rate: int) -> float:
+    import soundfile as sf
+
+    return sf.info(str(path)).frames / rate
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def _steps_per_clip(engine, params, prompt_audio, long_form: bool) -> int:
+    """Decoder steps per clip: the prompt's frames (prefill) and each window's steps."""
+    from musicgen_train.generation.long_form import plan
+    from musicgen_train.generation.rows import frames_for
+
+    rate, k = engine.loaded.frame_rate, engine.num_codebooks
+    prompt = 0 if prompt_audio is None else -(-prompt_audio.shape[-1] * rate // engine.sample_rate)
+    if not long_form:
+        return int(prompt) + engine.sampling(params).max_new_tokens
+    windows = plan(
+        frames_for(params.duration, rate),
+        frames_for(engine.window_seconds, rate),
+        frames_for(engine.extend_stride, rate),
+        int(prompt),
+    )
+    return sum(context + new + k - 1 for context, new in windows)
+
+
+def _audio_prompt(value, engine):
+    """``audio_prompt=`` read, converted to the model's channels and rate; checked to fit."""
+    if value is None or not str(value).strip():
+        return None
+    from musicgen_train.audio import load_audio
+
+    path = Path(str(value)).expanduser()
+    channels = int(engine.model.config.decoder.audio_channels)
+    if not path.is_file():
+        raise GenerateInputError(f"audio_prompt={path}: no such file")
+    try:
+        audio = load_audio(path, engine.sample_rate, channels)
+    except Exception as err:  # soundfile raises LibsndfileError, OSError, RuntimeError ...
+        reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        raise GenerateInputError(f"audio_prompt={path}: cannot read it ({reason})") from err
+    seconds = audio.shape[-1] / engine.sample_rate
+    if audio.shape[-1] == 0:
+        raise GenerateInputError(f"audio_prompt={path} holds no audio")
+    if seconds >= engine.window_seconds:
+        raise GenerateInputError(
+            f"audio_prompt={path} is {seconds:.2f} s long: it must be shorter than the model's "
+            f"window of {engine.window_seconds:g} s"
+        )
+    return audio
 
 
 def run(cfg: DictConfig, *actions: str) -> list[Path]:
@@ -120,10 +170,15 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
         precision=str(gen.precision),
         threads=gen.get("threads"),
         cuda_graphs=bool(gen.get("cuda_graphs", False)),
+        window_seconds=float(gen.get("window_seconds", 30.0)),
+        extend_stride=float(gen.get("extend_stride", 18.0)),
     )
-    if duration > engine.max_duration + 1e-9:
+    long_form = duration > engine.window_seconds + 1e-9
+    prompt_audio = _audio_prompt(gen.get("audio_prompt"), engine)
+    if prompt_audio is not None and is_melody(loaded.model):
         raise GenerateInputError(
-            f"duration={duration:g} is beyond this model's limit of {engine.max_duration:.2f} s"
+            f"audio_prompt={gen.audio_prompt}: continuation is for text models; "
+            f"{source} is a melody model"
         )
     conditioned = is_melody(loaded.model) or bool(gen.get("melody"))
     if gen.get("melody") and not is_melody(loaded.model):
@@ -140,7 +195,12 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
         engine.threads,
     )
     batch_size = int(gen.get("batch_size", 1)) if to_folder else 1
-    steps_per_clip = engine.sampling(params).max_new_tokens
+    if long_form and conditioned:
+        raise GenerateInputError(
+            f"duration={duration:g} is beyond the window ({engine.window_seconds:g} s): long "
+            "form is for text models"
+        )
+    steps_per_clip = _steps_per_clip(engine, params, prompt_audio, long_form)
     batches = range(0, len(prompts), batch_size)
     total = steps_per_clip * len(batches)
     written: list[Path] = []
@@ -159,7 +219,10 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
                     bar.update(1)
 
             bar.set_postfix_str(f"clips {start + 1}-{start + len(batch)} of {len(prompts)}")
-            if conditioned:  # a melody model: transformers' generate with the chroma
+            if long_form or prompt_audio is not None:  # windows of continuation / a prompt
+                audio = engine.generate(batch, params, seeds=seeds, audio_prompt=prompt_audio)
+                bar.update(steps_per_clip)
+            elif conditioned:  # a melody model: transformers' generate with the chroma
                 extra = melody_conditioning(loaded, gen.melody, len(batch)) if gen.melody else {}
                 audio = engine.generate(batch, params, seeds=seeds, **extra)
                 bar.update(steps_per_clip)
@@ -173,7 +236,8 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
                 while loop.rows:
                     loop.step()
                 audio = engine.decode(rows)
-            audio = audio[..., : int(round(duration * engine.sample_rate))]
+            if prompt_audio is None:
+                audio = audio[..., : int(round(duration * engine.sample_rate))]
             for offset, clip in enumerate(audio):
                 index = start + offset
                 path = out / f"{index + 1:03d}-{_slug(prompts[index])}.wav" if to_folder else out
@@ -181,7 +245,7 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     finally:
         bar.close()
     wall = time.perf_counter() - started
-    seconds = duration * len(prompts)
+    seconds = sum(clip_seconds(p, engine.sample_rate) for p in written)
     where = out if to_folder else written[0]
     print(
         f"wrote {len(written)} clip(s), {seconds:g} s of audio, to {where} in {wall:.1f} s: "

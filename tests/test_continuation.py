@@ -30,9 +30,9 @@ def _transformers(loaded, audio, params) -> np.ndarray:
     kwargs = params.generate_kwargs(loaded.frame_rate, loaded.model.decoder.num_codebooks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
-        return loaded.model.generate(**inputs, do_sample=True, **{
-            k: v for k, v in kwargs.items() if k != "do_sample"
-        }).numpy()
+        return loaded.model.generate(
+            **inputs, do_sample=True, **{k: v for k, v in kwargs.items() if k != "do_sample"}
+        ).numpy()
 
 
 @pytest.mark.parametrize(
@@ -102,20 +102,29 @@ def test_bad_audio_prompts_are_one_clear_line(tiny_loaded):
 
 def test_generate_command_continues_a_file(tmp_path, capsys):
     start = tmp_path / "start.wav"
-    write_audio(start, np.repeat(_tone(0.5), 2, axis=0), 44_100)  # stereo at 44.1 kHz: converted
+    stereo = np.repeat(_tone(0.5 * 44_100 / RATE), 2, axis=0)  # 0.5 s at 44.1 kHz, stereo
+    write_audio(start, stereo, 44_100)  # converted to the model's mono 32 kHz
     out = tmp_path / "more.wav"
     args = ["generate", "model=tiny", "prompt=x", "duration=0.2", "seed=1"]
     assert main([*args, f"audio_prompt={start}", f"output={out}"]) == 0
     audio, rate = sf.read(out)
     assert rate == RATE and len(audio) == (25 + 10) * HOP  # 0.5 s = 25 frames, then 0.2 s
+    capsys.readouterr()
 
     code = main([*args, f"audio_prompt={tmp_path / 'missing.wav'}", f"output={out}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "audio_prompt=" in err[0] and "missing.wav" in err[0]
+    assert code == 2 and len(err) == 1 and "audio_prompt=" in err[0] and "no such file" in err[0]
 
     long = tmp_path / "long.wav"
     write_audio(long, _tone(1.5), RATE)
-    code = main([*args, f"audio_prompt={long}", "generation.window_seconds=1.0",
-                 "generation.extend_stride=0.5", f"output={out}"])
+    code = main(
+        [
+            *args,
+            f"audio_prompt={long}",
+            "generation.window_seconds=1.0",
+            "generation.extend_stride=0.5",
+            f"output={out}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "shorter than the model's window" in err[0]

@@ -48,7 +48,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"generation.{key}={value!r} is not allowed: seconds above 0")
     if stride >= window:
         raise ConfigError(
-            f"generation.extend_stride={stride!r} must be below generation.window_seconds={window!r}"
+            f"generation.extend_stride={stride!r} must be below "
+            f"generation.window_seconds={window!r}"
         )
     batch = OmegaConf.select(gen, "batch_size", default=1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

@@ -45,7 +45,7 @@ def prompt_codes(model, audio) -> torch.Tensor:
         out = codec.encode(input_values=x, padding_mask=mask, return_dict=True)
         codes = out.audio_codes  # [chunks=1, 1, K, frames]
         if codes.shape[0] != 1:
-            raise GenerationInputError("the model's codec encodes in chunks; continuation needs one")
+            raise GenerationInputError("the codec encodes in chunks; continuation needs one")
         return codes[0, 0]
 
     if not stereo:

@@ -123,9 +123,10 @@ class DecodeLoop:
         steps = int(params.max_new_tokens)
         forced = 0 if prefix is None else int(prefix.shape[-1])
         if not 1 <= steps <= self.max_new_tokens_limit() - forced:
+            after = f" after a prompt of {forced} frames" if forced else ""
             raise GenerationInputError(
                 f"max_new_tokens={steps} is outside 1..{self.max_new_tokens_limit() - forced} "
-                f"(the model's position table{f' after a prompt of {forced} frames' if forced else ''})"
+                f"(the model's position table{after})"
             )
         if generator is None:
             # On the model's device, as generate draws: the same seed, the same stream.

@@ -185,12 +185,12 @@ class GenerationEngine:
         room for ``params.duration`` more seconds in the model's positions."""
         codes = prompt_codes(self.model, audio)
         seconds = codes.shape[-1] / self.loaded.frame_rate
-        if params is not None and params.duration <= self.window_seconds + 1e-9:
-            if seconds + params.duration > self.max_duration + 1e-9:
-                raise GenerationInputError(
-                    f"audio_prompt ({seconds:.2f} s) + duration={params.duration:g} is beyond "
-                    f"this model's limit of {self.max_duration:.2f} s"
-                )
+        one_pass = params is not None and params.duration <= self.window_seconds + 1e-9
+        if one_pass and seconds + params.duration > self.max_duration + 1e-9:
+            raise GenerationInputError(
+                f"audio_prompt ({seconds:.2f} s) + duration={params.duration:g} is beyond "
+                f"this model's limit of {self.max_duration:.2f} s"
+            )
         if seconds >= self.window_seconds:
             raise GenerationInputError(
                 f"audio_prompt is {seconds:.2f} s long: it must be shorter than the model's "
@@ -280,9 +280,7 @@ class GenerationEngine:
             return np.ascontiguousarray(audio[..., :wanted])
         loop = self.new_loop()
         rows = [
-            loop.add_row(
-                prompt, self.sampling(params), seed=seed, on_step=on_step, prefix=prefix
-            )
+            loop.add_row(prompt, self.sampling(params), seed=seed, on_step=on_step, prefix=prefix)
             for prompt, seed in zip(prompts, seeds, strict=True)
         ]
         while loop.rows:

@@ -58,8 +58,9 @@ class Row:
     ``generate``'s ``input_ids`` hold them; ``pattern`` is the delay-pattern mask for the whole
     length. With an audio prompt of F frames, ``tokens[:, :F + 1]`` start filled (the start
     column, then the prompt's codes under the delay pattern) and the first ``forced = F`` steps
-    only run the model over them (as ``generate``'s prefill does), drawing nothing. ``on_step(row)`` runs after each of its steps; ``should_stop()`` before each step, and
-    a non-None answer ends the row with that ``stop_reason``."""
+    only run the model over them (as ``generate``'s prefill does), drawing nothing.
+    ``on_step(row)`` runs after each of its steps; ``should_stop()`` before each step, and a
+    non-None answer ends the row with that ``stop_reason``."""
 
     id: int
     prompt: str
