@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from musicgen_train.generation.rows import GenerationInputError, frames_for
@@ -99,3 +100,52 @@ def long_form_codes(
         ]
     result.codes = codes
     return result
+
+
+def seam_samples(steps: list[tuple[int, int]], hop: int, prompt: int = 0) -> list[int]:
+    """Where each window after the first starts its new audio, in samples."""
+    out, made = [], prompt + steps[0][1]
+    for _, new in steps[1:]:
+        out.append(made * hop)
+        made += new
+    return out
+
+
+def spectral_flux(audio: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+    """Spectral flux per STFT frame of mono ``[samples]`` audio: the L2 norm of the rise of
+    each magnitude bin since the previous frame (Hann window), divided by the frame's
+    magnitude norm so loud and quiet passages compare. ``flux[i]`` is the change into frame
+    ``i + 1``, centred at sample ``(i + 1) * hop + n_fft // 2``."""
+    audio = np.asarray(audio, dtype=np.float64).reshape(-1)
+    count = 1 + (len(audio) - n_fft) // hop
+    if count < 2:
+        raise ValueError(f"audio of {len(audio)} samples is too short for frames of {n_fft}")
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop][:count]
+    mags = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1))
+    rise = np.maximum(np.diff(mags, axis=0), 0.0)
+    return np.linalg.norm(rise, axis=1) / (np.linalg.norm(mags[1:], axis=1) + 1e-12)
+
+
+def seam_flux(
+    audio: np.ndarray, seams: list[int], n_fft: int = 1024, hop: int = 256
+) -> dict[str, float]:
+    """Spectral flux at the joins against within-window frames: a frame is "at a seam" when
+    its change spans a seam sample (its two STFT frames lie on both sides), "within" when it is
+    further than ``n_fft`` samples from every seam."""
+    flux = spectral_flux(audio, n_fft, hop)
+    centres = (np.arange(len(flux)) + 1) * hop + n_fft // 2
+    seams_arr = np.asarray(seams, dtype=np.float64)
+    distance = np.abs(centres[:, None] - seams_arr[None, :]).min(axis=1)
+    at = distance <= (n_fft + hop) / 2
+    within = distance > n_fft
+    if not at.any() or not within.any():
+        raise ValueError("need frames both at the seams and away from them")
+    at_mean, within_mean = float(flux[at].mean()), float(flux[within].mean())
+    return {
+        "seam_flux": at_mean,
+        "within_flux": within_mean,
+        "ratio": at_mean / within_mean,
+        "within_p95": float(np.percentile(flux[within], 95)),
+        "seam_frames": int(at.sum()),
+        "within_frames": int(within.sum()),
+    }
