@@ -412,7 +412,7 @@ def test_generate_command_prompts_file_writes_a_folder(tmp_path, capsys):
     [
         (["prompt= "], "prompt is empty"),
         (["prompt=x", "duration=0"], "duration=0"),
-        (["prompt=x", "duration=60"], "beyond this model's limit of 40.88 s"),
+        (["prompt=x", "generation.extend_stride=30"], "must be below generation.window_seconds"),
         (["prompt=x", "output={blocker}/a.wav"], "is a file, not a folder"),
         (["prompt=x", "output={tmp}/a.mp4"], ".wav or .flac"),
         (["prompts={tmp}/missing.txt"], "cannot read it"),
