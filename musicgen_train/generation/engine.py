@@ -251,7 +251,9 @@ class GenerationEngine:
         transformers' ``generate`` with ``input_values`` returns it.
 
         ``params.duration`` beyond ``window_seconds``: long form (``long_form.py``), windows
-        advancing by ``extend_stride`` seconds, each continuing the previous one's last codes."""
+        advancing by ``extend_stride`` seconds, each continuing the previous one's last codes
+        (``on_step`` sees each window's rows; with ``stopping_criteria`` it stays one pass,
+        within the model's positions)."""
         params = params or GenerationParams()
         if seeds is None:
             seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
@@ -264,7 +266,8 @@ class GenerationEngine:
         wanted = int(round(params.duration * self.sample_rate))
         if prefix is not None:
             wanted += prefix.shape[-1] * hop
-        if params.duration > self.window_seconds + 1e-9:
+        # Streaming and cancellation (stopping_criteria) see one sequence of ids: one pass.
+        if params.duration > self.window_seconds + 1e-9 and stopping_criteria is None:
             from musicgen_train.generation.long_form import long_form_codes
 
             made = long_form_codes(
@@ -275,6 +278,7 @@ class GenerationEngine:
                 window=self.window_seconds,
                 stride=self.extend_stride,
                 prefixes=[prefix] * len(prompts),
+                on_step=on_step,
             )
             audio = self.decode_codes(torch.stack(made.codes))
             return np.ascontiguousarray(audio[..., :wanted])

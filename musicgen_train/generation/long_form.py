@@ -61,6 +61,7 @@ def long_form_codes(
     window: float,
     stride: float,
     prefixes: list[torch.Tensor | None] | None = None,
+    on_step=None,
 ) -> LongForm:
     """Generate ``params.duration`` seconds per prompt in windows of ``window`` seconds that
     advance by ``stride`` seconds; ``prefixes``: per row, audio-prompt codes ``[K, F]``."""
@@ -88,7 +89,9 @@ def long_form_codes(
         rows = []
         for prompt, generator, made in zip(prompts, generators, codes, strict=True):
             prefix = None if made is None or context == 0 else made[:, -context:]
-            rows.append(loop.add_row(prompt, sampling, generator=generator, prefix=prefix))
+            rows.append(
+                loop.add_row(prompt, sampling, generator=generator, prefix=prefix, on_step=on_step)
+            )
         while loop.rows:
             loop.step()
         stereo = engine.model.config.decoder.audio_channels == 2
