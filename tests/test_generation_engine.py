@@ -427,3 +427,17 @@ def test_generate_command_bad_input_is_one_error_line(tmp_path, capsys, args, me
     assert main(["generate", "model=tiny", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("musicgen-train: error:") and message in err[0]
+
+
+def test_a_row_joins_a_running_batch_with_a_narrower_cache(tiny_loaded):
+    """The masked path writes K/V with index_put, which does not cast: with a bf16 cache (the
+    int8 engine's on CPUs with native bf16) a joining row used to fail with a dtype error."""
+    loop = DecodeLoop(tiny_loaded.model, tiny_loaded.processor, cache_dtype=torch.bfloat16)
+    params = SamplingParams(max_new_tokens=6, guidance_scale=3.0, top_k=50)
+    first = loop.add_row("x", params, seed=1)
+    loop.step()
+    second = loop.add_row("y", params, seed=2)  # one position behind: the masked path
+    while loop.rows:
+        loop.step()
+    assert first.step == second.step == 6
+    assert loop._k == [] and first.codes().shape == (4, 3)

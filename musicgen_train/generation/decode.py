@@ -30,6 +30,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.musicgen.modeling_musicgen import eager_attention_forward
 
+from musicgen_train.generation.prefill import prefill_row
 from musicgen_train.generation.rows import (  # noqa: F401 (the loop's public names)
     GenerationInputError,
     Row,
@@ -273,6 +274,9 @@ class DecodeLoop:
             return left
         if self._layout_dirty:
             self._relayout()
+        for row in self.rows:
+            if row.step == 0 and row.forced > 0:  # an audio prompt: its columns in one forward
+                prefill_row(self, row)
         rows = self.rows
         cond = len(rows)
         columns = torch.stack([row.delayed_ids()[:, -1] for row in rows])  # [R, K]
@@ -282,9 +286,6 @@ class DecodeLoop:
         logits = self._forward(ids.to(self.device), positions, cond)  # [S, K, V] fp32
         null_of = {i: cond + j for j, i in enumerate(cfg_index)}
         for i, row in enumerate(rows):
-            if row.step < row.forced:  # inside an audio prompt: its next ids are known
-                row.step += 1
-                continue
             scores = logits[i]
             if i in null_of:
                 uncond = logits[null_of[i]]
@@ -356,8 +357,9 @@ class DecodeLoop:
                 cache_k[:, :, position] = k[:, :, 0]
                 cache_v[:, :, position] = v[:, :, 0]
             else:
-                cache_k[slot_index, :, index] = k[:, :, 0]
-                cache_v[slot_index, :, index] = v[:, :, 0]
+                # index_put does not cast (a bf16 cache under an int8 engine): cast here
+                cache_k[slot_index, :, index] = k[:, :, 0].to(cache_k.dtype)
+                cache_v[slot_index, :, index] = v[:, :, 0].to(cache_v.dtype)
             out, _ = self.attention(
                 attn,
                 q.to(self.cache_dtype),

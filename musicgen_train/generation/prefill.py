@@ -1,0 +1,71 @@
+"""A row's audio-prompt columns through the decoder in one forward, as ``generate`` prefills.
+
+``DecodeLoop`` runs one token per cache slot per step; a row continuing F frames of audio would
+spend F steps only writing its K/V cache. ``prefill_row`` computes the K/V of all F positions in
+one causal forward (for the row's conditional slot and, with CFG, its null slot: the same ids)
+and writes them into the static cache, as ``MusicgenDecoder.forward`` over ``input_ids`` of
+length F does in ``generate``'s first call. The row then steps on from position F.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def causal_mask(length: int, slots: int, eager: bool, dtype, device) -> torch.Tensor:
+    """``[slots, 1, T, T]``: position i attends to 0..i (bool for sdpa, additive for eager)."""
+    visible = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    visible = visible[None, None].expand(slots, 1, length, length)
+    if not eager:
+        return visible
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(visible, zero, torch.finfo(dtype).min)
+
+
+@torch.inference_mode()
+def prefill_row(loop, row) -> None:
+    """Write the K/V of ``row``'s first ``row.forced`` columns into its cache slots and advance
+    it to step ``row.forced`` (no sampling: the prompt's ids are known)."""
+    length = row.forced
+    slots = [i for i, (row_id, _) in enumerate(loop._slots) if row_id == row.id]
+    ids = torch.where(
+        row.pattern[:, :length] == -1, row.tokens[:, :length], row.pattern[:, :length]
+    )
+    ids = ids.to(loop.device)  # [K, T]
+    decoder = loop.decoder
+    embeds = sum(decoder.embed_tokens[k](ids[k]) for k in range(ids.shape[0]))  # [T, D]
+    table = decoder.embed_positions.weights
+    hidden = (embeds + table[:length].to(embeds.device))[None].expand(len(slots), -1, -1)
+    heads, dim = loop.num_heads, loop.head_dim
+    shape = (len(slots), length, heads, dim)
+    mask = causal_mask(length, len(slots), loop.eager, loop.cache_dtype, loop.device)
+    index = torch.tensor(slots, device=loop.device)
+    for layer_index, layer in enumerate(decoder.layers):
+        attn = layer.self_attn
+        x = layer.self_attn_layer_norm(hidden)
+        if hasattr(attn, "qkv_proj"):  # a fused copy (precision.fuse_projections)
+            q, k, v = attn.qkv_proj(x).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = q.reshape(shape).transpose(1, 2)
+        k = k.reshape(shape).transpose(1, 2).to(loop.cache_dtype)
+        v = v.reshape(shape).transpose(1, 2).to(loop.cache_dtype)
+        loop._k[layer_index][index, :, :length] = k
+        loop._v[layer_index][index, :, :length] = v
+        out, _ = loop.attention(
+            attn, q.to(loop.cache_dtype), k, v, mask, dropout=0.0, scaling=attn.scaling
+        )
+        hidden = hidden + attn.out_proj(out.reshape(len(slots), length, -1).to(hidden.dtype))
+        # cross-attention: the conditional slot (first); a null slot's output is exactly zero
+        attn = layer.encoder_attn
+        x = layer.encoder_attn_layer_norm(hidden[:1])
+        q = attn.q_proj(x).view(1, length, heads, dim).transpose(1, 2)
+        cross_k, cross_v = row.cross[layer_index]
+        out, _ = loop.attention(
+            attn, q.to(loop.cache_dtype), cross_k, cross_v, None, dropout=0.0, scaling=attn.scaling
+        )
+        attended = hidden[:1] + attn.out_proj(out.reshape(1, length, -1).to(hidden.dtype))
+        hidden = torch.cat([attended, hidden[1:]]) if len(slots) > 1 else attended
+        x = layer.final_layer_norm(hidden)
+        hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+    row.step = length
