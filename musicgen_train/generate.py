@@ -99,21 +99,22 @@ def _slug(text: str) -> str:
 
 
 def _steps_per_clip(engine, params, prompt_audio, long_form: bool) -> int:
-    """Decoder steps per clip: the prompt's frames (prefill) and each window's steps."""
+    """Decoder steps per clip (sampled steps; a prompt's or a window's context is prefilled in
+    one forward)."""
     from musicgen_train.generation.long_form import plan
     from musicgen_train.generation.rows import frames_for
 
     rate, k = engine.loaded.frame_rate, engine.num_codebooks
     prompt = 0 if prompt_audio is None else -(-prompt_audio.shape[-1] * rate // engine.sample_rate)
     if not long_form:
-        return int(prompt) + engine.sampling(params).max_new_tokens
+        return engine.sampling(params).max_new_tokens
     windows = plan(
         frames_for(params.duration, rate),
         frames_for(engine.window_seconds, rate),
         frames_for(engine.extend_stride, rate),
         int(prompt),
     )
-    return sum(context + new + k - 1 for context, new in windows)
+    return sum(new + k - 1 for _, new in windows)
 
 
 def _audio_prompt(value, engine):
