@@ -56,6 +56,7 @@ class InlineGenerator:
         self.engines, self.stream, self.torch_threads = engines, stream, torch_threads
 
     alive = True
+    ready = True
 
     def start(self) -> dict[str, ModelFacts]:
         if self.torch_threads:
@@ -91,15 +92,22 @@ class ProcessGenerator:
         self.torch_threads, self.nice = torch_threads, nice
         self.process = None
         self.conn = None
+        self.loaded = False  # the current child has answered "ready": its models are loaded
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
+    @property
+    def ready(self) -> bool:
+        """Alive and done loading: a replacement child that is still loading is not ready."""
+        return self.loaded and self.alive
+
     def start(self) -> dict[str, ModelFacts]:
         """Start the child and wait until it has loaded every model; raises
         ``GenerationFailed`` with the child's reason when it cannot."""
         self.stop()
+        self.loaded = False
         # spawn, not fork: the service has threads (uvicorn, torch's pool) that fork would copy
         # in whatever state they are, and CUDA cannot be used in a forked child at all.
         context = multiprocessing.get_context("spawn")
@@ -122,6 +130,7 @@ class ProcessGenerator:
             self.stop()
             raise GenerationFailed(payload)
         log.info("generation process %d is ready", self.process.pid)
+        self.loaded = True
         return payload
 
     def run(self, batch: Batch, emit: Emit, stop_reason: StopReason) -> list[Clip]:
@@ -159,6 +168,7 @@ class ProcessGenerator:
                 raise GenerationAborted(asked)
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.loaded = False
         if self.process is None:
             return
         with contextlib.suppress(OSError):
@@ -170,6 +180,7 @@ class ProcessGenerator:
         self.process = None
 
     def kill(self) -> None:
+        self.loaded = False
         self.process.kill()
         self.process.join(10)
 
@@ -247,9 +258,11 @@ class _ServiceLink:
 def child_main(conn, specs, stream, device, torch_threads, nice) -> None:
     from musicgen_train.logs import setup_logging
 
-    # Ctrl-C reaches the whole process group; the service stops its child over the pipe, after
-    # it has re-queued the running jobs.
+    # Ctrl-C (SIGINT) and a supervisor's stop (systemd, docker, many others send SIGTERM to the
+    # whole process group) reach this child too; the service stops it over the pipe, after it
+    # has re-queued the running jobs. A service that died outright closes the pipe: EOF, exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging()
     if nice:
         os.nice(nice)
