@@ -35,6 +35,7 @@ from musicgen_train.serve.batch import (
     generate_batch,
     reason,
 )
+from musicgen_train.serve.continuous import JobSpec, Scheduler, collect
 from musicgen_train.serve.models import ModelFacts, load_engine
 from musicgen_train.serve.settings import ModelSpec, StreamSettings
 
@@ -52,11 +53,39 @@ class InlineGenerator:
         engines: dict[str, GenerationEngine],
         stream: StreamSettings,
         torch_threads: int | None = None,
+        max_rows: int = 8,
     ):
         self.engines, self.stream, self.torch_threads = engines, stream, torch_threads
+        self._events, emit = collect()
+        self.scheduler = Scheduler(engines, stream, emit, max_rows)
 
     alive = True
     ready = True
+
+    # --- continuous batching: the calling (worker) thread steps the scheduler -----------------
+
+    def submit(self, spec: JobSpec) -> None:
+        self.scheduler.add(spec)
+
+    def abort(self, job_id: str, why: str) -> None:
+        self.scheduler.abort(job_id, why)
+
+    def events(self, timeout: float) -> list[tuple]:
+        """One decode step (when rows run) and the events it made."""
+        if self.scheduler.busy:
+            try:
+                self.scheduler.step()
+            except Exception as err:  # the scheduler's own failure: every row fails with it
+                log.exception("a decode step failed")
+                for job_id in list(self.scheduler.jobs):
+                    self._events.append(("job_failed", job_id, reason(err)))
+                self.scheduler.jobs.clear()
+                self.scheduler.loops.clear()
+        elif not self._events:
+            time.sleep(timeout)
+        out = list(self._events)
+        self._events.clear()
+        return out
 
     def start(self) -> dict[str, ModelFacts]:
         if self.torch_threads:
@@ -87,9 +116,12 @@ class ProcessGenerator:
         device: str = "cpu",
         torch_threads: int | None = None,
         nice: int = 0,
+        precision: str | None = None,
+        max_rows: int = 8,
     ):
         self.specs, self.stream, self.device = specs, stream, device
         self.torch_threads, self.nice = torch_threads, nice
+        self.precision, self.max_rows = precision, max_rows
         self.process = None
         self.conn = None
         self.loaded = False  # the current child has answered "ready": its models are loaded
@@ -114,7 +146,16 @@ class ProcessGenerator:
         self.conn, child_end = context.Pipe()
         self.process = context.Process(
             target=child_main,
-            args=(child_end, self.specs, self.stream, self.device, self.torch_threads, self.nice),
+            args=(
+                child_end,
+                self.specs,
+                self.stream,
+                self.device,
+                self.torch_threads,
+                self.nice,
+                self.precision,
+                self.max_rows,
+            ),
             name="musicgen-generation",
             daemon=True,
         )
@@ -144,6 +185,27 @@ class ProcessGenerator:
             # next batch with this one's results.
             self.kill()
             raise
+
+    # --- continuous batching: jobs go to the child one by one, events come back per job -------
+
+    def submit(self, spec: JobSpec) -> None:
+        self._send(("add", spec))
+
+    def abort(self, job_id: str, why: str) -> None:
+        self._send(("abort_job", job_id, why))
+
+    def events(self, timeout: float) -> list[tuple]:
+        """The child's events so far, waiting up to ``timeout`` for the first."""
+        out = []
+        try:
+            if self.conn.poll(timeout):
+                while self.conn.poll():
+                    out.append(self.conn.recv())
+                    if len(out) >= 1000:
+                        break
+        except (EOFError, OSError):
+            raise self._crashed() from None
+        return out
 
     def _follow(self, emit: Emit, stop_reason: StopReason) -> list[Clip]:
         """Pass the child's events on until its batch ends; ask it to stop when told to."""
@@ -255,7 +317,9 @@ class _ServiceLink:
         return None
 
 
-def child_main(conn, specs, stream, device, torch_threads, nice) -> None:
+def child_main(
+    conn, specs, stream, device, torch_threads, nice, precision=None, max_rows=8
+) -> None:
     from musicgen_train.logs import setup_logging
 
     # Ctrl-C (SIGINT) and a supervisor's stop (systemd, docker, many others send SIGTERM to the
@@ -270,15 +334,24 @@ def child_main(conn, specs, stream, device, torch_threads, nice) -> None:
         torch.set_num_threads(torch_threads)
     link = _ServiceLink(conn)
     try:
-        engines = {spec.name: load_engine(spec, device) for spec in specs}
+        engines = {spec.name: load_engine(spec, device, precision, torch_threads) for spec in specs}
     except Exception as err:
         link.send(("load_failed", reason(err)))
         return
     link.send(("ready", {name: ModelFacts.of(engine) for name, engine in engines.items()}))
+    scheduler = Scheduler(engines, stream, link.send, max_rows)
     while not link.stopping:
+        if scheduler.busy:  # continuous batching: take what arrived, then one step
+            if not _take_messages(link, scheduler):
+                return
+            scheduler.step()
+            continue
         message = link.receive()
         if message[0] == "stop":
             return
+        if message[0] in ("add", "abort_job"):
+            _handle(message, scheduler)
+            continue
         if message[0] != "run":
             continue  # an abort that arrived after its batch had finished
         batch: Batch = message[1]
@@ -291,3 +364,23 @@ def child_main(conn, specs, stream, device, torch_threads, nice) -> None:
             link.send(("failed", reason(err)))
         else:
             link.send(("done", clips))
+
+
+def _take_messages(link: _ServiceLink, scheduler: Scheduler) -> bool:
+    """Jobs that joined and aborts that came while the batch ran; False when told to stop."""
+    try:
+        while link.conn.poll():
+            message = link.receive()
+            if message[0] == "stop":
+                return False
+            _handle(message, scheduler)
+    except OSError:
+        raise SystemExit(0) from None
+    return True
+
+
+def _handle(message: tuple, scheduler: Scheduler) -> None:
+    if message[0] == "add":
+        scheduler.add(message[1])
+    elif message[0] == "abort_job":
+        scheduler.abort(message[1], message[2])

@@ -92,13 +92,23 @@ class Service:
                     device=device,
                     torch_threads=worker.torch_threads,
                     nice=worker.nice,
+                    precision=self.settings.precision,
+                    max_rows=worker.max_batch_size,
                 )
                 for _ in range(count)
             ]
         engines = self.engines
         if engines is None:
-            device = self.settings.torch_device()
-            engines = {spec.name: load_engine(spec, device) for spec in self.settings.models}
+            device, precision = self.settings.torch_device(), self.settings.precision
+            engines = {
+                spec.name: load_engine(spec, device, precision, worker.torch_threads)
+                for spec in self.settings.models
+            }
+        if worker.scheduler == "continuous":  # each worker thread steps its own batch
+            return [
+                InlineGenerator(engines, stream, worker.torch_threads, worker.max_batch_size)
+                for _ in range(count)
+            ]
         return [InlineGenerator(engines, stream, worker.torch_threads)] * count
 
     def _cleanup_loop(self) -> None:
