@@ -161,3 +161,41 @@ def test_a_job_that_cannot_join_fails_alone(engine):
     events.clear()
     by_job = run(scheduler, events, {"ok"})
     assert final(by_job, "ok")[0] == "job_done"
+
+
+# --- through the service ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(tmp_path, tiny_model_dir, tiny_loaded):
+    from fastapi.testclient import TestClient
+    from serve_helpers import make_settings, served
+
+    from musicgen_train.serve.app import create_app
+
+    settings = make_settings(tmp_path, tiny_model_dir, worker={"scheduler": "continuous"})
+    with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        yield client
+
+
+def test_a_short_job_overtakes_a_long_one_and_cancel_spares_companions(client, engine):
+    from serve_helpers import wait_for
+
+    long = client.post("/v1/generations", json={"prompt": "long", "duration": 2.0}).json()["id"]
+    wait_for(client, long, states=("running",))
+    doomed = client.post("/v1/generations", json={"prompt": "x", "duration": 2.0}).json()["id"]
+    body = {"prompt": "short", "duration": 0.2, "seed": 3, "temperature": 0.8, "top_k": 10}
+    short = client.post("/v1/generations", json=body).json()["id"]
+    wait_for(client, doomed, states=("running",))
+    assert client.post(f"/v1/generations/{doomed}/cancel").status_code == 200
+    done = wait_for(client, short)
+    assert done["status"] == "succeeded"
+    # it joined the running batch and left at its own length: the long job is still going
+    assert client.get(f"/v1/generations/{long}").json()["status"] == "running"
+    samples, _ = sf.read(io.BytesIO(client.get(done["links"]["audio"]).content), dtype="float32")
+    job = spec("short", "short", **{k: v for k, v in body.items() if k != "prompt"})
+    np.testing.assert_allclose(samples, alone(engine, job), atol=1.5 / 32767)
+    assert wait_for(client, long)["status"] == "succeeded"  # the cancel took only its own row
+    assert wait_for(client, doomed)["status"] == "canceled"
+    metrics = client.get("/metrics").text
+    assert "musicgen_active_generations 0.0" in metrics
