@@ -199,3 +199,20 @@ def test_a_short_job_overtakes_a_long_one_and_cancel_spares_companions(client, e
     assert wait_for(client, doomed)["status"] == "canceled"
     metrics = client.get("/metrics").text
     assert "musicgen_active_generations 0.0" in metrics
+
+
+def test_rows_at_different_positions_run_at_int8(tiny_loaded, one_torch_thread):  # noqa: F811
+    # int8 keeps its K/V cache in bf16 on CPUs with native bf16: rows at different positions
+    # write the cache by index, which needs the cache's dtype (a decode.py fix).
+    engine = GenerationEngine(tiny_loaded, precision="int8")
+    events, emit = collect()
+    scheduler = Scheduler({"tiny": engine}, STREAM, emit, max_rows=4)
+    scheduler.add(spec("first", "a", duration=0.3, seed=1))
+    for _ in range(3):
+        scheduler.step()
+    scheduler.add(spec("second", "b", duration=0.2, seed=2))
+    by_job = run(scheduler, events, {"first", "second"})
+    for job_id, duration in (("first", 0.3), ("second", 0.2)):
+        kind, _, clip = final(by_job, job_id)
+        assert kind == "job_done", by_job[job_id][-1]
+        assert audio_of(clip).shape == (int(round(duration * 32000)),)

@@ -419,8 +419,8 @@ class DecodeLoop:
                 cache_k[:, :, position] = k[:, :, 0]
                 cache_v[:, :, position] = v[:, :, 0]
             else:
-                cache_k[slot_index, :, index] = k[:, :, 0]
-                cache_v[slot_index, :, index] = v[:, :, 0]
+                cache_k[slot_index, :, index] = k[:, :, 0].to(cache_k.dtype)
+                cache_v[slot_index, :, index] = v[:, :, 0].to(cache_v.dtype)
             out, _ = self.attention(
                 attn,
                 q.to(self.cache_dtype),
