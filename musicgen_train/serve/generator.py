@@ -25,6 +25,7 @@ import time
 import torch
 
 from musicgen_train.generation import GenerationEngine
+from musicgen_train.serve.adapters import load_engines
 from musicgen_train.serve.batch import (
     Batch,
     Clip,
@@ -36,7 +37,7 @@ from musicgen_train.serve.batch import (
     reason,
 )
 from musicgen_train.serve.continuous import JobSpec, Scheduler, collect
-from musicgen_train.serve.models import ModelFacts, load_engine
+from musicgen_train.serve.models import ModelFacts
 from musicgen_train.serve.settings import ModelSpec, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ def child_main(
         torch.set_num_threads(torch_threads)
     link = _ServiceLink(conn)
     try:
-        engines = {spec.name: load_engine(spec, device, precision, torch_threads) for spec in specs}
+        engines = load_engines(specs, device, precision, torch_threads)
     except Exception as err:
         link.send(("load_failed", reason(err)))
         return

@@ -71,6 +71,7 @@ class ServedModel:
             "frame_rate": self.facts.frame_rate,
             "num_codebooks": self.facts.num_codebooks,
             "precision": self.facts.precision,
+            "base": self.spec.base,  # an adapter's base model (served by this server), or None
             "limits": {"max_duration": self.max_duration},
             **self.info,
         }

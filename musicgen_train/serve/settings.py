@@ -30,6 +30,9 @@ class ModelSpec(_Section):
     max_duration: float = Field(default=30.0, gt=0, le=600)
     tiny_seed: int = 0
     registry_uri: str | None = None  # the registry models:/ sources name
+    # A LoRA export kept apart (export.merge_lora=false): serve its adapter/ on the weights of
+    # the served model of this name (one copy of the base for many fine-tunes; serve/adapters.py)
+    base: str | None = None
 
 
 class QueueSettings(_Section):
