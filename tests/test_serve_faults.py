@@ -203,3 +203,12 @@ def test_repeated_failed_keys_from_one_client_get_429(two_keys):
         assert limited.status_code == 429, headers  # even the right key: no oracle for guesses
         assert "failed API keys from this client" in limited.json()["detail"]
         assert 1 <= int(limited.headers["retry-after"]) <= 60
+
+
+def test_a_huge_job_id_is_not_echoed_back(idle):
+    for path in ("/v1/generations/{}", "/v1/generations/{}/audio", "/v1/generations/{}/cancel"):
+        url = path.format("x" * 10_000 + "\udfff".encode("utf-8", "surrogatepass").hex())
+        answer = idle.post(url) if url.endswith("cancel") else idle.get(url)
+        assert answer.status_code == 422 and len(answer.content) < 1000, path
+        (error,) = answer.json()["detail"]
+        assert error["loc"] == ["path", "job_id"] and error["input"].endswith("characters)")

@@ -1,16 +1,20 @@
 """Where generation runs: in the service's own process (a thread) or in a generation process.
 
-Both generators answer ``run(batch, emit, stop_reason)`` with the same ``batch.generate_batch``;
-they differ only in where the model lives.
+Both generators offer the two schedulers' interfaces (``serve.worker.scheduler``):
+
+- continuous: ``submit(JobSpec)``, ``abort(job_id, why)`` and ``events(timeout)``; a
+  ``continuous.Scheduler`` holds the running decode batch and sends events per job.
+- static: ``run(batch, emit, stop_reason)`` with ``batch.generate_batch`` (one ``generate`` call).
 
 - ``ProcessGenerator`` (``serve.worker.isolation: process``, the default) loads the models in a
-  child process and talks to it over a pipe. The sampling loop of ``generate`` is Python code
-  that holds the GIL between torch ops; in a thread it makes every HTTP request wait for its
-  turn, in a child process it cannot. The child runs at a lower CPU priority
-  (``serve.worker.nice``) so that on a shared CPU requests are served first. A child that dies
-  (out of memory, a crash) fails its batch with the reason and is started again.
+  child process and talks to it over a pipe. The sampling loop is Python code that holds the GIL
+  between torch ops; in a thread it makes every HTTP request wait for its turn, in a child
+  process it cannot. A child that dies (out of memory, a crash) fails its jobs with the reason
+  and is started again; it counts as ready only once it has loaded its models. It ignores
+  SIGINT and SIGTERM (sent to the whole process group by Ctrl-C and by supervisors): the service
+  re-queues the running jobs and then stops it over the pipe.
 - ``InlineGenerator`` (``isolation: thread``, or models handed to ``create_app`` already loaded,
-  as tests and notebooks do) runs the batch in the calling worker thread.
+  as tests and notebooks do) runs in the calling worker thread.
 """
 
 from __future__ import annotations
