@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -414,6 +415,66 @@ def _descendants_cpu() -> float:
     return total
 
 
+# --- first streamed audio on musicgen-small's shape ---------------------------------------------
+
+
+def small_shape_folder() -> str:
+    """musicgen-small's shape with random weights (bench/generate.py's), saved as a model folder."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from generate import build_model
+
+    folder = Path(tempfile.mkdtemp(prefix="musicgen-small-shape-"))
+    model, processor = build_model()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def first_audio(args) -> None:
+    """``--jobs`` streamed jobs posted at once; seconds from each job's start to its first PCM."""
+    model = small_shape_folder() if args.model == "small-shape" else args.model
+    overrides = (
+        "serve.worker.torch_threads=1",
+        f"serve.precision={args.precision}",
+        f"serve.worker.max_batch_size={args.max_batch}",
+        *args.override,
+    )
+    jobs = [
+        {"at": 0.0, "kind": "streamed", "body": {"prompt": f"p{i}", "duration": args.duration}}
+        for i in range(args.jobs)
+    ]
+
+    async def run_all(base):
+        async with httpx.AsyncClient(base_url=base, timeout=900) as client:
+            t0 = time.perf_counter()
+            return await asyncio.gather(*(run_job(client, job, t0) for job in jobs))
+
+    try:
+        with server(model, *overrides) as base:
+            done = asyncio.run(run_all(base))
+    finally:
+        if model != args.model:  # the saved small-shape folder (2.4 GB)
+            shutil.rmtree(model, ignore_errors=True)
+    first = [j["first_audio"] - j["status"]["timings"]["started_at"] for j in done]
+    steps = [j["status"]["timings"]["generation_seconds"] for j in done]
+    print(
+        json.dumps(
+            {
+                "bench": "serve_first_audio",
+                "model": args.model,
+                "precision": args.precision,
+                "overrides": args.override,
+                "concurrent_streamed_jobs": len(jobs),
+                "duration_s": args.duration,
+                "succeeded": sum(j["status"]["status"] == "succeeded" for j in done),
+                "first_audio_after_start_s": sorted(round(x, 2) for x in first),
+                "generation_s": sorted(round(x, 1) for x in steps),
+            }
+        ),
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
@@ -430,12 +491,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="throughput: best of")
     parser.add_argument("--skip", choices=["latency", "throughput"], default=None)
     parser.add_argument(
-        "--run", default="latency,throughput", help="comma-separated: latency,throughput,mixed"
+        "--run",
+        default="latency,throughput",
+        help="comma-separated: latency,throughput,mixed,first-audio "
+        "(--model small-shape: musicgen-small's shape, random weights)",
     )
     parser.add_argument("--jobs", type=int, default=24, help="mixed: jobs in the workload")
     parser.add_argument("--arrival-seconds", type=float, default=10.0, help="mixed: arrivals over")
     parser.add_argument("--precision", default="auto", help="mixed: serve.precision")
     parser.add_argument("--seed", type=int, default=0, help="mixed: the workload's seed")
+    parser.add_argument(
+        "--override", action="append", default=[], help="first-audio: a serve.* override"
+    )
     args = parser.parse_args()
     runs = set(args.run.split(","))
     if "latency" in runs and args.skip != "latency":
@@ -444,6 +511,8 @@ def main() -> None:
         throughput(args)
     if "mixed" in runs:
         mixed(args)
+    if "first-audio" in runs:
+        first_audio(args)
 
 
 if __name__ == "__main__":
