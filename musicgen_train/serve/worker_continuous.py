@@ -54,6 +54,7 @@ class ContinuousLoop:
                     continue
                 for event in events:
                     self._on_event(running, event)
+                self._deadlines(running, generator)  # every turn: a timeout is one step late
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
                     self._beat(running, generator)
@@ -118,9 +119,20 @@ class ContinuousLoop:
         elif kind == "job_aborted":
             self._abort([job], payload, entry.timeout)
 
-    def _beat(self, running: dict, generator) -> None:
-        """Progress into the store; rows of canceled or timed-out jobs leave the batch."""
+    def _deadlines(self, running: dict, generator) -> None:
         now = time.monotonic()
+        for job_id, entry in running.items():
+            if not entry.asked and now - entry.started > entry.timeout:
+                self._ask(generator, entry, job_id, "timeout")
+
+    @staticmethod
+    def _ask(generator, entry: _Running, job_id: str, why: str) -> None:
+        entry.asked = True
+        with contextlib.suppress(GenerationFailed):  # the next turn sees a dead child
+            generator.abort(job_id, why)
+
+    def _beat(self, running: dict, generator) -> None:
+        """Progress into the store; rows of canceled jobs leave the batch."""
         try:
             statuses = self.store.status_of(list(running))
         except Exception:
@@ -129,15 +141,8 @@ class ContinuousLoop:
         for job_id, entry in list(running.items()):
             if entry.asked:
                 continue
-            why = None
             if statuses and statuses.get(job_id) != RUNNING:
-                why = "canceled"
-            elif now - entry.started > entry.timeout:
-                why = "timeout"
-            if why is not None:
-                entry.asked = True
-                with contextlib.suppress(GenerationFailed):  # next turn sees the dead child
-                    generator.abort(job_id, why)
+                self._ask(generator, entry, job_id, "canceled")
                 continue
             try:
                 self.store.heartbeat(job_id, entry.progress)
