@@ -9,10 +9,18 @@
    by one (``max_batch_size=1``): two servers up at once, the cases alternating between them,
    each keeping its best of ``--repeats``.
 
+3. A mixed workload (``--run mixed``), static batching (``serve.worker.scheduler=static``, the
+   old behaviour) against continuous batching, one after the other in the same run on the same
+   seeded workload: jobs arriving over time, durations 1 to 30 s with mixed seeds, temperatures,
+   top-k, top-p and guidance, some streamed, some canceled, and 100 clients polling status and
+   health meanwhile. Per scheduler: seconds of audio per wall second, p50/p99 job latency (all
+   jobs and short ones), time to first streamed audio, status/health p99.
+
 Each server is the real thing: ``musicgen-train serve`` (uvicorn) in its own process on
 127.0.0.1, with its own temporary database and audio folder; clients are httpx.
 
     python bench/serve.py [--model tiny] [--duration 2.0] [--clients 100] [--rounds 5]
+    python bench/serve.py --run mixed [--jobs 24] [--arrival-seconds 10] [--precision auto]
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -237,6 +246,235 @@ def throughput(args) -> None:
                 )
 
 
+# --- the mixed workload: static vs continuous batching ------------------------------------------
+
+DURATIONS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+SHORT = 4.0  # jobs of at most this many seconds count as short
+
+
+def workload(args) -> list[dict]:
+    """The same jobs for both schedulers: arrival time, request body, streamed, canceled."""
+    rng = np.random.default_rng(args.seed)
+    arrivals = np.sort(rng.uniform(0, args.arrival_seconds, args.jobs))
+    jobs = []
+    for index, at in enumerate(arrivals):
+        body = {
+            "prompt": f"mixed job {index}",
+            "duration": float(rng.choice(DURATIONS)),
+            "temperature": float(rng.choice([0.8, 1.0, 1.2])),
+            "top_k": int(rng.choice([50, 250])),
+            "top_p": float(rng.choice([0.0, 0.9])),
+            "guidance_scale": float(rng.choice([1.0, 3.0])),
+        }
+        if rng.random() < 0.5:
+            body["seed"] = int(rng.integers(0, 2**31))
+        kind = rng.choice(["plain", "streamed", "canceled"], p=[0.6, 0.3, 0.1])
+        jobs.append({"at": float(at), "body": body, "kind": str(kind)})
+    return jobs
+
+
+async def run_job(client: httpx.AsyncClient, job: dict, t0: float) -> dict:
+    await asyncio.sleep(max(0.0, t0 + job["at"] - time.perf_counter()))
+    posted, first_audio = time.time(), None
+    if job["kind"] == "streamed":
+        async with client.stream("POST", "/v1/generations/stream", json=job["body"]) as answer:
+            job_id = answer.headers["x-generation-id"]
+            received = 0
+            async for chunk in answer.aiter_bytes():
+                received += len(chunk)
+                if first_audio is None and received > 44:  # past the WAV header
+                    first_audio = time.time()
+    else:
+        job_id = (await client.post("/v1/generations", json=job["body"])).json()["id"]
+        if job["kind"] == "canceled":
+            await asyncio.sleep(1.0)
+            await client.post(f"/v1/generations/{job_id}/cancel")
+    while True:
+        status = (await client.get(f"/v1/generations/{job_id}")).json()
+        if status["status"] in FINISHED:
+            break
+        await asyncio.sleep(0.1)
+    return {**job, "id": job_id, "status": status, "posted": posted, "first_audio": first_audio}
+
+
+async def mixed_run(
+    base: str, jobs: list[dict], clients: int, status_job: str
+) -> tuple[list[dict], dict, float]:
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(run_job(client, job, t0)) for job in jobs]
+        await asyncio.sleep(min(3.0, jobs[-1]["at"]))  # generating by now
+        times = await load(base, clients, 2, status_job)
+        done = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    return done, times, wall
+
+
+def pct(values, q) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if len(values) else None
+
+
+def mixed(args) -> None:
+    jobs = workload(args)
+    common = (
+        "serve.worker.torch_threads=1",
+        f"serve.worker.max_batch_size={args.max_batch}",
+        f"serve.precision={args.precision}",
+        "serve.queue.max_size=1000",
+    )
+    results = {}
+    for scheduler in ("static", "continuous"):
+        with server(args.model, *common, f"serve.worker.scheduler={scheduler}") as base:
+            warm = wait_all(base, submit(base, 1, 1.0))[0]["id"]  # warm-up
+            cpu0 = _descendants_cpu()
+            done, times, wall = asyncio.run(mixed_run(base, jobs, args.clients, warm))
+            cpu = _descendants_cpu() - cpu0
+        ok = [j for j in done if j["status"]["status"] == "succeeded"]
+        audio = sum(j["status"]["audio_seconds"] for j in ok)
+        latency = [
+            j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"] for j in ok
+        ]
+        short = [
+            j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"]
+            for j in ok
+            if j["body"]["duration"] <= SHORT
+        ]
+        first = [
+            j["first_audio"] - j["status"]["timings"]["started_at"] for j in ok if j["first_audio"]
+        ]
+        first_posted = [j["first_audio"] - j["posted"] for j in ok if j["first_audio"]]
+        row = {
+            "bench": "serve_mixed",
+            "model": args.model,
+            "precision": args.precision,
+            "scheduler": scheduler,
+            "jobs": len(jobs),
+            "succeeded": len(ok),
+            "canceled": sum(j["status"]["status"] == "canceled" for j in done),
+            "failed": sum(j["status"]["status"] == "failed" for j in done),
+            "audio_s": round(audio, 1),
+            "wall_s": round(wall, 2),
+            "audio_s_per_wall_s": round(audio / wall, 3),
+            "audio_s_per_cpu_s": round(audio / cpu, 3) if cpu > 0 else None,
+            "latency_p50_s": pct(latency, 50),
+            "latency_p99_s": pct(latency, 99),
+            "short_latency_p50_s": pct(short, 50),
+            "first_audio_after_start_p50_s": pct(first, 50),
+            "first_audio_after_start_max_s": round(max(first), 3) if first else None,
+            "first_audio_after_post_p50_s": pct(first_posted, 50),
+            "status_p99_ms": pct(np.array(times["status"]) * 1000, 99),
+            "health_p99_ms": pct(np.array(times["health"]) * 1000, 99),
+        }
+        results[scheduler] = row
+        print(json.dumps(row), flush=True)
+    static, continuous = results["static"], results["continuous"]
+    print(
+        json.dumps(
+            {
+                "bench": "serve_mixed_ratio",
+                "model": args.model,
+                "throughput_continuous_over_static": round(
+                    continuous["audio_s_per_wall_s"] / static["audio_s_per_wall_s"], 2
+                ),
+                "short_p50_static_over_continuous": round(
+                    static["short_latency_p50_s"] / continuous["short_latency_p50_s"], 2
+                ),
+                "latency_p50_static_over_continuous": round(
+                    static["latency_p50_s"] / continuous["latency_p50_s"], 2
+                ),
+            }
+        ),
+        flush=True,
+    )
+
+
+def _descendants_cpu() -> float:
+    """CPU seconds (user + system) of this process's live descendants: the server and its
+    generation process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, mine = 0.0, {os.getpid()}
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                total += cpu[pid]
+                changed = True
+    return total
+
+
+# --- first streamed audio on musicgen-small's shape ---------------------------------------------
+
+
+def small_shape_folder() -> str:
+    """musicgen-small's shape with random weights (bench/generate.py's), saved as a model folder."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from generate import build_model
+
+    folder = Path(tempfile.mkdtemp(prefix="musicgen-small-shape-"))
+    model, processor = build_model()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def first_audio(args) -> None:
+    """``--jobs`` streamed jobs posted at once; seconds from each job's start to its first PCM."""
+    model = small_shape_folder() if args.model == "small-shape" else args.model
+    overrides = (
+        "serve.worker.torch_threads=1",
+        f"serve.precision={args.precision}",
+        f"serve.worker.max_batch_size={args.max_batch}",
+        *args.override,
+    )
+    jobs = [
+        {"at": 0.0, "kind": "streamed", "body": {"prompt": f"p{i}", "duration": args.duration}}
+        for i in range(args.jobs)
+    ]
+
+    async def run_all(base):
+        async with httpx.AsyncClient(base_url=base, timeout=900) as client:
+            t0 = time.perf_counter()
+            return await asyncio.gather(*(run_job(client, job, t0) for job in jobs))
+
+    try:
+        with server(model, *overrides) as base:
+            done = asyncio.run(run_all(base))
+    finally:
+        if model != args.model:  # the saved small-shape folder (2.4 GB)
+            shutil.rmtree(model, ignore_errors=True)
+    first = [j["first_audio"] - j["status"]["timings"]["started_at"] for j in done]
+    steps = [j["status"]["timings"]["generation_seconds"] for j in done]
+    print(
+        json.dumps(
+            {
+                "bench": "serve_first_audio",
+                "model": args.model,
+                "precision": args.precision,
+                "overrides": args.override,
+                "concurrent_streamed_jobs": len(jobs),
+                "duration_s": args.duration,
+                "succeeded": sum(j["status"]["status"] == "succeeded" for j in done),
+                "first_audio_after_start_s": sorted(round(x, 2) for x in first),
+                "generation_s": sorted(round(x, 1) for x in steps),
+            }
+        ),
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
@@ -252,11 +490,29 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="throughput: best of")
     parser.add_argument("--skip", choices=["latency", "throughput"], default=None)
+    parser.add_argument(
+        "--run",
+        default="latency,throughput",
+        help="comma-separated: latency,throughput,mixed,first-audio "
+        "(--model small-shape: musicgen-small's shape, random weights)",
+    )
+    parser.add_argument("--jobs", type=int, default=24, help="mixed: jobs in the workload")
+    parser.add_argument("--arrival-seconds", type=float, default=10.0, help="mixed: arrivals over")
+    parser.add_argument("--precision", default="auto", help="mixed: serve.precision")
+    parser.add_argument("--seed", type=int, default=0, help="mixed: the workload's seed")
+    parser.add_argument(
+        "--override", action="append", default=[], help="first-audio: a serve.* override"
+    )
     args = parser.parse_args()
-    if args.skip != "latency":
+    runs = set(args.run.split(","))
+    if "latency" in runs and args.skip != "latency":
         latency(args)
-    if args.skip != "throughput":
+    if "throughput" in runs and args.skip != "throughput":
         throughput(args)
+    if "mixed" in runs:
+        mixed(args)
+    if "first-audio" in runs:
+        first_audio(args)
 
 
 if __name__ == "__main__":

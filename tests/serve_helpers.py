@@ -19,6 +19,7 @@ def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> ServeSettings
         "models": [{"name": "tiny", "source": str(model_dir), "max_duration": 2.0}],
         "database_url": f"sqlite:///{tmp_path}/jobs.db",
         "storage": str(tmp_path / "audio"),
+        "precision": "fp32",  # seeded audio compared with an fp32 engine's
         "worker": {"torch_threads": 1, "batch_wait": 0.05},
         "stream": {"chunk_seconds": 0.1, "context_seconds": 0.5, "lookahead_frames": 3},
     }

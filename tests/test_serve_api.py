@@ -73,7 +73,14 @@ def test_generation_happy_path_wav_and_flac(client, tiny_loaded):
     assert sf.info(io.BytesIO(audio.content)).frames == int(0.2 * 32000)
 
 
-def test_concurrent_compatible_jobs_share_one_generate_call(client):
+def test_concurrent_compatible_jobs_share_one_generate_call(tmp_path, tiny_model_dir, tiny_loaded):
+    # serve.worker.scheduler=static (the old behaviour); continuous: tests/test_serve_continuous.py
+    settings = make_settings(tmp_path, tiny_model_dir, worker={"scheduler": "static"})
+    with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        _share_one_call(client)
+
+
+def _share_one_call(client) -> None:
     ids = [
         client.post("/v1/generations", json={"prompt": f"p{i}", "duration": 0.2}).json()["id"]
         for i in range(3)
@@ -233,12 +240,27 @@ def test_metrics_count_requests_audio_and_generations(client):
     assert job_id not in text and 'route="/v1/generations/{job_id}"' in text
 
 
-def test_a_job_past_its_timeout_fails_with_the_reason(tmp_path, tiny_model_dir, tiny_loaded):
-    # 2 s of audio is ~100 decoding steps; the deadline passes long before the last one.
-    settings = make_settings(tmp_path, tiny_model_dir, jobs={"timeout": 0.01})
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_a_job_past_its_timeout_fails_with_the_reason(
+    tmp_path, tiny_model_dir, tiny_loaded, scheduler
+):
+    # 2 s of audio is ~100 decoding steps; the deadline (0.01 s + 0.005 s per second of audio)
+    # passes long before the last one.
+    jobs = {"timeout": 0.01, "timeout_per_audio_second": 0.005}
+    settings = make_settings(tmp_path, tiny_model_dir, jobs=jobs, worker={"scheduler": scheduler})
     with TestClient(create_app(settings, served(tiny_loaded))) as client:
         job_id = client.post("/v1/generations", json={"prompt": "a", "duration": 2.0}).json()["id"]
         job = wait_for(client, job_id)
         assert job["status"] == "failed"
-        assert job["error"] == "timed out after 0.01 s (serve.jobs.timeout)"
+        assert job["error"] == (
+            "timed out after 0.02 s (serve.jobs.timeout + "
+            "serve.jobs.timeout_per_audio_second x duration)"
+        )
         assert client.get(f"/v1/generations/{job_id}/audio").status_code == 409
+
+
+def test_a_job_timeout_grows_with_its_duration():
+    from musicgen_train.serve.settings import JobSettings
+
+    jobs = JobSettings(timeout=100, timeout_per_audio_second=30)
+    assert jobs.timeout_for(1.0) == 130.0 and jobs.timeout_for(30.0) == 1000.0

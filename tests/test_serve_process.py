@@ -129,3 +129,24 @@ def test_a_model_the_child_cannot_load_is_one_line_in_readiness(tmp_path, tiny_m
         body = {"prompt": "a", "duration": 0.2, "model": "gone"}
         busy = client.post("/v1/generations", json=body)
         assert busy.status_code == 503 and str(missing) in busy.json()["detail"]
+
+
+def test_readiness_is_503_while_a_replacement_child_loads(client):
+    (generator,) = client.app.state.service.worker.generators
+    old = generator.process
+    os.kill(old.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:  # the worker notices the death and starts a replacement
+        process = generator.process
+        if process is not None and process.pid != old.pid and process.is_alive():
+            break
+        assert time.monotonic() < deadline, "no replacement child"
+        time.sleep(0.002)
+    # The replacement is alive but still importing torch and loading the model (seconds).
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503, (generator.loaded, ready.json())
+    assert ready.json()["detail"]["worker_alive"] is False
+    refused = client.post("/v1/generations", json={"prompt": "a", "duration": 0.2})
+    assert refused.status_code == 503 and "not ready" in refused.json()["detail"]
+    wait_ready(client)
+    assert generator.loaded and child_of(client).pid == process.pid

@@ -18,13 +18,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
 from musicgen_train.serve.auth import api_key_header, bearer, presented_key
+from musicgen_train.serve.errors import http_error, invalid_request
 from musicgen_train.serve.jobs import Job
 from musicgen_train.serve.middleware import BodySizeLimit, RequestMetrics
-from musicgen_train.serve.responses import describe, events, job_or_404, require_audio, wav_stream
+from musicgen_train.serve.responses import (
+    describe,
+    events,
+    job_or_404,
+    require_audio,
+    visible,
+    wav_stream,
+)
 from musicgen_train.serve.schemas import (
     GenerationRequest,
     GenerationStatus,
@@ -96,6 +105,8 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = svc
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     if settings.cors.allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -166,7 +177,7 @@ def _add_routes(app: FastAPI) -> None:
         _caller: str = Depends(generation_caller),
     ) -> dict:
         """Queue a generation; poll its status link, then fetch the audio (or stream it)."""
-        job = _submit(svc, body, stream=False)
+        job = _submit(svc, body, stream=False, caller=_caller)
         response.headers["Location"] = f"/v1/generations/{job.id}"
         queue = None
         try:  # the job is queued: a failed estimate must not turn that into an error (a retry)
@@ -188,7 +199,7 @@ def _add_routes(app: FastAPI) -> None:
     ) -> StreamingResponse:
         """Queue a generation and stream its audio while it is generated: a WAV header with
         unknown sizes, then 16-bit PCM. Progress: the job's events link (X-Generation-Id)."""
-        job = _submit(svc, body, stream=True)
+        job = _submit(svc, body, stream=True, caller=_caller)
         return wav_stream(svc, job)
 
     @app.get("/v1/generations/{job_id}", response_model=GenerationStatus, tags=["generations"])
@@ -197,9 +208,7 @@ def _add_routes(app: FastAPI) -> None:
     ) -> dict:
         """Status, progress, timings, parameters and, for a failed job, the reason; while it
         is queued, its queue position and an estimated start (from measured throughput)."""
-        job = await svc.read(svc.store.get, str(job_id))
-        if job is None:
-            raise HTTPException(404, f"no generation with id {job_id}")
+        job = visible(await svc.read(svc.store.get, str(job_id)), job_id, _caller)
         return describe(job, await svc.read(svc.estimates.of, job))
 
     @app.get(
@@ -214,7 +223,7 @@ def _add_routes(app: FastAPI) -> None:
     def get_audio(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> Response:
-        job = job_or_404(svc, job_id)
+        job = job_or_404(svc, job_id, _caller)
         require_audio(job)
         return Response(
             svc.audio.get(job.audio_key),
@@ -232,7 +241,7 @@ def _add_routes(app: FastAPI) -> None:
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> StreamingResponse:
         """The job's audio as a WAV stream: live while it generates, from the file after."""
-        job = job_or_404(svc, job_id)
+        job = job_or_404(svc, job_id, _caller)
         if job.status in (states.FAILED, states.CANCELED):
             raise HTTPException(409, f"generation {job.id} is {job.status}: {job.error}")
         if job.status == states.SUCCEEDED:
@@ -244,7 +253,7 @@ def _add_routes(app: FastAPI) -> None:
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> StreamingResponse:
         """Server-sent events with status and progress until the job finishes."""
-        job = job_or_404(svc, job_id)
+        job = job_or_404(svc, job_id, _caller)
         return StreamingResponse(events(svc, job.id), media_type="text/event-stream")
 
     @app.post(
@@ -256,39 +265,36 @@ def _add_routes(app: FastAPI) -> None:
     def cancel_generation(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
-        job = job_or_404(svc, job_id)
+        job = job_or_404(svc, job_id, _caller)
         if not svc.store.cancel(job.id):
-            job = job_or_404(svc, job_id)
+            job = job_or_404(svc, job_id, _caller)
             raise HTTPException(409, f"generation {job.id} already finished: {job.status}")
         svc.metrics.jobs.labels(job.model, states.CANCELED).inc()
         svc.broker.close(job.id)
-        return describe(job_or_404(svc, job_id))
+        return describe(job_or_404(svc, job_id, _caller))
 
 
 # --- helpers of the routes ------------------------------------------------------------------------
 
 
-def _submit(svc: Service, body: GenerationRequest, *, stream: bool) -> Job:
+def _submit(svc: Service, body: GenerationRequest, *, stream: bool, caller: str) -> Job:
     specs = {spec.name: spec for spec in svc.settings.models}
     name = body.model or svc.settings.default_model
     if name not in specs:
         raise validation_error(
             "model", f"unknown model {name!r}: served are {sorted(specs)}", body.model
         )
-    if body.duration > specs[name].max_duration:
+    served = svc.models.get(name)
+    limit = served.max_duration if served is not None else specs[name].max_duration
+    if body.duration > limit:
         raise validation_error(
             "duration",
-            f"duration {body.duration:g} s is longer than model {name!r} allows "
-            f"({specs[name].max_duration:g} s)",
+            f"duration {body.duration:g} s is longer than model {name!r} allows ({limit:g} s)",
             body.duration,
         )
     queue = svc.settings.queue
-    if svc.store.count(states.QUEUED) >= queue.max_size:
-        raise HTTPException(
-            503,
-            f"the queue is full ({queue.max_size} jobs waiting): retry later",
-            headers={"Retry-After": str(queue.retry_after)},
-        )
+    if svc.store.count(states.QUEUED) >= queue.max_size:  # a cheap early answer; create decides
+        raise _queue_full(queue)
     if not svc.ready:
         reason = svc.load_error or "models are loading"
         raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "10"})
@@ -298,8 +304,20 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool) -> Job:
         params=body.generation_params(),
         fmt=body.format,
         stream=stream,
+        owner=caller if caller.startswith("key:") else None,  # open service: no owners
+        max_queued=queue.max_size,
     )
+    if job is None:  # the bound, decided in the same transaction as the insert
+        raise _queue_full(queue)
     if stream:
         svc.broker.open(job.id)  # before the worker can see the job, so no chunk is missed
     svc.worker.wake.set()
     return job
+
+
+def _queue_full(queue) -> HTTPException:
+    return HTTPException(
+        503,
+        f"the queue is full ({queue.max_size} jobs waiting): retry later",
+        headers={"Retry-After": str(queue.retry_after)},
+    )

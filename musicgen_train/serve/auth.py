@@ -44,6 +44,7 @@ class Guard:
         self.rates = {
             "generations": parse(limits_cfg.generations),
             "requests": parse(limits_cfg.requests),
+            "failed_keys": parse(limits_cfg.failed_keys),
         }
 
     @property
@@ -52,9 +53,16 @@ class Guard:
 
     def identify(self, request: Request, key: str | None) -> str:
         """The identity a request is charged to; raises 401 (no key) or 403 (wrong key)."""
+        address = f"addr:{request.client.host if request.client else 'unknown'}"
         if self.open:
-            return f"addr:{request.client.host if request.client else 'unknown'}"
+            return address
+        # A client that sent serve.rate_limit.failed_keys wrong or missing keys waits, whatever
+        # it sends now: guessing keys gets no answer about them until the window has passed.
+        failed = self.rates["failed_keys"]
+        if not self.limiter.test(failed, "failed_keys", address):
+            self._too_many(failed, "failed_keys", address, "failed API keys from this client")
         if not key:
+            self.limiter.hit(failed, "failed_keys", address)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "missing API key: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
@@ -63,6 +71,7 @@ class Guard:
         # Compare against every key, always, so timing says nothing about which one nearly matched.
         matches = [secrets.compare_digest(key.encode(), k.encode()) for k in self.keys]
         if not any(matches):
+            self.limiter.hit(failed, "failed_keys", address)
             raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid API key")
         # Counters are keyed by a hash: the key itself never lands in Redis.
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -71,11 +80,14 @@ class Guard:
         rate = self.rates[kind]
         if self.limiter.hit(rate, kind, identity):
             return
+        self._too_many(rate, kind, identity, kind)
+
+    def _too_many(self, rate, kind: str, identity: str, what: str) -> None:
         stats = self.limiter.get_window_stats(rate, kind, identity)
         retry = max(1, math.ceil(stats.reset_time - time.time()))
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"rate limit exceeded ({rate} for {kind}): retry in {retry} s",
+            f"rate limit exceeded ({rate} for {what}): retry in {retry} s",
             headers={"Retry-After": str(retry)},
         )
 

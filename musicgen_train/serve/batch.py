@@ -87,7 +87,7 @@ def generate_batch(
     streamer.end()
     emit(("progress", 1.0))
     formats = zip(audio, batch.formats, strict=True)
-    return [_encode(clip, engine.sample_rate, fmt) for clip, fmt in formats]
+    return [encode_clip(clip, engine.sample_rate, fmt) for clip, fmt in formats]
 
 
 def _streamer(engine, batch: Batch, params, stream: StreamSettings, emit: Emit) -> CodecStreamer:
@@ -120,7 +120,8 @@ def _streamer(engine, batch: Batch, params, stream: StreamSettings, emit: Emit) 
     )
 
 
-def _encode(clip, sample_rate: int, fmt: str) -> Clip:
+def encode_clip(clip, sample_rate: int, fmt: str) -> Clip:
+    """float ``[channels, samples]`` -> the job's file (or why encoding failed)."""
     seconds = clip.shape[-1] / sample_rate
     try:
         return Clip(encode_audio_bytes(clip, sample_rate, fmt), seconds)

@@ -3,6 +3,12 @@
 The database is addressed by a SQLAlchemy URL (a SQLite file by default). Every state change is
 one conditional ``UPDATE ... WHERE status = ...`` whose row count says whether it happened, so two
 workers racing for a job (threads, processes or replicas) can never both claim it.
+
+Creating a job under the queue bound is one transaction that first updates the single row of
+``generation_queue_lock``: that write serialises creates (SQLite takes its write lock, PostgreSQL
+and other servers a row lock held to the commit), so the count of queued jobs and the insert
+that follows it cannot interleave with another create's (a bound of 64 holds under any number of
+concurrent clients and replicas).
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
@@ -58,6 +67,14 @@ jobs_table = Table(
     Column("audio_key", String(200)),
     Column("audio_seconds", Float),
     Column("audio_expired", Boolean, nullable=False, default=False),
+    # who created the job (a hash of its API key); None on an open service: readable by anyone
+    Column("owner", String(64)),
+)
+queue_lock_table = Table(
+    "generation_queue_lock",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("creates", Integer, nullable=False, default=0),
 )
 
 
@@ -81,6 +98,7 @@ class Job:
     audio_key: str | None = None
     audio_seconds: float | None = None
     audio_expired: bool = False
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row) -> Job:
@@ -140,13 +158,43 @@ class JobStore:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
         metadata.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to this one's columns and rows."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns(jobs_table.name)}
+        if "owner" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {jobs_table.name} ADD COLUMN owner VARCHAR(64)"))
+        with self.engine.connect() as conn:
+            present = conn.execute(
+                select(queue_lock_table.c.id).where(queue_lock_table.c.id == 1)
+            ).first()
+        if present is None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(queue_lock_table.insert().values(id=1, creates=0))
+            except IntegrityError:  # another replica inserted it first
+                pass
 
     def close(self) -> None:
         self.engine.dispose()
 
     # --- creating and reading ----------------------------------------------------------------
 
-    def create(self, *, model: str, prompt: str, params: dict, fmt: str, stream: bool) -> Job:
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        params: dict,
+        fmt: str,
+        stream: bool,
+        owner: str | None = None,
+        max_queued: int | None = None,
+    ) -> Job | None:
+        """Queue a job; with ``max_queued``, None when that many jobs are queued already (the
+        count and the insert are one serialised transaction, see the module's doc)."""
         job = Job(
             id=new_job_id(),
             model=model,
@@ -155,9 +203,21 @@ class JobStore:
             format=fmt,
             status=QUEUED,
             stream=stream,
+            owner=owner,
         )
         row = {**job.__dict__, "params": json.dumps(params)}
         with self.engine.begin() as conn:
+            if max_queued is not None:
+                # The first statement writes: it waits for (and then holds) the lock until commit.
+                conn.execute(
+                    queue_lock_table.update()
+                    .where(queue_lock_table.c.id == 1)
+                    .values(creates=queue_lock_table.c.creates + 1)
+                )
+                count = select(func.count()).select_from(jobs_table)
+                queued = conn.execute(count.where(jobs_table.c.status == QUEUED)).scalar_one()
+                if queued >= max_queued:
+                    return None
             conn.execute(jobs_table.insert().values(**row))
         return job
 

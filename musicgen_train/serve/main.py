@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -40,7 +42,22 @@ def run(cfg: DictConfig) -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run(sockets=[listener])  # the socket bound above: no race for it
+    GracefulServer(config).run(sockets=[listener])  # the socket bound above: no race for it
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, but a stop by SIGTERM or SIGINT that shut down gracefully (running jobs
+    re-queued, the generation process gone) exits with status 0: uvicorn raises the signal
+    again after its shutdown, which a supervisor reads as a crash ("exited (143)")."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            captured = getattr(self, "_captured_signals", None)
+            if captured:
+                log.info("stopped by %s: shut down gracefully", signal.Signals(captured[-1]).name)
+                captured.clear()
 
 
 def bind_port(host: str, port: int) -> socket.socket:

@@ -23,6 +23,8 @@ class ModelFacts:
     channels: int
     frame_rate: float
     num_codebooks: int
+    max_duration: float = 600.0  # the longest clip the model's position table allows
+    precision: str = "fp32"  # what the engine runs at (serve.precision resolved)
 
     @classmethod
     def of(cls, engine: GenerationEngine) -> ModelFacts:
@@ -32,6 +34,8 @@ class ModelFacts:
             channels=int(config.audio_encoder.audio_channels),
             frame_rate=float(engine.loaded.frame_rate),
             num_codebooks=int(config.decoder.num_codebooks),
+            max_duration=float(engine.max_duration),
+            precision=str(engine.precision),
         )
 
 
@@ -53,6 +57,11 @@ class ServedModel:
     def channels(self) -> int:
         return self.facts.channels
 
+    @property
+    def max_duration(self) -> float:
+        """The configured limit, never beyond what the model's positions allow."""
+        return min(self.spec.max_duration, self.facts.max_duration)
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -61,7 +70,9 @@ class ServedModel:
             "channels": self.channels,
             "frame_rate": self.facts.frame_rate,
             "num_codebooks": self.facts.num_codebooks,
-            "limits": {"max_duration": self.spec.max_duration},
+            "precision": self.facts.precision,
+            "base": self.spec.base,  # an adapter's base model (served by this server), or None
+            "limits": {"max_duration": self.max_duration},
             **self.info,
         }
 
@@ -96,9 +107,12 @@ def model_info(source: str, registry_uri: str | None = None) -> dict:
     }
 
 
-def load_engine(spec: ModelSpec, device: str = "cpu") -> GenerationEngine:
+def load_engine(
+    spec: ModelSpec, device: str = "cpu", precision: str | None = None, threads: int | None = None
+) -> GenerationEngine:
+    """``precision`` and ``threads``: None = the engine's own rule (``generation.*``)."""
     log.info("loading model %s from %s on %s", spec.name, spec.source, device)
     loaded = load_musicgen(
         spec.source, tiny_seed=spec.tiny_seed, registry_uri=spec.registry_uri, device=device
     )
-    return GenerationEngine(loaded)
+    return GenerationEngine(loaded, precision=precision, threads=threads)

@@ -20,9 +20,14 @@ EVENTS_POLL_SECONDS = 0.25
 STORED_CHUNK_SECONDS = 0.5
 
 
-def job_or_404(svc: Service, job_id: UUID) -> Job:
-    job = svc.store.get(str(job_id))
-    if job is None:
+def job_or_404(svc: Service, job_id: UUID, caller: str | None = None) -> Job:
+    """The job, if ``caller`` may see it: a job belongs to the API key that created it, and to
+    another key it does not exist (404, so ids of other clients' jobs cannot be probed)."""
+    return visible(svc.store.get(str(job_id)), job_id, caller)
+
+
+def visible(job: Job | None, job_id, caller: str | None) -> Job:
+    if job is None or (job.owner is not None and job.owner != caller):
         raise HTTPException(404, f"no generation with id {job_id}")
     return job
 

@@ -17,19 +17,39 @@ class GenerationRequest(BaseModel):
         },
     )
 
+    # Numbers are strict JSON numbers: true, "5", NaN and Infinity are refused, not converted.
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to play")
     duration: float = Field(
-        default=8.0, gt=0, le=600, description="Seconds; at most the model's max_duration"
+        default=8.0,
+        gt=0,
+        le=600,
+        strict=True,
+        allow_inf_nan=False,
+        description="Seconds (a JSON number); at most the model's max_duration",
     )
     model: str | None = Field(
         default=None, max_length=100, description="A served model's name; default the first"
     )
-    guidance_scale: float = Field(default=3.0, ge=1.0, le=20.0, description="1 turns CFG off")
-    temperature: float = Field(default=1.0, gt=0.0, le=5.0)
-    top_k: int = Field(default=250, ge=0, le=2048, description="0 turns top-k off")
-    top_p: float = Field(default=0.0, ge=0.0, le=1.0, description="0 turns top-p off")
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    guidance_scale: float = Field(
+        default=3.0, ge=1.0, le=20.0, strict=True, allow_inf_nan=False, description="1: no CFG"
+    )
+    temperature: float = Field(default=1.0, gt=0.0, le=5.0, strict=True, allow_inf_nan=False)
+    top_k: int = Field(default=250, ge=0, le=2048, strict=True, description="0 turns top-k off")
+    top_p: float = Field(
+        default=0.0, ge=0.0, le=1.0, strict=True, allow_inf_nan=False, description="0: off"
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, strict=True)
     format: Literal["wav", "flac"] = "wav"
+
+    @field_validator("prompt", "model")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+        return value
 
     @field_validator("prompt")
     @classmethod

@@ -15,13 +15,14 @@ from sqlalchemy import text
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
+from musicgen_train.serve.adapters import load_engines
 from musicgen_train.serve.auth import Guard
 from musicgen_train.serve.batch import reason
 from musicgen_train.serve.estimates import QueueEstimator
 from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
 from musicgen_train.serve.jobs import JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
-from musicgen_train.serve.models import ModelFacts, ServedModel, load_engine, model_info
+from musicgen_train.serve.models import ModelFacts, ServedModel, model_info
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import AudioStore, delete_expired_audio
 from musicgen_train.serve.streaming import StreamBroker
@@ -92,13 +93,20 @@ class Service:
                     device=device,
                     torch_threads=worker.torch_threads,
                     nice=worker.nice,
+                    precision=self.settings.precision,
+                    max_rows=worker.max_batch_size,
                 )
                 for _ in range(count)
             ]
         engines = self.engines
         if engines is None:
-            device = self.settings.torch_device()
-            engines = {spec.name: load_engine(spec, device) for spec in self.settings.models}
+            device, precision = self.settings.torch_device(), self.settings.precision
+            engines = load_engines(self.settings.models, device, precision, worker.torch_threads)
+        if worker.scheduler == "continuous":  # each worker thread steps its own batch
+            return [
+                InlineGenerator(engines, stream, worker.torch_threads, worker.max_batch_size)
+                for _ in range(count)
+            ]
         return [InlineGenerator(engines, stream, worker.torch_threads)] * count
 
     def _cleanup_loop(self) -> None:

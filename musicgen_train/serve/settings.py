@@ -30,6 +30,9 @@ class ModelSpec(_Section):
     max_duration: float = Field(default=30.0, gt=0, le=600)
     tiny_seed: int = 0
     registry_uri: str | None = None  # the registry models:/ sources name
+    # A LoRA export kept apart (export.merge_lora=false): serve its adapter/ on the weights of
+    # the served model of this name (one copy of the base for many fine-tunes; serve/adapters.py)
+    base: str | None = None
 
 
 class QueueSettings(_Section):
@@ -38,9 +41,16 @@ class QueueSettings(_Section):
 
 
 class JobSettings(_Section):
-    timeout: float = Field(default=600.0, gt=0)  # seconds a generation may run
+    # A job may run timeout + timeout_per_audio_second * its duration seconds: a short job is
+    # never cut by a limit sized for long ones, a long one is not failed by one sized for short.
+    timeout: float = Field(default=120.0, gt=0)
+    timeout_per_audio_second: float = Field(default=30.0, ge=0)
     stale_after: float = Field(default=30.0, ge=0)  # seconds without heartbeat = worker died
     max_attempts: int = Field(default=2, ge=1)  # re-queues after a crash, then failed
+
+    def timeout_for(self, duration: float) -> float:
+        """Seconds a job of ``duration`` seconds of audio may run before it fails."""
+        return self.timeout + self.timeout_per_audio_second * max(0.0, float(duration))
 
 
 class WorkerSettings(_Section):
@@ -49,14 +59,18 @@ class WorkerSettings(_Section):
     # start-up of a second interpreter, e.g. for debugging).
     isolation: Literal["process", "thread"] = "process"
     threads: int = Field(default=1, ge=1, le=16)  # parallel batches; one process per thread
-    max_batch_size: int = Field(default=8, ge=1, le=64)
-    batch_wait: float = Field(default=0.05, ge=0, le=5)  # seconds to gather companions
-    # torch intra-op threads for generation; None keeps torch's default (all cores). On a CPU
-    # shared with the HTTP server, leaving a core free keeps status requests fast.
+    # continuous: a queued job joins the running batch at the next decode step and leaves it
+    # when its own duration is reached (any mix of parameters); static: jobs with equal
+    # parameters share one generate call that runs to its end (the old behaviour).
+    scheduler: Literal["continuous", "static"] = "continuous"
+    max_batch_size: int = Field(default=8, ge=1, le=64)  # rows decoded together
+    batch_wait: float = Field(default=0.05, ge=0, le=5)  # static: seconds to gather companions
+    # torch intra-op threads for generation; None = the engine's rule (the CPUs this process may
+    # use: affinity and cgroup quota). On a CPU shared with the HTTP server, 1 keeps requests fast.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     # CPU priority of a generation process (os.nice): on a CPU shared with the HTTP server,
     # requests go first. 0 = the server's own priority.
-    nice: int = Field(default=10, ge=0, le=19)
+    nice: int = Field(default=0, ge=0, le=19)
     # Seconds a thread may hold the GIL while another waits (sys.setswitchinterval), set by
     # `musicgen-train serve`: requests wait less for the generation thread.
     switch_interval: float = Field(default=0.0005, gt=0, le=0.1)
@@ -77,8 +91,9 @@ class RateLimitSettings(_Section):
     storage: str = "memory://"  # or redis://host:6379/0, shared by replicas
     generations: str = "30/minute"  # per API key (or client address when open)
     requests: str = "1200/minute"
+    failed_keys: str = "10/minute"  # wrong or missing keys per client address, then 429
 
-    @field_validator("generations", "requests")
+    @field_validator("generations", "requests", "failed_keys")
     @classmethod
     def _rate(cls, value: str) -> str:
         if not RATE.match(value):
@@ -111,6 +126,9 @@ class ServeSettings(_Section):
     cors: CorsSettings = CorsSettings()
     limits: RequestLimits = RequestLimits()
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    # The engine's precision (docs/generation.md): auto = int8 on CPU, bf16/fp16 on CUDA. At
+    # int8 a row's tokens depend on its batch companions; fp32 makes seeded jobs repeatable.
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     log_level: str = "info"
 
     def torch_device(self) -> str:

@@ -1,10 +1,18 @@
 """The generation worker: claims queued jobs and hands them to a generator, off the event loop.
 
-Queued jobs whose settings agree (same model, same ``GenerationParams.batch_key()``) share one
-``generate`` call. Jobs with an explicit seed run alone, so that a seed always gives the same
-audio. While a batch runs, its ``Monitor`` heartbeats progress into the store, notices canceled
-jobs, and stops the batch when every job in it was canceled, it ran past its timeout, or the
-server is shutting down. Each worker thread has its own generator (see ``generator.py``).
+Two schedulers (``serve.worker.scheduler``):
+
+- ``continuous`` (the default): the worker keeps up to ``max_batch_size`` jobs running on its
+  generator. A queued job is claimed as soon as a row is free and joins the running decode batch
+  at the next step (``continuous.Scheduler``); each job leaves when its own duration is reached.
+  Cancel, timeout (per job, ``serve.jobs.timeout_for``) and shutdown abort one row at a time.
+- ``static``: queued jobs whose settings agree (same model, same
+  ``GenerationParams.batch_key()``) share one ``generate`` call that runs to its end. Jobs with
+  an explicit seed run alone, so that a seed always gives the same audio. While a batch runs,
+  its ``Monitor`` heartbeats progress into the store, notices canceled jobs, and stops the
+  batch when every job in it was canceled, it ran past its timeout, or the server is stopping.
+
+Each worker thread has its own generator (see ``generator.py``).
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from musicgen_train.serve.models import ServedModel
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import AudioStore, audio_key
 from musicgen_train.serve.streaming import StreamBroker
+from musicgen_train.serve.worker_continuous import (
+    HEARTBEAT_SECONDS,
+    RECOVERY_SECONDS,
+    ContinuousLoop,
+)
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 0.25
-RECOVERY_SECONDS = 5.0
 RESTART_DELAY_SECONDS = 10.0  # between attempts to bring a failed generator back
 
 
@@ -79,7 +90,7 @@ class Monitor:
         self.on_beat()
 
 
-class Worker:
+class Worker(ContinuousLoop):
     def __init__(
         self,
         settings: ServeSettings,
@@ -104,9 +115,10 @@ class Worker:
         """One thread per generator, each running one batch at a time on its generator."""
         self.recover()
         self.generators = generators
+        loop = self._loop if self.settings.worker.scheduler == "static" else self._continuous
         for index, generator in enumerate(generators):
             thread = threading.Thread(
-                target=self._loop, args=(generator,), name=f"generation-{index}", daemon=True
+                target=loop, args=(generator,), name=f"generation-{index}", daemon=True
             )
             thread.start()
             self.threads.append(thread)
@@ -124,7 +136,7 @@ class Worker:
         return (
             bool(self.threads)
             and all(thread.is_alive() for thread in self.threads)
-            and all(generator.alive for generator in self.generators)
+            and all(generator.ready for generator in self.generators)
         )
 
     def recover(self) -> dict:
@@ -203,7 +215,8 @@ class Worker:
             streamed=[stream is not None for stream in live],
         )
         started = time.monotonic()
-        deadline = started + self.settings.jobs.timeout
+        timeout = self.settings.jobs.timeout_for(float(jobs[0].params.get("duration", 0.0)))
+        deadline = started + timeout
         monitor = Monitor(self.store, jobs, deadline, self.stopping, self._tick)
 
         def on_event(event: tuple) -> None:
@@ -217,7 +230,7 @@ class Worker:
         try:
             clips = generator.run(batch, on_event, monitor.stop_reason)
         except GenerationAborted as stop:
-            self._abort(jobs, str(stop))
+            self._abort(jobs, str(stop), timeout)
             return
         except Exception as err:  # GenerationFailed, or the service's own side failing
             if not isinstance(err, GenerationFailed):
@@ -250,11 +263,13 @@ class Worker:
         else:  # canceled while its batch finished: the audio is not wanted
             self.audio.delete(key)
 
-    def _abort(self, jobs: list[Job], why: str) -> None:
-        timeout = self.settings.jobs.timeout
+    def _abort(self, jobs: list[Job], why: str, timeout: float) -> None:
         for job in jobs:
             if why == "timeout":
-                reason = f"timed out after {timeout:g} s (serve.jobs.timeout)"
+                reason = (
+                    f"timed out after {timeout:g} s (serve.jobs.timeout + "
+                    "serve.jobs.timeout_per_audio_second x duration)"
+                )
                 self._finish(job, "failed", lambda j, r=reason: self.store.fail(j.id, r))
             elif why == "shutdown":  # the next start (or another replica) runs it again
                 self.store.requeue(job.id, "re-queued: the server shut down while generating")

@@ -1,0 +1,201 @@
+"""Continuous batching: jobs join the running decode batch at the next step and leave it alone.
+
+``Scheduler`` holds one ``DecodeLoop`` per served model (``GenerationEngine.new_loop``). A job
+becomes one row of its model's loop (``engine.add``) with its own duration, seed, temperature,
+top-k, top-p and guidance; every ``step`` advances every row by one token. A row leaves when its
+own duration is reached (its audio is decoded and encoded at once) or when it is aborted
+(canceled, timed out, the server stopping): only that row goes, its companions go on. Each row
+has its own ``CodecStreamer``, so streaming and progress are per job.
+
+The scheduler is plain code over picklable inputs and outputs (``JobSpec`` in, events out), so it
+runs in the generation process (``serve.worker.isolation=process``) or in a worker thread.
+
+Events (tuples) handed to ``emit``:
+``("job_progress", id, fraction)``, ``("job_audio", id, pcm16 bytes)``,
+``("job_done", id, Clip)``, ``("job_failed", id, reason)``, ``("job_aborted", id, why)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.generation.streaming import CodecStreamer
+from musicgen_train.serve.batch import PROGRESS_SECONDS, Clip, encode_clip, reason
+from musicgen_train.serve.settings import StreamSettings
+from musicgen_train.serve.streaming import to_pcm16
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[tuple], None]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the generation side needs of a job."""
+
+    id: str
+    model: str
+    prompt: str
+    params: dict  # GenerationParams fields
+    format: str  # wav or flac
+    streamed: bool  # someone listens to its PCM
+
+
+class _Job:
+    """A running row's bookkeeping: its streamer (per row), progress and abort reason."""
+
+    def __init__(self, spec: JobSpec, engine: GenerationEngine, stream: StreamSettings, emit):
+        self.spec, self.engine, self.emit = spec, engine, emit
+        self.params = GenerationParams(**spec.params)
+        self.abort: str | None = None
+        self.last_progress = 0.0
+        frame_rate = engine.loaded.frame_rate
+        self.total = engine.sampling(self.params).max_new_tokens
+        self.num_samples = int(round(self.params.duration * engine.sample_rate))
+        self.streamer = CodecStreamer(
+            engine.model,
+            batch_size=1,
+            max_new_tokens=self.total,
+            num_samples=self.num_samples,
+            on_audio=self._on_audio if spec.streamed else None,
+            on_progress=self._on_progress,
+            chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
+            context_frames=round(stream.context_seconds * frame_rate),
+            lookahead_frames=stream.lookahead_frames,
+            crossfade_frames=min(2, stream.lookahead_frames),
+        )
+
+    def should_stop(self) -> str | None:
+        return self.abort
+
+    def on_step(self, row) -> None:
+        step = row.step
+        column = torch.where(row.pattern[:, step] == -1, row.tokens[:, step], row.pattern[:, step])
+        self.streamer.put(column)
+
+    def _on_audio(self, _index: int, audio) -> None:
+        self.emit(("job_audio", self.spec.id, to_pcm16(audio)))
+
+    def _on_progress(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_SECONDS:
+            self.last_progress = now
+            self.emit(("job_progress", self.spec.id, step / total))
+
+
+class Scheduler:
+    """The running batch of every served model; ``add``, ``abort`` and ``step``."""
+
+    def __init__(
+        self,
+        engines: dict[str, GenerationEngine],
+        stream: StreamSettings,
+        emit: Emit,
+        max_rows: int = 8,
+    ):
+        self.engines, self.stream, self.emit, self.max_rows = engines, stream, emit, max_rows
+        self.loops = {}
+        self.jobs: dict[str, _Job] = {}
+        self.steps = 0  # steps taken, all models together
+        self.rows_stepped = 0  # rows advanced, all steps together (rows per step = this / steps)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.max_rows - len(self.jobs))
+
+    def add(self, spec: JobSpec) -> bool:
+        """Put a job into its model's running batch (it advances at the next step); a job that
+        cannot run fails alone with the reason."""
+        try:
+            engine = self.engines[spec.model]
+            job = _Job(spec, engine, self.stream, self.emit)
+            loop = self.loops.get(spec.model)
+            if loop is None:
+                loop = self.loops[spec.model] = engine.new_loop()
+            row = engine.add(
+                loop,
+                spec.prompt,
+                job.params,
+                on_step=job.on_step,
+                should_stop=job.should_stop,
+                tag=spec.id,
+            )
+            job.streamer.put(row.tokens[:, 0])  # the start tokens (step 0)
+        except Exception as err:
+            log.exception("job %s could not join the batch", spec.id)
+            self.emit(("job_failed", spec.id, reason(err)))
+            return False
+        self.jobs[spec.id] = job
+        return True
+
+    def abort(self, job_id: str, why: str) -> None:
+        """The row leaves before the next step; its companions go on."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.abort is None:
+            job.abort = why
+
+    def abort_all(self, why: str) -> None:
+        for job_id in list(self.jobs):
+            self.abort(job_id, why)
+
+    def step(self) -> None:
+        """One decode step of every model's running batch; finished rows leave and are sent."""
+        for model, loop in list(self.loops.items()):
+            if not loop.rows:
+                continue
+            size = len(loop.rows)
+            try:
+                left = loop.step()
+            except Exception as err:  # the whole batch of this model failed (out of memory ...)
+                log.exception("a decode step of model %s failed", model)
+                self._fail_model(model, reason(err))
+                continue
+            if size:
+                self.steps += 1
+                self.rows_stepped += size
+            for row in left:
+                self._leave(row)
+
+    def _fail_model(self, model: str, why: str) -> None:
+        self.loops[model] = self.engines[model].new_loop()
+        for job_id, job in list(self.jobs.items()):
+            if job.spec.model == model:
+                del self.jobs[job_id]
+                self.emit(("job_failed", job_id, why))
+
+    def _leave(self, row) -> None:
+        job = self.jobs.pop(row.tag, None)
+        if job is None:
+            return
+        if row.stop_reason is not None:
+            self.emit(("job_aborted", job.spec.id, row.stop_reason))
+            return
+        try:
+            job.streamer.end()
+            audio = job.engine.decode([row])[0][..., : job.num_samples]
+            clip = encode_clip(audio, job.engine.sample_rate, job.spec.format)
+        except Exception as err:
+            log.exception("finishing job %s failed", job.spec.id)
+            self.emit(("job_failed", job.spec.id, reason(err)))
+            return
+        self.emit(("job_progress", job.spec.id, 1.0))
+        self.emit(("job_done", job.spec.id, clip))
+
+
+def collect() -> tuple[list[tuple], Emit]:
+    """A list and an ``emit`` that appends to it (the in-process scheduler's event sink)."""
+    events: list[tuple] = []
+    return events, events.append
+
+
+__all__ = ["Clip", "JobSpec", "Scheduler", "collect"]

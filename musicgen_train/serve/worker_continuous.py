@@ -1,0 +1,178 @@
+"""The worker's continuous-batching loop (``serve.worker.scheduler=continuous``), a part of
+``Worker``: it keeps up to ``serve.worker.max_batch_size`` jobs running on its generator, claims a
+queued job as soon as a row is free (it joins the decode batch at the next step), passes each
+job's events on (progress, streamed PCM, its file), aborts the row of a canceled or timed-out job
+(one row, never its companions), and re-queues what runs when the server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from musicgen_train.serve.batch import GenerationFailed
+from musicgen_train.serve.continuous import JobSpec
+from musicgen_train.serve.jobs import RUNNING, Job
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 0.25
+RECOVERY_SECONDS = 5.0
+
+
+class ContinuousLoop:
+    """Methods of ``Worker`` (its store, metrics, broker, models, settings, ``_save``,
+    ``_finish``, ``_abort``, ``_restart``, ``recover``)."""
+
+    def _continuous(self, generator) -> None:
+        """Keep the generator's batch full: claim jobs into free rows, pass events on, abort
+        the rows of canceled and timed-out jobs; on shutdown re-queue what runs."""
+        running: dict[str, _Running] = {}
+        last_recovery = last_beat = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                now = self.last_tick = time.monotonic()
+                if not generator.alive:
+                    self._lost(running, generator)
+                    self._restart(generator)
+                    continue
+                if now - last_recovery > RECOVERY_SECONDS:
+                    self.recover()
+                    last_recovery = now
+                free = self.settings.worker.max_batch_size - len(running)
+                if free > 0:
+                    self._join(running, generator, free)
+                if not running:
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                try:
+                    events = generator.events(0.05)
+                except GenerationFailed as err:
+                    self._lost(running, generator, err.reason)
+                    continue
+                for event in events:
+                    self._on_event(running, event)
+                self._deadlines(running, generator)  # every turn: a timeout is one step late
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = now
+                    self._beat(running, generator)
+        finally:
+            self._shutdown(running)
+
+    def _join(self, running: dict, generator, free: int) -> None:
+        try:
+            queued = self.store.queued(limit=free)
+        except Exception:  # a database hiccup must not kill the worker
+            log.exception("reading the queue failed")
+            return
+        joined = 0
+        for job in queued:
+            if job.model not in self.models:
+                if self.store.claim(job.id, self.id):
+                    self.store.fail(job.id, f"model {job.model!r} is not served by this server")
+                continue
+            if not self.store.claim(job.id, self.id):
+                continue  # another worker took it
+            live = self.broker.get(job.id)
+            spec = JobSpec(job.id, job.model, job.prompt, job.params, job.format, live is not None)
+            duration = float(job.params.get("duration", 0.0))
+            running[job.id] = _Running(
+                job, live, time.monotonic(), self.settings.jobs.timeout_for(duration)
+            )
+            self.metrics.active.inc()
+            joined += 1
+            try:
+                generator.submit(spec)
+            except GenerationFailed as err:
+                self._lost(running, generator, err.reason)
+                return
+        if joined:  # rows in the batch once these joined
+            self.metrics.batch_size.observe(len(running))
+
+    def _on_event(self, running: dict, event: tuple) -> None:
+        kind, job_id, payload = event[0], event[1], event[2]
+        entry = running.get(job_id)
+        if entry is None:
+            return
+        if kind == "job_progress":
+            entry.progress = payload
+        elif kind == "job_audio":
+            if entry.live is not None:
+                entry.live.publish(payload)
+        else:
+            del running[job_id]
+            self._ended(entry, kind, payload)
+
+    def _ended(self, entry: _Running, kind: str, payload) -> None:
+        job = entry.job
+        self.metrics.active.dec()
+        served = self.models[job.model]
+        self.metrics.generation_seconds.labels(served.name).observe(
+            time.monotonic() - entry.started
+        )
+        if kind == "job_done":
+            self._save(job, served, payload)
+        elif kind == "job_failed":
+            self._finish(job, "failed", lambda j, r=payload: self.store.fail(j.id, r))
+        elif kind == "job_aborted":
+            self._abort([job], payload, entry.timeout)
+
+    def _deadlines(self, running: dict, generator) -> None:
+        now = time.monotonic()
+        for job_id, entry in running.items():
+            if not entry.asked and now - entry.started > entry.timeout:
+                self._ask(generator, entry, job_id, "timeout")
+
+    @staticmethod
+    def _ask(generator, entry: _Running, job_id: str, why: str) -> None:
+        entry.asked = True
+        with contextlib.suppress(GenerationFailed):  # the next turn sees a dead child
+            generator.abort(job_id, why)
+
+    def _beat(self, running: dict, generator) -> None:
+        """Progress into the store; rows of canceled jobs leave the batch."""
+        try:
+            statuses = self.store.status_of(list(running))
+        except Exception:
+            log.exception("heartbeat failed")
+            statuses = {}
+        for job_id, entry in list(running.items()):
+            if entry.asked:
+                continue
+            if statuses and statuses.get(job_id) != RUNNING:
+                self._ask(generator, entry, job_id, "canceled")
+                continue
+            try:
+                self.store.heartbeat(job_id, entry.progress)
+            except Exception:
+                log.exception("heartbeat failed")
+        self._tick()
+
+    def _lost(self, running: dict, generator, why: str | None = None) -> None:
+        """The generation process died: its jobs fail with the reason (as a static batch's)."""
+        if not running:
+            return
+        if why is None:
+            why = generator._crashed().reason if hasattr(generator, "_crashed") else "lost"
+        for entry in list(running.values()):
+            self.metrics.active.dec()
+            self._finish(entry.job, "failed", lambda j: self.store.fail(j.id, why))
+        running.clear()
+
+    def _shutdown(self, running: dict) -> None:
+        for entry in running.values():
+            self.metrics.active.dec()
+            self.store.requeue(entry.job.id, "re-queued: the server shut down while generating")
+            self.broker.close(entry.job.id)
+        running.clear()
+
+
+class _Running:
+    """A job in the continuous batch, as the worker sees it."""
+
+    def __init__(self, job: Job, live, started: float, timeout: float):
+        self.job, self.live, self.started, self.timeout = job, live, started, timeout
+        self.progress = 0.0
+        self.asked = False  # an abort was sent for it

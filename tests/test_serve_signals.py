@@ -1,0 +1,81 @@
+"""SIGTERM to the whole process group (how systemd, docker and most supervisors stop a service):
+the running job is re-queued, the generation process and the server exit cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+from backend_servers import free_port
+from test_serve_server import wait_until_ready
+
+from musicgen_train.serve.jobs import JobStore
+
+
+def test_sigterm_to_the_process_group_requeues_running_jobs_and_exits_cleanly(
+    tmp_path, tiny_model_dir
+):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    database = f"sqlite:///{tmp_path}/jobs.db"
+    command = [
+        sys.executable,
+        "-m",
+        "musicgen_train.cli",
+        "serve",
+        f"model={tiny_model_dir}",
+        "serve.host=127.0.0.1",
+        f"serve.port={port}",
+        "serve.worker.torch_threads=1",
+        "serve.precision=fp32",
+        f"serve.database_url={database}",
+        f"serve.storage={tmp_path}/audio",
+    ]
+    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(tmp_path / "home")}
+    env.pop("MUSICGEN_SERVE_API_KEYS", None)
+    # A session of its own: the server, its generation process and their helpers are one group.
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_until_ready(base, process)
+        ids = [
+            httpx.post(f"{base}/v1/generations", json={"prompt": p, "duration": 25.0}).json()["id"]
+            for p in ("long one", "long two")
+        ]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{base}/v1/generations/{ids[0]}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    stderr = process.stderr.read().decode()
+    assert process.returncode == 0, stderr[-3000:]
+    store = JobStore(database)
+    jobs = [store.get(job_id) for job_id in ids]
+    store.close()
+    for job in jobs:  # running (both rows of the batch), re-queued for the next start
+        assert job.status == "queued", (job.status, job.error)
+    assert jobs[0].error == "re-queued: the server shut down while generating"
+    assert "SIGTERM" not in (jobs[0].error or "")
+    # Nothing of the group is left behind (the generation process left on the server's word).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a process of the group is still running"
+        time.sleep(0.1)
