@@ -30,7 +30,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.musicgen.modeling_musicgen import eager_attention_forward
 
-from musicgen_train.generation.prefill import prefill_row
+from musicgen_train.generation.prefill import prefill_row, project_qkv
 from musicgen_train.generation.rows import (  # noqa: F401 (the loop's public names)
     GenerationInputError,
     Row,
@@ -344,14 +344,7 @@ class DecodeLoop:
         for layer_index, layer in enumerate(decoder.layers):
             # self-attention over the static cache
             attn = layer.self_attn
-            x = layer.self_attn_layer_norm(hidden)
-            if hasattr(attn, "qkv_proj"):  # a fused copy (precision.fuse_projections)
-                q, k, v = attn.qkv_proj(x).chunk(3, dim=-1)
-            else:
-                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-            q = q.reshape(shape).transpose(1, 2)
-            k = k.reshape(shape).transpose(1, 2)
-            v = v.reshape(shape).transpose(1, 2)
+            q, k, v = project_qkv(attn, layer.self_attn_layer_norm(hidden), shape)
             cache_k, cache_v = self._k[layer_index], self._v[layer_index]
             if index is None:
                 cache_k[:, :, position] = k[:, :, 0]

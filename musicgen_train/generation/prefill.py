@@ -42,14 +42,8 @@ def prefill_row(loop, row) -> None:
     index = torch.tensor(slots, device=loop.device)
     for layer_index, layer in enumerate(decoder.layers):
         attn = layer.self_attn
-        x = layer.self_attn_layer_norm(hidden)
-        if hasattr(attn, "qkv_proj"):  # a fused copy (precision.fuse_projections)
-            q, k, v = attn.qkv_proj(x).chunk(3, dim=-1)
-        else:
-            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        q = q.reshape(shape).transpose(1, 2)
-        k = k.reshape(shape).transpose(1, 2).to(loop.cache_dtype)
-        v = v.reshape(shape).transpose(1, 2).to(loop.cache_dtype)
+        q, k, v = project_qkv(attn, layer.self_attn_layer_norm(hidden), shape)
+        k, v = k.to(loop.cache_dtype), v.to(loop.cache_dtype)
         loop._k[layer_index][index, :, :length] = k
         loop._v[layer_index][index, :, :length] = v
         out, _ = loop.attention(
@@ -69,3 +63,13 @@ def prefill_row(loop, row) -> None:
         x = layer.final_layer_norm(hidden)
         hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
     row.step = length
+
+
+def project_qkv(attn, x: torch.Tensor, shape: tuple) -> tuple[torch.Tensor, ...]:
+    """A self-attention's queries, keys and values ``[slots, heads, length, head_dim]`` (from a
+    fused ``qkv_proj`` when ``precision.fuse_projections`` made one)."""
+    if hasattr(attn, "qkv_proj"):
+        q, k, v = attn.qkv_proj(x).chunk(3, dim=-1)
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    return tuple(t.reshape(shape).transpose(1, 2) for t in (q, k, v))
