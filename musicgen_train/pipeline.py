@@ -31,6 +31,7 @@ def run(cfg: DictConfig) -> dict:
         dashboards.log_evaluation(evaluation)
     if cfg.registry.register_after_training:
         outputs.update(register_final_model(cfg, trained, evaluation))
+    dashboards.close()
     _print_summary(outputs)
     return outputs
 
@@ -60,6 +61,13 @@ class RunLoggers(Callback):
         log_evaluation(self.loggers, evaluation_metrics(report), plots, clips, self.step)
         for logger in self.loggers:
             logger.finalize("success")  # training finalized them once; flush what came since
+
+    def close(self) -> None:
+        """End the W&B run now, so its files hold everything when the command returns (W&B
+        otherwise finishes it from an exit hook, writing the last records while Python exits)."""
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+                logger.experiment.finish()
 
 
 def register_final_model(cfg: DictConfig, trained, evaluation: dict | None) -> dict:
