@@ -58,23 +58,16 @@ def cpu_flags() -> str:
 
 def build_model():
     """musicgen-small's shape with random weights (T5-base-sized text encoder), in memory."""
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
-    from musicgen_train.model.shapes import encodec_32khz_config, musicgen_small_decoder_config
+    from musicgen_train.model.shapes import (
+        encodec_32khz_config,
+        musicgen_small_decoder_config,
+        t5_base_text_config,
+    )
     from musicgen_train.model.tiny import build_tiny_processor, init_codebooks
 
-    text = T5Config(
-        vocab_size=384,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=12,
-        num_heads=12,
-        feed_forward_proj="relu",
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    text = t5_base_text_config()
     config = MusicgenConfig(
         text_encoder=text,
         audio_encoder=encodec_32khz_config(),

@@ -39,26 +39,19 @@ from pathlib import Path
 
 def small_shape_folder() -> Path:
     """musicgen-small's shape with random weights, saved like a hub checkpoint (once)."""
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
-    from musicgen_train.model.shapes import encodec_32khz_config, musicgen_small_decoder_config
+    from musicgen_train.model.shapes import (
+        encodec_32khz_config,
+        musicgen_small_decoder_config,
+        t5_base_text_config,
+    )
     from musicgen_train.model.tiny import build_tiny_processor, cache_root, init_codebooks
 
     folder = cache_root() / "bench" / "musicgen-small-shape-v1"
     if (folder / "config.json").exists():
         return folder
-    text = T5Config(
-        vocab_size=384,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=12,
-        num_heads=12,
-        feed_forward_proj="relu",
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    text = t5_base_text_config()
     codec = encodec_32khz_config()
     decoder = musicgen_small_decoder_config()
     config = MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)

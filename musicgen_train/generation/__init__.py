@@ -3,6 +3,8 @@
 Names load on first use, so importing the package costs nothing until a model generates.
 """
 
+from musicgen_train.lazy import lazy_names
+
 _LAZY = {
     "GenerationEngine": "engine",
     "GenerationParams": "engine",
@@ -11,10 +13,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

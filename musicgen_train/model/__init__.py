@@ -6,15 +6,10 @@ composes its config never imports torch or transformers.
 """
 
 from musicgen_train.errors import ModelNotFoundError
+from musicgen_train.lazy import lazy_names
 
 _LAZY = {"LoadedModel": "loader", "load_pretrained": "loader"}
 
 __all__ = ["LoadedModel", "ModelNotFoundError", "load_pretrained"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import EncodecConfig, MusicgenDecoderConfig
+from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
 
 def encodec_32khz_config() -> EncodecConfig:
@@ -40,4 +40,21 @@ def musicgen_small_decoder_config() -> MusicgenDecoderConfig:
         pad_token_id=2048,
         bos_token_id=2048,
         decoder_start_token_id=2048,
+    )
+
+
+def t5_base_text_config() -> T5Config:
+    """T5-base's encoder shape (musicgen-small's text encoder), with the ByT5 tokenizer's
+    vocabulary so the tiny processor fits it: the text side's cost at its real size."""
+    return T5Config(
+        vocab_size=384,
+        d_model=768,
+        d_kv=64,
+        d_ff=3072,
+        num_layers=12,
+        num_heads=12,
+        feed_forward_proj="relu",
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )

@@ -5,6 +5,8 @@ Lightning / DeepSpeed checkpoints and ``models:/`` registry URIs all resolve her
 The names below load on first use, so composing a config imports no torch.
 """
 
+from musicgen_train.lazy import lazy_names
+
 _LAZY = {
     "attach_codec": "resolve",
     "load_checkpoint": "resolve",
@@ -17,10 +19,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
