@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from musicgen_train.generation.codec import FastCodecDecoder
 from musicgen_train.generation.config import (
     env_cuda_graphs,
     env_extend_stride,
@@ -206,12 +207,24 @@ class GenerationEngine:
 
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor) -> np.ndarray:
-        """Codes ``[B, K, frames]`` -> float32 audio ``[B, channels, samples]`` (EnCodec)."""
+        """Codes ``[B, K, frames]`` -> float32 audio ``[B, channels, samples]`` (EnCodec, fp32).
+
+        Through ``FastCodecDecoder`` (the codec's own modules, weight norm folded once, the
+        upsampling stack in chunks: the same audio up to float rounding, ~1.5x faster on CPU)
+        when the codec allows it, else the codec's ``decode``. Stereo codes interleave the
+        channels' codebooks (left's k at 2k): each channel is decoded on its own."""
         stereo = self.model.config.decoder.audio_channels == 2
-        rows = range(codes.shape[0])
-        codes = codes[None].to(self.device)  # [1, B, K, frames]
+        codes = codes.to(self.device)
+        fast = self._fast_codec()
+        if fast is not None:
+            if stereo:  # apart, as transformers does (a batch of 2 rounds differently)
+                audio = torch.cat([fast(codes[:, ::2]), fast(codes[:, 1::2])], dim=1)
+            else:
+                audio = fast(codes)
+            return audio.float().cpu().numpy()
+        codes = codes[None]  # [1, B, K, frames]
         codec = self.model.audio_encoder
-        scales = [None] * len(rows)
+        scales = [None] * codes.shape[1]
         if stereo:
             left = codec.decode(codes[:, :, ::2], audio_scales=scales).audio_values
             right = codec.decode(codes[:, :, 1::2], audio_scales=scales).audio_values
@@ -219,6 +232,18 @@ class GenerationEngine:
         else:
             audio = codec.decode(codes, audio_scales=scales).audio_values
         return audio.float().cpu().numpy()
+
+    def _fast_codec(self) -> FastCodecDecoder | None:
+        """The fast decoder of the model's current codec (built once per codec object: training
+        swaps the codec in and out), or None where it does not apply."""
+        codec = self.model.audio_encoder
+        if not FastCodecDecoder.supports(codec):
+            return None
+        cached = getattr(self, "_fast", None)
+        if cached is None or cached[0] is not codec:
+            cached = (codec, FastCodecDecoder(codec))
+            self._fast = cached
+        return cached[1]
 
     @torch.inference_mode()
     def generate(
