@@ -59,10 +59,12 @@ def _tokens_alone(engine, prompt, params, seed) -> torch.Tensor:
     return row.delayed_ids()
 
 
-def test_rows_in_a_batch_give_what_they_give_alone(tiny_loaded):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_rows_in_a_batch_give_what_they_give_alone(tiny_loaded, precision):
     """Different prompt lengths (padded cross-attention), CFG and no CFG, and a row joining a
-    running batch (each row at its own position: the masked path) in one batch."""
-    engine = GenerationEngine(tiny_loaded, precision="fp32")
+    running batch (each row at its own position: the masked path) in one batch. At int8 too:
+    activations are quantised row by row (int8.py)."""
+    engine = GenerationEngine(tiny_loaded, precision=precision)
     jobs = [
         ("rock", GenerationParams(duration=0.3, guidance_scale=3.0, seed=1)),
         (PROMPT + " and brushed drums", GenerationParams(duration=0.5, guidance_scale=1.0)),
@@ -193,9 +195,9 @@ def test_precision_resolution():
 def test_int8_quantises_decoder_linears_only_and_leaves_the_model(tiny_loaded):
     model = tiny_loaded.model
     decoder = prepare_decoder(model.decoder, "int8")
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from musicgen_train.generation.int8 import RowInt8Linear
 
-    quantized = [m for m in decoder.modules() if isinstance(m, DynamicLinear)]
+    quantized = [m for m in decoder.modules() if isinstance(m, RowInt8Linear)]
     linears = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)]
     # 2 layers x (4 self + 4 cross attention projections + 2 feed-forward) + 4 LM heads
     assert len(linears) == 2 * 10 + 4
@@ -203,7 +205,8 @@ def test_int8_quantises_decoder_linears_only_and_leaves_the_model(tiny_loaded):
     assert len(quantized) == 2 * 8 + 1
     assert all(type(m) is nn.Linear for m in linears)  # the loaded model is untouched
     unfused = prepare_decoder(model.decoder, "int8", fuse=False)
-    assert len([m for m in unfused.modules() if isinstance(m, DynamicLinear)]) == 24
+    assert len([m for m in unfused.modules() if isinstance(m, RowInt8Linear)]) == 24
+    assert not any(type(m) is nn.Linear for m in unfused.modules())
     engine = GenerationEngine(tiny_loaded, precision="int8")
     assert engine.decoder is not model.decoder
     assert next(model.audio_encoder.parameters()).dtype == torch.float32

@@ -2,20 +2,21 @@
 
 - ``fp32``: the loaded weights as they are (bit-exact with transformers' ``generate``).
 - ``bf16`` / ``fp16``: a copy of the decoder cast to that dtype.
-- ``int8``: a copy of the decoder whose Linear layers hold int8 weights and quantise their
-  activations on the fly (torch's dynamic quantisation, fp32 accumulation); CPU only.
+- ``int8``: a copy of the decoder whose Linear layers hold int8 weights (one scale per output
+  channel) and quantise their activations on the fly, one scale per row (``int8.py``: a row's
+  tokens never depend on its batch companions; fbgemm's kernel, int32 accumulation); CPU only.
 - ``auto``: int8 on CPU, bf16 on CUDA where the GPU supports it, else fp16.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 from torch import nn
 
 from musicgen_train.errors import ConfigError
+from musicgen_train.generation.int8 import quantize_linears
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,7 +64,9 @@ def cache_dtype(precision: str, device: torch.device | str) -> torch.dtype | Non
     return None
 
 
-def prepare_decoder(decoder: nn.Module, precision: str, *, fuse: bool = True) -> nn.Module:
+def prepare_decoder(
+    decoder: nn.Module, precision: str, *, fuse: bool = True, activation_scales: str = "row"
+) -> nn.Module:
     """The decoder (``MusicgenForCausalLM``) to run at ``precision``: the module itself when it
     already is in that format, else a converted copy (the loaded model is never changed, since
     training or another engine may share it).
@@ -71,16 +74,15 @@ def prepare_decoder(decoder: nn.Module, precision: str, *, fuse: bool = True) ->
     A copy is ours, so with ``fuse`` its self-attention Q/K/V projections become one Linear
     (``qkv_proj``) and its LM heads one (``fused_heads``): fewer, larger matmuls per step (and
     one activation quantisation instead of three at int8). The fused copy then serves
-    ``DecodeLoop`` only, not transformers' ``forward``."""
-    if precision == "int8":
-        from torch.ao.quantization import quantize_dynamic
+    ``DecodeLoop`` only, not transformers' ``forward``.
 
+    ``activation_scales`` (int8 only): ``row`` (default, ``int8.RowInt8Linear``) or ``tensor``
+    (torch's ``quantize_dynamic``: one scale per batch, kept for comparison)."""
+    if precision == "int8":
         copied = _plain_copy(decoder).float()
         if fuse:
             fuse_projections(copied)
-        with warnings.catch_warnings():  # torch announces torchao as the successor
-            warnings.simplefilter("ignore")
-            quantize_dynamic(copied, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_linears(copied, activation_scales)
         return copied.eval()
     dtype = DTYPES[precision]
     if next(decoder.parameters()).dtype == dtype:

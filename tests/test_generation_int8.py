@@ -1,0 +1,69 @@
+"""int8 Linear layers with one activation scale per row: numerics and batch independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from musicgen_train.generation.int8 import RowInt8Linear, quantize_linears
+
+
+def _emulated(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The same arithmetic written out: weights symmetric int8 per output channel; each row
+    divided by its absolute maximum, then quantised on [-1, 1] with fbgemm's reduced range
+    (scale 2 / 127, zero point 64; the kernel clamps to uint8's 0..255 only, so +1 becomes
+    128), int32 sums, scaled back."""
+    w = linear.weight.detach().double()
+    w_scale = w.abs().amax(dim=1) / 127
+    w_q = torch.clamp(torch.round(w / w_scale[:, None]), -127, 127)
+    row = x.abs().amax(dim=1, keepdim=True)
+    x_scale, zero = 2.0 / 127, 64
+    inverse = torch.tensor(1 / x_scale, dtype=torch.float32)  # fp32, as the kernel rounds
+    x_q = torch.clamp(torch.round(x / row * inverse) + zero, 0, 255) - zero
+    out = (x_q.double() @ w_q.T) * x_scale * w_scale[None] * row.double()
+    return (out + linear.bias.detach().double()).float()
+
+
+@pytest.mark.parametrize("rows, n_in, n_out", [(1, 64, 48), (5, 128, 96), (16, 256, 40)])
+def test_row_int8_linear_computes_the_quantised_product(rows, n_in, n_out):
+    torch.manual_seed(0)
+    linear = nn.Linear(n_in, n_out)
+    x = torch.randn(rows, n_in) * torch.logspace(-2, 2, rows)[:, None]  # rows of any size
+    ours = RowInt8Linear(linear)(x)
+    exact = linear(x)
+    # Close to the float product (about 1 % for 7-bit activations, 8-bit weights)...
+    error = (ours - exact).norm(dim=1) / exact.norm(dim=1)
+    assert error.max() < 0.03
+    # ...and equal to the written-out quantised arithmetic up to float rounding.
+    emulated = _emulated(linear, x)
+    assert ((ours - emulated).norm(dim=1) < 1e-3 * (ours - exact).norm(dim=1)).all()
+
+
+def test_a_rows_result_does_not_depend_on_the_other_rows():
+    torch.manual_seed(1)
+    layer = RowInt8Linear(nn.Linear(256, 512))
+    row = torch.randn(1, 256)
+    alone = layer(row)
+    for companions in (torch.randn(3, 256) * 100, torch.randn(7, 256) * 1e-3, torch.zeros(1, 256)):
+        together = layer(torch.cat([companions, row, companions]))
+        n = companions.shape[0]
+        assert torch.equal(together[n : n + 1], alone)
+    assert layer(torch.zeros(2, 256)).abs().max() <= layer.bias.abs().max() + 1e-6
+    # torch's dynamic quantisation shares one scale, which is what this module avoids.
+    dynamic = quantize_linears(nn.Sequential(nn.Linear(256, 512)), "tensor")
+    mixed = dynamic(torch.cat([torch.randn(3, 256) * 100, row]))[3:]
+    assert not torch.equal(mixed, dynamic(row))
+
+
+def test_quantize_linears_replaces_every_linear_and_keeps_shapes():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 4, bias=False)))
+    x = torch.randn(2, 3, 8)
+    expected = model(x)
+    quantize_linears(model)
+    assert [type(m).__name__ for m in model.modules()].count("RowInt8Linear") == 2
+    out = model(x)
+    assert out.shape == expected.shape == (2, 3, 4)
+    assert (out - expected).norm() / expected.norm() < 0.05
+    with pytest.raises(ValueError, match="activation_scales"):
+        quantize_linears(model, "channel")
