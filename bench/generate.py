@@ -12,7 +12,8 @@ integrated (trapezoid) over the 1503 steps of a 30 s clip:
   (``MusicgenForConditionalGeneration.forward`` with an ``EncoderDecoderCache`` holding L cached
   steps, CFG, top-k, softmax, multinomial); int8 = ``quantize_dynamic`` of the decoder's Linears.
 - ``engine-fp32`` / ``engine-bf16`` / ``engine-int8``: ``DecodeLoop.step`` with every row at
-  position L (prepared with ``generation.precision``).
+  position L (prepared with ``generation.precision``); ``engine-int8tensor``: int8 with torch's
+  ``quantize_dynamic`` (one activation scale per batch: the engine's int8 before per-row scales).
 
 Per CPU-second: one torch thread, ``time.process_time()``. Wall clock: all the CPUs this process
 may use (``threads``), ``time.perf_counter()``. One JSON object per line; ``ratio`` lines compare
@@ -153,7 +154,7 @@ class EngineStep:
         loop_class = DecodeLoop
         if precision.endswith("graphs"):
             from musicgen_train.generation.cuda import GraphedDecodeLoop as loop_class
-        precision = precision.split("+")[0]
+        precision = _base(precision.split("+")[0])
         self.loop = loop_class(model, processor, decoder, cache_dtype(precision, model.device))
         params = SamplingParams(max_new_tokens=CLIP_STEPS, guidance_scale=GUIDANCE, top_k=TOP_K)
         for i in range(batch):
@@ -165,6 +166,15 @@ class EngineStep:
         for row in self.loop.rows:
             row.step = self.length  # every timed step at the same cache length
         self.loop.step()
+
+
+def _base(precision: str) -> str:
+    return "int8" if precision.startswith("int8") else precision
+
+
+def _prepare(decoder, precision: str, fuse: bool = True):
+    scales = "tensor" if precision == "int8tensor" else "row"
+    return prepare_decoder(decoder, _base(precision), fuse=fuse, activation_scales=scales)
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -199,9 +209,9 @@ def batch_independence(model, processor, threads: int, steps: int = 24) -> None:
     torch.set_num_threads(threads)
     prompts = [PROMPT, "lofi beat", "orchestral film score with strings", "techno"]
     params = SamplingParams(max_new_tokens=steps, guidance_scale=GUIDANCE, top_k=TOP_K)
-    for precision in ("fp32", "int8"):
-        decoder = prepare_decoder(model.decoder, precision)
-        dtype = cache_dtype(precision, model.device)
+    for precision in ("fp32", "int8", "int8tensor"):
+        decoder = _prepare(model.decoder, precision)
+        dtype = cache_dtype(_base(precision), model.device)
 
         def run(batch, decoder=decoder, dtype=dtype):
             loop = DecodeLoop(model, processor, decoder, dtype)
@@ -269,7 +279,7 @@ def main() -> None:
         family, precision = name.split("-")
         # transformers' forward needs the unfused modules
         fuse = family == "engine"
-        decoders[name] = prepare_decoder(model.decoder, precision.split("+")[0], fuse=fuse)
+        decoders[name] = _prepare(model.decoder, precision.split("+")[0], fuse=fuse)
     fp32_decoder = model.decoder
     results: dict[tuple[str, int], dict] = {}
     for batch in batches:
@@ -348,6 +358,7 @@ def main() -> None:
     for batch in batches:
         for a, b in [
             ("engine-int8", "hf-int8"),
+            ("engine-int8", "engine-int8tensor"),
             ("engine-int8", "hf-fp32"),
             ("engine-fp32", "hf-fp32"),
             ("engine-bf16", "hf-fp32"),
@@ -384,11 +395,14 @@ def main() -> None:
 
         torch.set_num_threads(threads)
         prompts = [PROMPT, "lofi beat", "orchestral film score with strings", "techno"]
-        for precision in ("int8", "bf16"):
+        for precision in ("int8", "int8tensor", "bf16"):
+            scales = "tensor" if precision == "int8tensor" else "row"
             emit(
                 kind="quality",
                 model="musicgen-small shape (random weights)",
-                **compare_precision(model, processor, precision, prompts, steps=16),
+                **compare_precision(
+                    model, processor, _base(precision), prompts, steps=16, activation_scales=scales
+                ),
             )
 
 

@@ -27,14 +27,16 @@ def compare_precision(
     guidance_scale: float = 3.0,
     top_k: int = 250,
     seed: int = 0,
+    activation_scales: str = "row",
 ) -> dict:
     """Run ``prompts`` for ``steps`` at fp32 and at ``precision`` in lockstep; the mean KL(fp32 ||
-    other) of the guided next-token distributions (nats per codebook token) and agreements."""
+    other) of the guided next-token distributions (nats per codebook token) and agreements.
+    ``activation_scales``: int8's (``prepare_decoder``), ``tensor`` for torch's own."""
     reference = DecodeLoop(model, processor, prepare_decoder(model.decoder, "fp32"))
     other = DecodeLoop(
         model,
         processor,
-        prepare_decoder(model.decoder, precision),
+        prepare_decoder(model.decoder, precision, activation_scales=activation_scales),
         cache_dtype(precision, model.device),
     )
     params = SamplingParams(max_new_tokens=steps, guidance_scale=guidance_scale, top_k=top_k)
@@ -60,6 +62,7 @@ def compare_precision(
             other_row.tokens[:, step] = ref_row.tokens[:, step]  # teacher forcing
     return {
         "precision": precision,
+        "activation_scales": activation_scales if precision == "int8" else None,
         "prompts": len(prompts),
         "steps": steps,
         "kl_nats": kl / count,
