@@ -116,7 +116,9 @@ def test_pyfunc_generates_the_same_audio_as_the_engine(registry, tiny_loaded, mo
     assert list(frame.columns) == ["prompt", "audio", "sample_rate"]
     assert list(frame.prompt) == ["calm piano", "fast drums"]
     assert set(frame.sample_rate) == {32000}
-    reference = GenerationEngine(tiny_loaded).generate(
+    # Registered with no generation.precision in sight: the pyfunc runs at auto (int8 on CPU).
+    assert pyfunc.unwrap_python_model().engine.precision == "int8"
+    reference = GenerationEngine(tiny_loaded, precision="int8").generate(
         ["calm piano", "fast drums"], GenerationParams(duration=0.3, seed=7, top_k=20)
     )
     # Same seed -> same sampled codes; EnCodec's decoding of a batch may differ in the last

@@ -74,7 +74,7 @@ def export_defaults(cfg: DictConfig) -> None:
     os.environ[ENV_STRIDE] = str(float(cfg.generation.get("extend_stride", 18.0)))
 
 
-def env_precision(default: str = "fp32") -> str:
+def env_precision(default: str | None = "fp32") -> str | None:
     return os.environ.get(ENV_PRECISION) or default
 
 

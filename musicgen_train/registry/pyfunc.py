@@ -54,14 +54,25 @@ def prompts_from(model_input) -> list[str]:
 
 
 class MusicgenPyfunc(PythonModel):
-    """Wraps the project's GenerationEngine around the exported model folder."""
+    """Wraps the project's GenerationEngine around the exported model folder.
+
+    ``precision`` (``generation.precision`` when the model was registered) is saved with the
+    pyfunc model, so a server started outside ``musicgen-train`` (``mlflow models serve``, a
+    notebook) runs at it; ``MUSICGEN_GENERATION_PRECISION`` (what the CLI exports) overrides
+    it; models registered before it was saved run at ``auto``."""
+
+    def __init__(self, precision: str | None = None):
+        self.precision = precision
 
     def load_context(self, context) -> None:
         from musicgen_train.generation import GenerationEngine
+        from musicgen_train.generation.config import env_precision
         from musicgen_train.sources import load_musicgen
 
+        precision = env_precision(None) or getattr(self, "precision", None) or "auto"
         # load_musicgen verifies the folder's checksums before loading it.
-        self.engine = GenerationEngine(load_musicgen(context.artifacts[ARTIFACT_KEY]))
+        loaded = load_musicgen(context.artifacts[ARTIFACT_KEY])
+        self.engine = GenerationEngine(loaded, precision=precision)
 
     # A DataFrame hint tells MLflow not to infer a signature from hints: ours is given at export.
     def predict(
@@ -81,6 +92,11 @@ class MusicgenPyfunc(PythonModel):
         )
 
 
-def pyfunc_flavor(defaults: Mapping) -> dict:
-    """``Registry.register`` keywords that log a version as this pyfunc model."""
-    return {"python_model": MusicgenPyfunc(), "signature": signature(defaults)}
+def pyfunc_flavor(defaults: Mapping, precision: str | None = None) -> dict:
+    """``Registry.register`` keywords that log a version as this pyfunc model; its precision is
+    ``precision``, else ``defaults["precision"]``, else this process's ``generation.precision``
+    (as the CLI exported it), else ``auto``."""
+    from musicgen_train.generation.config import env_precision
+
+    precision = precision or defaults.get("precision") or env_precision("auto")
+    return {"python_model": MusicgenPyfunc(precision), "signature": signature(defaults)}
