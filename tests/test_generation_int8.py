@@ -67,3 +67,49 @@ def test_quantize_linears_replaces_every_linear_and_keeps_shapes():
     assert (out - expected).norm() / expected.norm() < 0.05
     with pytest.raises(ValueError, match="activation_scales"):
         quantize_linears(model, "channel")
+
+
+def test_position_runs():
+    from musicgen_train.generation.attention import position_runs
+
+    assert position_runs([3, 3, 0, 3, 3, 0]) == [(0, 2, 3), (2, 3, 0), (3, 5, 3), (5, 6, 0)]
+    assert position_runs([7]) == [(0, 1, 7)]
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_a_rows_scores_are_bitwise_what_they_are_alone(tiny_loaded, precision):
+    """Prompts of different lengths (cross-attention grouped by length, not padded) and a row
+    joining at step 2 (self-attention per run of slots at one position, not masked): at int8
+    every next-token score of every row equals, bit for bit, what the row gets alone. At fp32
+    the float matrix products themselves round differently for another number of rows (the
+    BLAS picks its kernel by shape), so there they agree to float rounding only."""
+    from musicgen_train.generation import GenerationEngine
+    from musicgen_train.generation.decode import SamplingParams
+
+    engine = GenerationEngine(tiny_loaded, precision=precision)
+    prompts = ["a", "a calm jazz tune with a walking bass and brushed drums", "lofi"]
+    params = SamplingParams(max_new_tokens=6, guidance_scale=3.0, top_k=50)
+
+    def scores_of(prompt_indices, join_late=None):
+        loop = engine.new_loop()
+        seen: dict[int, list] = {}
+        loop.observer = lambda row, s: seen.setdefault(row.tag, []).append(s.clone())
+        for i in prompt_indices:
+            loop.add_row(prompts[i], params, seed=20 + i, tag=i)
+        steps = 0
+        while loop.rows:
+            if steps == 2 and join_late is not None:
+                loop.add_row(prompts[join_late], params, seed=20 + join_late, tag=join_late)
+            loop.step()
+            steps += 1
+        return seen
+
+    together = scores_of([0, 1], join_late=2)
+    for i in range(3):
+        alone = scores_of([i])[i]
+        assert len(alone) == len(together[i]) == 6
+        for a, b in zip(alone, together[i], strict=True):
+            if precision == "int8":
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

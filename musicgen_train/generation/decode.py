@@ -30,6 +30,12 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.musicgen.modeling_musicgen import eager_attention_forward
 
+from musicgen_train.generation.attention import (
+    cross_attention,
+    cross_groups,
+    position_runs,
+    self_attention,
+)
 from musicgen_train.generation.prefill import prefill_row, project_qkv
 from musicgen_train.generation.rows import (  # noqa: F401 (the loop's public names)
     GenerationInputError,
@@ -81,6 +87,7 @@ class DecodeLoop:
         self._cross_k: list[torch.Tensor] = []
         self._cross_v: list[torch.Tensor] = []
         self._cross_mask = None
+        self._cross_groups: list = []  # attention.cross_groups: prompts of different lengths
         self._layout_dirty = True
         # observer(row, scores): the fp32 next-token scores after CFG, before the warpers.
         self.observer: Callable[[Row, torch.Tensor], None] | None = None
@@ -233,6 +240,7 @@ class DecodeLoop:
             lengths = torch.tensor([row.cross[0][0].shape[2] for row in self.rows])
             visible = torch.arange(longest)[None, :] < lengths[:, None]
             self._cross_mask = self._mask(visible.to(self.device))
+        self._cross_groups = cross_groups(self.rows, len(self.decoder.layers), self.device)
         self._layout_dirty = False
 
     def _mask(self, visible: torch.Tensor) -> torch.Tensor:
@@ -313,20 +321,21 @@ class DecodeLoop:
         """One token for each cache slot: ``ids`` ``[S, K]`` at ``positions`` -> fp32 logits
         ``[S, K, V]``. When every slot is at the same position, attention reads the cache up to
         it (no mask, what ``generate`` computes); otherwise each slot masks what lies past its
-        own position."""
+        own position (``attention.py``: grouped, so no row's result depends on the others)."""
         if len(set(positions)) == 1:
             return self._run(ids, None, positions[0] + 1, cond)
         index = torch.tensor(positions, device=self.device)
-        return self._run(ids, index, max(positions) + 1, cond)
+        return self._run(ids, index, max(positions) + 1, cond, position_runs(positions))
 
     def _forward_static(self, ids: torch.Tensor, index: torch.Tensor, cond: int) -> torch.Tensor:
         """The same step with shapes that never change between steps (attention over the whole
         cache, masked past each slot's position): what a CUDA graph can replay."""
-        return self._run(ids, index, self._k[0].shape[2], cond)
+        return self._run(ids, index, self._k[0].shape[2], cond, grouped=False)
 
-    def _run(self, ids, index, length: int, cond: int) -> torch.Tensor:
+    def _run(self, ids, index, length: int, cond: int, runs=None, grouped=True) -> torch.Tensor:
         """Mirrors ``MusicgenDecoder.forward`` / ``MusicgenDecoderLayer.forward`` for one token
-        per slot; ``index`` None: all slots at position ``length - 1``."""
+        per slot; ``index`` None: all slots at position ``length - 1``. ``runs``: self-attention
+        per run of slots at one position; ``grouped``: cross-attention per prompt length."""
         decoder = self.decoder
         slots = ids.shape[0]
         embeds = sum(decoder.embed_tokens[k](ids[:, k : k + 1]) for k in range(ids.shape[1]))
@@ -338,7 +347,7 @@ class DecodeLoop:
         else:
             hidden = embeds + table.index_select(0, index)[:, None, :].to(embeds.device)
             steps = torch.arange(length, device=index.device)
-            self_mask = self._mask(steps[None] <= index[:, None])
+            self_mask = None if runs else self._mask(steps[None] <= index[:, None])
         shape = (slots, 1, self.num_heads, self.head_dim)
         slot_index = torch.arange(slots, device=self.device)
         for layer_index, layer in enumerate(decoder.layers):
@@ -353,29 +362,15 @@ class DecodeLoop:
                 # index_put does not cast (a bf16 cache under an int8 engine): cast here
                 cache_k[slot_index, :, index] = k[:, :, 0].to(cache_k.dtype)
                 cache_v[slot_index, :, index] = v[:, :, 0].to(cache_v.dtype)
-            out, _ = self.attention(
-                attn,
-                q.to(self.cache_dtype),
-                cache_k[:, :, :length],
-                cache_v[:, :, :length],
-                self_mask,
-                dropout=0.0,
-                scaling=attn.scaling,
+            out = self_attention(
+                self, attn, q.to(self.cache_dtype), cache_k, cache_v, length, self_mask, runs
             )
             hidden = hidden + attn.out_proj(out.reshape(slots, 1, -1).to(hidden.dtype))
             # cross-attention, conditional rows only (the null rows' output is exactly zero)
             attn = layer.encoder_attn
             x = layer.encoder_attn_layer_norm(hidden[:cond])
             q = attn.q_proj(x).view(cond, 1, self.num_heads, self.head_dim).transpose(1, 2)
-            out, _ = self.attention(
-                attn,
-                q.to(self.cache_dtype),
-                self._cross_k[layer_index],
-                self._cross_v[layer_index],
-                self._cross_mask,
-                dropout=0.0,
-                scaling=attn.scaling,
-            )
+            out = cross_attention(self, attn, q.to(self.cache_dtype), layer_index, grouped)
             attended = hidden[:cond] + attn.out_proj(out.reshape(cond, 1, -1).to(hidden.dtype))
             hidden = torch.cat([attended, hidden[cond:]]) if cond < slots else attended
             # feed-forward
