@@ -9,7 +9,7 @@ from torch import nn
 from musicgen_train.generation.int8 import RowInt8Linear, quantize_linears
 
 
-def _emulated(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _emulated(linear: nn.Linear, x: torch.Tensor, asymmetric: bool = False) -> torch.Tensor:
     """The same arithmetic written out: weights symmetric int8 per output channel; each row
     divided by its absolute maximum, then quantised on [-1, 1] with fbgemm's reduced range
     (scale 2 / 127, zero point 64; the kernel clamps to uint8's 0..255 only, so +1 becomes
@@ -17,39 +17,63 @@ def _emulated(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w = linear.weight.detach().double()
     w_scale = w.abs().amax(dim=1) / 127
     w_q = torch.clamp(torch.round(w / w_scale[:, None]), -127, 127)
-    row = x.abs().amax(dim=1, keepdim=True)
+    centre = torch.zeros(x.shape[0], 1)
+    if asymmetric:  # centred rows: midpoint and half-width of each row's range
+        low, high = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+        row, centre = (high - low) * 0.5, (high + low) * 0.5
+        normed = ((x - centre) / row).clamp(-1, 1)
+    else:
+        row = x.abs().amax(dim=1, keepdim=True)
+        normed = x / row
     x_scale, zero = 2.0 / 127, 64
     inverse = torch.tensor(1 / x_scale, dtype=torch.float32)  # fp32, as the kernel rounds
-    x_q = torch.clamp(torch.round(x / row * inverse) + zero, 0, 255) - zero
+    x_q = torch.clamp(torch.round(normed * inverse) + zero, 0, 255) - zero
     out = (x_q.double() @ w_q.T) * x_scale * w_scale[None] * row.double()
+    out += centre.double() * (w_q * w_scale[:, None]).sum(dim=1)[None]
     return (out + linear.bias.detach().double()).float()
 
 
+@pytest.mark.parametrize("asymmetric", [False, True])
 @pytest.mark.parametrize("rows, n_in, n_out", [(1, 64, 48), (5, 128, 96), (16, 256, 40)])
-def test_row_int8_linear_computes_the_quantised_product(rows, n_in, n_out):
+def test_row_int8_linear_computes_the_quantised_product(rows, n_in, n_out, asymmetric):
     torch.manual_seed(0)
     linear = nn.Linear(n_in, n_out)
     x = torch.randn(rows, n_in) * torch.logspace(-2, 2, rows)[:, None]  # rows of any size
-    ours = RowInt8Linear(linear)(x)
+    if asymmetric:
+        x = torch.nn.functional.gelu(x)  # what fc2 reads
+    ours = RowInt8Linear(linear, asymmetric=asymmetric)(x)
     exact = linear(x)
     # Close to the float product (about 1 % for 7-bit activations, 8-bit weights)...
     error = (ours - exact).norm(dim=1) / exact.norm(dim=1)
     assert error.max() < 0.03
     # ...and equal to the written-out quantised arithmetic up to float rounding.
-    emulated = _emulated(linear, x)
+    emulated = _emulated(linear, x, asymmetric)
     assert ((ours - emulated).norm(dim=1) < 1e-3 * (ours - exact).norm(dim=1)).all()
 
 
-def test_a_rows_result_does_not_depend_on_the_other_rows():
+def test_centred_rows_halve_the_error_after_gelu():
+    torch.manual_seed(5)
+    linear = nn.Linear(512, 128)
+    x = torch.nn.functional.gelu(torch.randn(8, 512) * 2)
+    exact = linear(x).detach()
+    errors = [
+        float((RowInt8Linear(linear, asymmetric=a)(x) - exact).norm() / exact.norm())
+        for a in (False, True)
+    ]
+    assert errors[1] < 0.7 * errors[0]
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_a_rows_result_does_not_depend_on_the_other_rows(asymmetric):
     torch.manual_seed(1)
-    layer = RowInt8Linear(nn.Linear(256, 512))
+    layer = RowInt8Linear(nn.Linear(256, 512), asymmetric=asymmetric)
     row = torch.randn(1, 256)
     alone = layer(row)
     for companions in (torch.randn(3, 256) * 100, torch.randn(7, 256) * 1e-3, torch.zeros(1, 256)):
         together = layer(torch.cat([companions, row, companions]))
         n = companions.shape[0]
         assert torch.equal(together[n : n + 1], alone)
-    assert layer(torch.zeros(2, 256)).abs().max() <= layer.bias.abs().max() + 1e-6
+    assert torch.allclose(layer(torch.zeros(2, 256)), layer.bias.expand(2, -1), atol=1e-6)
     # torch's dynamic quantisation shares one scale, which is what this module avoids.
     dynamic = quantize_linears(nn.Sequential(nn.Linear(256, 512)), "tensor")
     mixed = dynamic(torch.cat([torch.randn(3, 256) * 100, row]))[3:]
@@ -62,6 +86,7 @@ def test_quantize_linears_replaces_every_linear_and_keeps_shapes():
     expected = model(x)
     quantize_linears(model)
     assert [type(m).__name__ for m in model.modules()].count("RowInt8Linear") == 2
+    assert not model[0].asymmetric
     out = model(x)
     assert out.shape == expected.shape == (2, 3, 4)
     assert (out - expected).norm() / expected.norm() < 0.05
