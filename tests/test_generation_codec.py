@@ -109,3 +109,18 @@ def test_matmul_conv_transpose_equals_conv_transpose(cin, cout, stride, length):
     assert ours.shape == expected.shape == (2, cout, (length + 1) * stride)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     assert not MatmulConvTranspose1d.supports(torch.nn.ConvTranspose1d(4, 4, 3, 2))
+
+
+def test_one_fast_decoder_per_codec_and_none_without_weights():
+    from musicgen_train.generation.codec import decode, fast_decoder_for, forget_fast_decoders
+    from musicgen_train.model.codec import CodecNotLoaded
+
+    first, second = _codec(0), _codec(1)
+    assert fast_decoder_for(first) is fast_decoder_for(first)
+    assert fast_decoder_for(second) is not fast_decoder_for(first)
+    assert fast_decoder_for(CodecNotLoaded(first.config)) is None
+    codes = torch.randint(0, 64, (2, 4, 30), generator=torch.Generator().manual_seed(6))
+    reference = _plain(second, codes)
+    torch.testing.assert_close(decode(second, codes), reference, rtol=0, atol=1e-5)
+    forget_fast_decoders()
+    assert fast_decoder_for(first) is not None

@@ -26,6 +26,8 @@ product plus an overlap-add.
 from __future__ import annotations
 
 import copy
+import threading
+import weakref
 
 import torch
 from torch import nn
@@ -188,3 +190,35 @@ class FastCodecDecoder(nn.Module):
 
 def _inner(layer: nn.Module) -> nn.Module:
     return getattr(layer, "lstm", layer)
+
+
+_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FAST_LOCK = threading.Lock()
+
+
+def fast_decoder_for(codec: nn.Module) -> FastCodecDecoder | None:
+    """The ``FastCodecDecoder`` of ``codec``, built once per codec object and shared (by every
+    engine and streamer over it; its forward keeps no state), or None where it does not apply.
+    Built from the codec's weights as they are then: a codec whose weights change later (it is
+    frozen everywhere in this project) needs ``forget_fast_decoders()``."""
+    if not FastCodecDecoder.supports(codec):
+        return None
+    with _FAST_LOCK:
+        fast = _FAST.get(codec)
+        if fast is None:
+            fast = _FAST[codec] = FastCodecDecoder(codec)
+        return fast
+
+
+def forget_fast_decoders() -> None:
+    with _FAST_LOCK:
+        _FAST.clear()
+
+
+def decode(codec: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    """Codes ``[B, K, frames]`` -> audio ``[B, channels, samples]``: the fast decoder where it
+    applies, else the codec's own ``decode``."""
+    fast = fast_decoder_for(codec)
+    if fast is not None:
+        return fast(codes)
+    return codec.decode(codes[None], audio_scales=[None] * codes.shape[0]).audio_values

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from musicgen_train.generation.codec import FastCodecDecoder
+from musicgen_train.generation.codec import FastCodecDecoder, fast_decoder_for
 from musicgen_train.generation.config import (
     env_cuda_graphs,
     env_extend_stride,
@@ -234,16 +234,9 @@ class GenerationEngine:
         return audio.float().cpu().numpy()
 
     def _fast_codec(self) -> FastCodecDecoder | None:
-        """The fast decoder of the model's current codec (built once per codec object: training
+        """The fast decoder of the model's current codec (one per codec object, shared; training
         swaps the codec in and out), or None where it does not apply."""
-        codec = self.model.audio_encoder
-        if not FastCodecDecoder.supports(codec):
-            return None
-        cached = getattr(self, "_fast", None)
-        if cached is None or cached[0] is not codec:
-            cached = (codec, FastCodecDecoder(codec))
-            self._fast = cached
-        return cached[1]
+        return fast_decoder_for(self.model.audio_encoder)
 
     @torch.inference_mode()
     def generate(

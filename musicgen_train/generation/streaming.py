@@ -22,6 +22,8 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
+from musicgen_train.generation.codec import decode
+
 # (batch index, float32 [channels, samples]) for each piece of audio that is final.
 AudioCallback = Callable[[int, np.ndarray], None]
 # (steps done, total steps)
@@ -100,9 +102,9 @@ class CodecStreamer(BaseStreamer):
 
     @torch.inference_mode()
     def _decode(self, start: int, stop: int) -> np.ndarray:
-        codes = self.codes(start, stop)[None].to(self.model.device)  # [1, batch, K, frames]
-        audio = self.model.audio_encoder.decode(codes, audio_scales=[None] * self.batch_size)
-        return audio.audio_values.float().cpu().numpy()
+        codes = self.codes(start, stop).to(self.model.device)  # [batch, K, frames]
+        # generation/codec.py: weight norm folded once, not recomputed for every window
+        return decode(self.model.audio_encoder, codes).float().cpu().numpy()
 
     def _emit(self, upto: int, available: int) -> None:
         """Hand out audio for frames ``[emitted_frames, upto)``; keep ``[upto, available)`` back."""
