@@ -36,12 +36,13 @@ def _extractor(loaded):
 
 
 def read_melody(loaded, melody, sample_rate: int | None = None) -> np.ndarray:
-    """``melody`` (an audio file, or float audio ``[samples]`` / ``[channels, samples]`` at
-    ``sample_rate``) as float32 ``[channels, samples]`` at the chroma extractor's rate. One clear
-    line for a model that takes no melody, a file that cannot be read or an empty melody."""
+    """``melody`` (an audio file or its bytes, or float audio ``[samples]`` /
+    ``[channels, samples]`` at ``sample_rate``) as float32 ``[channels, samples]`` at the
+    chroma extractor's rate. One clear line for a model that takes no melody, a file that
+    cannot be read or an empty melody."""
     extractor = _extractor(loaded)
-    if isinstance(melody, str | Path):
-        audio = _read(Path(melody), extractor.sampling_rate)
+    if isinstance(melody, str | Path | bytes):
+        audio = _read(melody, extractor.sampling_rate)
     else:
         audio = np.atleast_2d(np.asarray(melody, dtype=np.float32))
         if sample_rate is not None and int(sample_rate) != extractor.sampling_rate:
@@ -74,10 +75,12 @@ def melody_window(audio: np.ndarray, start: int, length: int) -> np.ndarray:
     return np.ascontiguousarray(audio[..., positions])
 
 
-def _read(path: Path, sample_rate: int) -> np.ndarray:
+def _read(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
+    """A file (or its bytes: the service's uploads) read as ``melody=`` files are."""
     from musicgen_train.audio import load_audio
 
+    name = f"({len(source)} bytes)" if isinstance(source, bytes) else Path(source)
     try:
-        return load_audio(path, sample_rate, channels=1)
+        return load_audio(source if isinstance(source, bytes) else Path(source), sample_rate, 1)
     except Exception as err:  # soundfile's errors name neither the file nor the argument
-        raise UserError(f"melody={path} cannot be read as audio: {err}") from err
+        raise UserError(f"melody={name} cannot be read as audio: {err}") from err

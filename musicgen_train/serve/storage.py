@@ -51,6 +51,26 @@ class AudioStore:
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
 
+    # Uploaded audio (melody references, audio prompts), kept as uploaded under its id.
+    def _upload_path(self, upload_id: str) -> str:
+        if not is_job_id(upload_id):
+            raise ValueError(f"not an upload id: {upload_id!r}")
+        return f"{self.root}/uploads/{upload_id}"
+
+    def put_upload(self, upload_id: str, data: bytes) -> None:
+        self.fs.makedirs(f"{self.root}/uploads", exist_ok=True)
+        path = self._upload_path(upload_id)
+        with self.fs.open(path + ".part", "wb") as handle:
+            handle.write(data)
+        self.fs.mv(path + ".part", path)
+
+    def get_upload(self, upload_id: str) -> bytes | None:
+        path = self._upload_path(upload_id)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as handle:
+            return handle.read()
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):
