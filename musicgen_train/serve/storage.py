@@ -71,6 +71,21 @@ class AudioStore:
         with self.fs.open(path, "rb") as handle:
             return handle.read()
 
+    def delete_uploads(self, older_than: float) -> int:
+        """Delete uploads last written before ``older_than`` (a timestamp); how many went."""
+        folder = f"{self.root}/uploads"
+        if not self.fs.exists(folder):
+            return 0
+        removed = 0
+        for path in self.fs.ls(folder, detail=False):
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            if not is_job_id(name):  # a .part being written, or not ours
+                continue
+            if self.fs.modified(path).timestamp() < older_than:
+                self.fs.rm(path)
+                removed += 1
+        return removed
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):
@@ -78,10 +93,12 @@ class AudioStore:
 
 
 def delete_expired_audio(jobs, audio: AudioStore, retention_seconds: float) -> int:
-    """Delete the audio of jobs finished more than ``retention_seconds`` ago; the jobs stay, marked
-    as expired. Returns how many files went."""
+    """Delete the audio of jobs finished more than ``retention_seconds`` ago (the jobs stay,
+    marked as expired) and uploads older than that. Returns how many files went."""
     expired = jobs.expired_audio(older_than=time.time() - retention_seconds)
     for job in expired:
         audio.delete(job.audio_key)
         jobs.mark_audio_expired(job.id)
-    return len(expired)
+    # Uploads (melody references, audio prompts) go after the same time; a job still queued
+    # with one that went fails with "the ... upload is gone".
+    return len(expired) + audio.delete_uploads(time.time() - retention_seconds)
