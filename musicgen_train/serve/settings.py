@@ -107,6 +107,9 @@ class CorsSettings(_Section):
 
 class RequestLimits(_Section):
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # POST /v1/uploads: an audio file (a melody reference or an audio prompt) as the body
+    max_upload_bytes: int = Field(default=16 * 2**20, ge=1024)
+    max_melody_seconds: float = Field(default=60.0, gt=0)
 
 
 class ServeSettings(_Section):

@@ -23,7 +23,7 @@ RECOVERY_SECONDS = 5.0
 
 class ContinuousLoop:
     """Methods of ``Worker`` (its store, metrics, broker, models, settings, ``_save``,
-    ``_finish``, ``_abort``, ``_restart``, ``recover``)."""
+    ``_finish``, ``_abort``, ``_restart``, ``recover``, ``conditioned``, ``run_conditioned``)."""
 
     def _continuous(self, generator) -> None:
         """Keep the generator's batch full: claim jobs into free rows, pass events on, abort
@@ -73,6 +73,10 @@ class ContinuousLoop:
                 if self.store.claim(job.id, self.id):
                     self.store.fail(job.id, f"model {job.model!r} is not served by this server")
                 continue
+            if self.conditioned(job):  # cannot join the batch: alone, once it has drained
+                if not running and not joined:
+                    self.run_conditioned(job, generator)
+                return  # queue order: nothing joins ahead of it
             if not self.store.claim(job.id, self.id):
                 continue  # another worker took it
             live = self.broker.get(job.id)
