@@ -34,7 +34,8 @@ class ModelFacts:
         config = engine.model.config
         return cls(
             sample_rate=int(engine.sample_rate),
-            channels=int(config.audio_encoder.audio_channels),
+            # Stereo MusicGen: a mono codec decodes each channel's codebooks (decoder's count).
+            channels=int(config.decoder.audio_channels),
             frame_rate=float(engine.loaded.frame_rate),
             num_codebooks=int(config.decoder.num_codebooks),
             max_duration=float(engine.max_duration),
