@@ -363,7 +363,7 @@ def mixed_one(args, jobs: list[dict], model: str, common: tuple, scheduler: str)
     short = [
         j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"]
         for j in ok
-        if j["body"]["duration"] <= SHORT
+        if j["body"]["duration"] <= args.short_seconds
     ]
     first = [
         j["first_audio"] - j["status"]["timings"]["started_at"] for j in ok if j["first_audio"]
@@ -385,6 +385,13 @@ def mixed_one(args, jobs: list[dict], model: str, common: tuple, scheduler: str)
         "audio_s_per_cpu_s": round(audio / cpu, 3) if cpu > 0 else None,
         "latency_p50_s": pct(latency, 50),
         "latency_p99_s": pct(latency, 99),
+        "latency_p50_by_duration_s": {
+            str(d): pct(
+                [x for j, x in zip(ok, latency, strict=True) if j["body"]["duration"] == d], 50
+            )
+            for d in sorted({j["body"]["duration"] for j in ok})
+        },
+        "short_s": args.short_seconds,
         "short_latency_p50_s": pct(short, 50),
         "first_audio_after_start_p50_s": pct(first, 50),
         "first_audio_after_start_max_s": round(max(first), 3) if first else None,
@@ -566,6 +573,9 @@ def main() -> None:
     parser.add_argument("--arrival-seconds", type=float, default=10.0, help="mixed: arrivals over")
     parser.add_argument("--precision", default="auto", help="mixed: serve.precision")
     parser.add_argument("--seed", type=int, default=0, help="mixed: the workload's seed")
+    parser.add_argument(
+        "--short-seconds", type=float, default=SHORT, help="mixed: jobs this long count as short"
+    )
     parser.add_argument(
         "--durations",
         type=lambda text: tuple(float(x) for x in text.split(",")),

@@ -36,7 +36,7 @@ class ContinuousLoop:
         """Keep the generator's batch full: claim jobs into free rows, pass events on, abort
         the rows of canceled and timed-out jobs; on shutdown re-queue what runs."""
         running: dict[str, _Running] = {}
-        last_recovery = last_beat = self.last_heard = time.monotonic()
+        last_recovery = last_beat = heard = time.monotonic()  # heard: the child's last word
         try:
             while not self.stopping.is_set():
                 now = self.last_tick = time.monotonic()
@@ -48,12 +48,12 @@ class ContinuousLoop:
                     self.recover()
                     last_recovery = now
                 free = self.settings.worker.max_batch_size - len(running)
-                if free > 0:
-                    self._join(running, generator, free)
+                if free > 0 and self._join(running, generator, free):
+                    heard = time.monotonic()  # silence counts from the newest job's start
                 if not running:
                     self.wake.wait(0.5)
                     self.wake.clear()
-                    self.last_heard = time.monotonic()  # idle: nothing to hear
+                    heard = time.monotonic()  # idle: nothing to hear
                     continue
                 try:
                     events = generator.events(0.05)
@@ -61,23 +61,24 @@ class ContinuousLoop:
                     self._lost(running, generator, err.reason)
                     continue
                 if events:
-                    self.last_heard = time.monotonic()
+                    heard = time.monotonic()
                 for event in events:
                     self._on_event(running, event)
                 self._deadlines(running, generator)  # every turn: a timeout is one step late
-                self._hung(running, generator)
+                self._hung(running, generator, heard)
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     last_beat = now
                     self._beat(running, generator)
         finally:
             self._shutdown(running)
 
-    def _join(self, running: dict, generator, free: int) -> None:
+    def _join(self, running: dict, generator, free: int) -> int:
+        """Claim up to ``free`` queued jobs into the batch; returns how many joined."""
         try:
             queued = self.store.queued(limit=free)
         except Exception:  # a database hiccup must not kill the worker
             log.exception("reading the queue failed")
-            return
+            return 0
         joined = 0
         for job in queued:
             if job.model not in self.models:
@@ -94,14 +95,14 @@ class ContinuousLoop:
             )
             self.metrics.active.inc()
             joined += 1
-            self.last_heard = time.monotonic()  # silence counts from the newest job's start
             try:
                 generator.submit(spec)
             except GenerationFailed as err:
                 self._lost(running, generator, err.reason)
-                return
+                return 0
         if joined:  # rows in the batch once these joined
             self.metrics.batch_size.observe(len(running))
+        return joined
 
     def _on_event(self, running: dict, event: tuple) -> None:
         kind, job_id, payload = event[0], event[1], event[2]
@@ -143,7 +144,7 @@ class ContinuousLoop:
         with contextlib.suppress(GenerationFailed):  # the next turn sees a dead child
             generator.abort(job_id, why)
 
-    def _hung(self, running: dict, generator) -> None:
+    def _hung(self, running: dict, generator, heard: float) -> None:
         """Kill a generation process that makes no progress; its jobs end with the reason."""
         if not running or not hasattr(generator, "kill"):  # a thread cannot be killed
             return
@@ -156,7 +157,7 @@ class ContinuousLoop:
                 f"the generation process ignored a stop ({ignored[0].asked}) for "
                 f"{ABORT_GRACE_SECONDS:g} s and was killed; it is being restarted"
             )
-        elif now - self.last_heard > limit:
+        elif now - heard > limit:
             why = (
                 f"the generation process made no progress for {limit:g} s "
                 "(serve.jobs.hang_after) and was killed; it is being restarted"
