@@ -45,7 +45,7 @@ def comes_back(client: TestClient, old_pid: int) -> None:
 
 def test_a_silent_generation_process_is_killed_and_its_job_fails(tmp_path, tiny_model_dir):
     settings = make_settings(
-        tmp_path, tiny_model_dir, worker={"isolation": "process"}, jobs={"hang_after": 2.0}
+        tmp_path, tiny_model_dir, worker={"isolation": "process"}, jobs={"hang_after": 3.0}
     )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
@@ -53,7 +53,7 @@ def test_a_silent_generation_process_is_killed_and_its_job_fails(tmp_path, tiny_
         job = wait_for(client, job_id)
         assert job["status"] == "failed"
         assert job["error"] == (
-            "the generation process made no progress for 2 s (serve.jobs.hang_after) and was "
+            "the generation process made no progress for 3 s (serve.jobs.hang_after) and was "
             "killed; it is being restarted"
         )
         comes_back(client, pid)
