@@ -97,6 +97,7 @@ def server(model: str, *overrides: str, code: str | None = None):
     finally:
         process.terminate()
         process.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)  # its database, audio and home
 
 
 def submit(base: str, count: int, duration: float) -> list[str]:
