@@ -149,6 +149,7 @@ def _streamer(
         context_frames=round(stream.context_seconds * frame_rate),
         lookahead_frames=stream.lookahead_frames,
         crossfade_frames=min(2, stream.lookahead_frames),
+        first_chunk_frames=max(1, round(stream.first_chunk_seconds * frame_rate)),
     )
 
 

@@ -5,7 +5,11 @@ becomes one row of its model's loop (``engine.add``) with its own duration, seed
 top-k, top-p and guidance; every ``step`` advances every row by one token. A row leaves when its
 own duration is reached (its audio is decoded and encoded at once) or when it is aborted
 (canceled, timed out, the server stopping): only that row goes, its companions go on. Each row
-has its own ``CodecStreamer``, so streaming and progress are per job.
+has its own ``CodecStreamer``, so streaming and progress are per job; the streamers only mark
+their chunk windows due, and after each step the due windows of all rows are decoded together
+(``decode_due``: one codec call per window length, so streams that reach a chunk border at the
+same step share it). A stream's first chunk is ``serve.stream.first_chunk_seconds`` long (the
+later ones ``chunk_seconds``), so a listener hears audio after a few steps.
 
 The scheduler is plain code over picklable inputs and outputs (``JobSpec`` in, events out), so it
 runs in the generation process (``serve.worker.isolation=process``) or in a worker thread.
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.generation.streaming import CodecStreamer
+from musicgen_train.generation.streaming import CodecStreamer, decode_due
 from musicgen_train.serve.batch import PROGRESS_SECONDS, Clip, encode_clip, reason
 from musicgen_train.serve.settings import StreamSettings
 from musicgen_train.serve.streaming import to_pcm16
@@ -69,7 +73,10 @@ class _Job:
             context_frames=round(stream.context_seconds * frame_rate),
             lookahead_frames=stream.lookahead_frames,
             crossfade_frames=min(2, stream.lookahead_frames),
+            first_chunk_frames=max(1, round(stream.first_chunk_seconds * frame_rate)),
+            defer=True,
         )
+        self.row = None  # the engine's row, once it joined
 
     def should_stop(self) -> str | None:
         return self.abort
@@ -104,6 +111,7 @@ class Scheduler:
         self.jobs: dict[str, _Job] = {}
         self.steps = 0  # steps taken, all models together
         self.rows_stepped = 0  # rows advanced, all steps together (rows per step = this / steps)
+        self.codec_calls = 0  # codec decodes for streamed chunks, all rows together
 
     @property
     def busy(self) -> bool:
@@ -130,6 +138,7 @@ class Scheduler:
                 should_stop=job.should_stop,
                 tag=spec.id,
             )
+            job.row = row
             job.streamer.put(row.tokens[:, 0])  # the start tokens (step 0)
         except Exception as err:
             log.exception("job %s could not join the batch", spec.id)
@@ -163,8 +172,25 @@ class Scheduler:
             if size:
                 self.steps += 1
                 self.rows_stepped += size
+            self._decode_due(model)
             for row in left:
                 self._leave(row)
+
+    def _decode_due(self, model: str) -> None:
+        """The chunks that became due at this step, for every row of ``model``, decoded
+        together; a failure there fails the rows that had a chunk due (alone)."""
+        due = [j for j in self.jobs.values() if j.spec.model == model and j.streamer.due]
+        if not due:
+            return
+        try:
+            self.codec_calls += decode_due([job.streamer for job in due])
+        except Exception as err:
+            log.exception("decoding streamed audio of model %s failed", model)
+            for job in due:
+                if job.streamer.due is not None:
+                    self.jobs.pop(job.spec.id, None)
+                    self.loops[model].remove([job.row])
+                    self.emit(("job_failed", job.spec.id, reason(err)))
 
     def _fail_model(self, model: str, why: str) -> None:
         self.loops[model] = self.engines[model].new_loop()
