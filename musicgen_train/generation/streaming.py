@@ -151,7 +151,12 @@ class CodecStreamer(BaseStreamer):
 def decode_codes(model, codes: torch.Tensor) -> np.ndarray:
     """Codes ``[batch, K, frames]`` -> float32 audio ``[batch, channels, samples]``."""
     codes = codes[None].to(model.device)  # [1, batch, K, frames]
-    audio = model.audio_encoder.decode(codes, audio_scales=[None] * codes.shape[1])
+    scales = [None] * codes.shape[1]
+    if model.config.decoder.audio_channels == 2:  # stereo: left's codebook k at 2k, right's at 2k+1
+        left = model.audio_encoder.decode(codes[:, :, ::2], audio_scales=scales).audio_values
+        right = model.audio_encoder.decode(codes[:, :, 1::2], audio_scales=scales).audio_values
+        return torch.cat([left, right], dim=1).float().cpu().numpy()
+    audio = model.audio_encoder.decode(codes, audio_scales=scales)
     return audio.audio_values.float().cpu().numpy()
 
 
