@@ -1,6 +1,7 @@
 """Service jobs with a melody reference and/or an audio prompt (serve/uploads.py): uploads,
-inline base64, one 422 per bad field, the per-job path under both schedulers, and a seeded job
-that equals ``musicgen-train generate``'s audio for the same inputs."""
+inline base64, one 422 per bad field, under both schedulers (a text model's prompted job in the
+continuous decode batch, next to plain jobs; a melody model's on the per-job path), and a seeded
+job that equals ``musicgen-train generate``'s audio for the same inputs."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
 
 from musicgen_train.audio import encode_audio_bytes, write_audio
 from musicgen_train.cli import main
-from musicgen_train.generation import GenerationEngine
+from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.serve.app import create_app
 from musicgen_train.sources import load_musicgen
 
@@ -113,6 +114,13 @@ def test_seeded_conditioned_jobs_equal_the_cli(client, tmp_path, tiny_model_dir)
         f"audio_prompt={tmp_path / 'start.wav'}",
     )
     np.testing.assert_array_equal(job, cli)
+    # Under continuous batching it ran in the decode batch: its first step wrote the prompt's
+    # frames, then one step per sampled token; the static scheduler ran a batch of one.
+    service = client.app.state.service
+    generators = service.worker.generators
+    sampled = service.engines["tiny"].sampling(GenerationParams(duration=0.2)).max_new_tokens
+    continuous = service.settings.worker.scheduler == "continuous"
+    assert sum(g.scheduler.steps for g in generators) == (sampled if continuous else 0)
 
     # A melody model with an inline melody and an uploaded prompt.
     both = {
@@ -132,9 +140,8 @@ def test_seeded_conditioned_jobs_equal_the_cli(client, tmp_path, tiny_model_dir)
     )
     assert job.shape == (15 * HOP + int(0.2 * RATE),)
     np.testing.assert_array_equal(job, cli)
-    # Under continuous batching both jobs went the per-job path: no decode batch stepped.
-    generators = client.app.state.service.worker.generators
-    assert all(g.scheduler.steps == 0 for g in generators)
+    # A melody model's job went the per-job path (transformers' generate): no batch step.
+    assert sum(g.scheduler.steps for g in generators) == (sampled if continuous else 0)
 
     # A melody model's plain job (no reference: the null chroma) runs too, next to a text job.
     plain = client.post("/v1/generations", json={**body, "model": "melody", "seed": 4})
@@ -262,3 +269,56 @@ def test_a_conditioned_job_streams(tmp_path, tiny_model_dir, tiny_loaded, melody
             # the RMS of the stored file (measured 1.4e-4 to 2.7e-4; 16-bit both).
             rms = np.sqrt(np.mean(stored**2))
             assert np.abs(pcm - stored).max() < 1e-3 * rms
+
+
+def test_a_prompted_job_shares_the_decode_batch_with_plain_jobs(
+    tmp_path, tiny_model_dir, tiny_loaded, melody_loaded
+):
+    """Continuous batching: a text model's prompted job joins a running batch next to plain
+    jobs (their steps and running times overlap), and each seeded job is its CLI audio."""
+    start = tone(0.3, RATE, 220.0)
+    write_audio(tmp_path / "start.wav", start, RATE)
+    app = _app(tmp_path, tiny_model_dir, tiny_loaded, melody_loaded)
+    with TestClient(app) as client:
+        assert app.state.service.settings.worker.scheduler == "continuous"
+        long_body = {"prompt": PROMPT, "duration": 2.0, "seed": 5, "model": "tiny"}
+        long = client.post("/v1/generations", json=long_body).json()["id"]
+        wait_for(client, long, states=("running",))
+        upload = _upload(client, (tmp_path / "start.wav").read_bytes())
+        prompted_body = {"prompt": PROMPT, "duration": 0.2, "seed": 3, "model": "tiny"}
+        prompted = client.post(
+            "/v1/generations", json={**prompted_body, "audio_prompt": {"upload_id": upload}}
+        ).json()["id"]
+        plain_body = {"prompt": PROMPT, "duration": 0.3, "seed": 4, "model": "tiny"}
+        plain = client.post("/v1/generations", json=plain_body).json()["id"]
+        jobs = {job_id: wait_for(client, job_id) for job_id in (long, prompted, plain)}
+        assert all(job["status"] == "succeeded" for job in jobs.values()), jobs
+        audio = {}
+        for job_id in jobs:
+            data = client.get(f"/v1/generations/{job_id}/audio").content
+            audio[job_id] = sf.read(io.BytesIO(data), dtype="float32")[0]
+        scheduler = app.state.service.worker.generators[0].scheduler
+        # More than one row in some steps: the rows shared them.
+        assert scheduler.rows_stepped > scheduler.steps
+    timings = {job_id: job["timings"] for job_id, job in jobs.items()}
+    for other in (long, plain):  # the prompted job ran while each of the others ran
+        assert timings[prompted]["started_at"] < timings[other]["finished_at"]
+        assert timings[other]["started_at"] < timings[prompted]["finished_at"]
+    assert audio[prompted].shape == (15 * HOP + int(0.2 * RATE),)
+    cli = _cli(
+        tmp_path,
+        f"model={tiny_model_dir}",
+        "duration=0.2",
+        "seed=3",
+        f"audio_prompt={tmp_path / 'start.wav'}",
+    )
+    np.testing.assert_array_equal(audio[prompted], cli)
+    for job_id, body in ((long, long_body), (plain, plain_body)):
+        cli = _cli(
+            tmp_path,
+            f"model={tiny_model_dir}",
+            f"duration={body['duration']}",
+            f"seed={body['seed']}",
+        )
+        assert audio[job_id].shape == (int(round(body["duration"] * RATE)),)
+        np.testing.assert_array_equal(audio[job_id], cli)

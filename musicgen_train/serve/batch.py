@@ -94,10 +94,7 @@ def generate_batch(
 ) -> list[Clip]:
     """Generate the batch; raises ``GenerationAborted`` when ``stop_reason`` says so."""
     params = GenerationParams(**generation_fields(batch.params))
-    audio_prompt = None
-    if batch.audio_prompt is not None:  # as generate.py reads audio_prompt=
-        channels = int(engine.model.config.decoder.audio_channels)
-        audio_prompt = load_audio(batch.audio_prompt, engine.sample_rate, channels)
+    audio_prompt = prompt_audio(engine, batch.audio_prompt)
     frames = 0 if audio_prompt is None else -(-audio_prompt.shape[-1] // _hop(engine))
     streamer = _streamer(engine, batch, params, stream, emit, frames)
     criteria = StoppingCriteriaList([TokenFeed(streamer), Checkpoint(stop_reason)])
@@ -112,6 +109,16 @@ def generate_batch(
     emit(("progress", 1.0))
     formats = zip(audio, batch.formats, strict=True)
     return [encode_clip(clip, engine.sample_rate, fmt) for clip, fmt in formats]
+
+
+def prompt_audio(engine: GenerationEngine, data: bytes | None):
+    """An uploaded audio prompt's bytes -> float ``[channels, samples]`` at the model's rate, as
+    ``musicgen-train generate`` reads ``audio_prompt=`` files (None stays None). Both schedulers
+    decode with it: a static batch of one here, a continuous row in ``continuous.Scheduler``."""
+    if data is None:
+        return None
+    channels = int(engine.model.config.decoder.audio_channels)
+    return load_audio(data, engine.sample_rate, channels)
 
 
 def _hop(engine) -> int:

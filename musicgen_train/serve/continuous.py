@@ -17,6 +17,15 @@ runs in the generation process (``serve.worker.isolation=process``) or in a work
 Events (tuples) handed to ``emit``:
 ``("job_progress", id, fraction)``, ``("job_audio", id, pcm16 bytes)``,
 ``("job_done", id, Clip)``, ``("job_failed", id, reason)``, ``("job_aborted", id, why)``.
+
+A job may carry an audio prompt to continue (the uploaded file's bytes, decoded here with
+``batch.prompt_audio`` as the static path decodes them): its row joins with the prompt's codec
+codes as a prefix (``engine.add(audio_prompt=...)``; its first step writes the prompt's frames
+into the cache in one forward, then it samples as any row). Its streamer and progress count the
+prompt's frames too, and its file holds them re-synthesised by the codec, then ``duration``
+seconds: what the static path and ``musicgen-train generate audio_prompt=...`` give. A melody
+model's jobs never come here (their condition is a decoder prefix that transformers' ``generate``
+builds; the worker runs them on the per-job path).
 """
 
 from __future__ import annotations
@@ -30,7 +39,14 @@ import torch
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.streaming import CodecStreamer, decode_due
-from musicgen_train.serve.batch import PROGRESS_SECONDS, Clip, encode_clip, reason
+from musicgen_train.serve.batch import (
+    PROGRESS_SECONDS,
+    Clip,
+    encode_clip,
+    generation_fields,
+    prompt_audio,
+    reason,
+)
 from musicgen_train.serve.settings import StreamSettings
 from musicgen_train.serve.streaming import to_pcm16
 
@@ -46,28 +62,41 @@ class JobSpec:
     id: str
     model: str
     prompt: str
-    params: dict  # GenerationParams fields
+    params: dict  # GenerationParams fields (and the ids of its uploads, ignored here)
     format: str  # wav or flac
     streamed: bool  # someone listens to its PCM
+    audio_prompt: bytes | None = None  # the uploaded audio prompt's file, when it has one
 
 
 class _Job:
     """A running row's bookkeeping: its streamer (per row), progress and abort reason."""
 
     def __init__(self, spec: JobSpec, engine: GenerationEngine, stream: StreamSettings, emit):
-        self.spec, self.engine, self.emit = spec, engine, emit
-        self.params = GenerationParams(**spec.params)
+        self.spec, self.engine, self.stream, self.emit = spec, engine, stream, emit
+        self.params = GenerationParams(**generation_fields(spec.params))
         self.abort: str | None = None
         self.last_progress = 0.0
-        frame_rate = engine.loaded.frame_rate
         self.total = engine.sampling(self.params).max_new_tokens
         self.num_samples = int(round(self.params.duration * engine.sample_rate))
+        self.streamer: CodecStreamer | None = None  # sized once the row joined (``joined``)
+        self.fed = 0  # the row's token columns handed to the streamer
+        self.row = None  # the engine's row, once it joined
+
+    def joined(self, row) -> None:
+        """The row is in the loop: size the streamer by it (an audio prompt's ``row.forced``
+        frames come first, in the stream and the file, as ``batch._streamer`` sizes them) and
+        hand it the start tokens (step 0)."""
+        frame_rate = self.engine.loaded.frame_rate
+        hop = int(round(self.engine.sample_rate / frame_rate))
+        stream = self.stream
+        self.row = row
+        self.num_samples += row.forced * hop
         self.streamer = CodecStreamer(
-            engine.model,
+            self.engine.model,
             batch_size=1,
-            max_new_tokens=self.total,
+            max_new_tokens=self.total + row.forced,
             num_samples=self.num_samples,
-            on_audio=self._on_audio if spec.streamed else None,
+            on_audio=self._on_audio if self.spec.streamed else None,
             on_progress=self._on_progress,
             chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
             context_frames=round(stream.context_seconds * frame_rate),
@@ -76,15 +105,19 @@ class _Job:
             first_chunk_frames=max(1, round(stream.first_chunk_seconds * frame_rate)),
             defer=True,
         )
-        self.row = None  # the engine's row, once it joined
+        self.streamer.put(row.tokens[:, 0])
 
     def should_stop(self) -> str | None:
         return self.abort
 
     def on_step(self, row) -> None:
-        step = row.step
-        column = torch.where(row.pattern[:, step] == -1, row.tokens[:, step], row.pattern[:, step])
-        self.streamer.put(column)
+        """Every column the step made: one, or a prompted row's first step its prompt's
+        frames and its first sampled token (the deferred streamer then marks one window due
+        that holds the whole prompt)."""
+        for step in range(self.fed + 1, row.step + 1):
+            pattern = row.pattern[:, step]
+            self.streamer.put(torch.where(pattern == -1, row.tokens[:, step], pattern))
+        self.fed = row.step
 
     def _on_audio(self, _index: int, audio) -> None:
         self.emit(("job_audio", self.spec.id, to_pcm16(audio)))
@@ -124,9 +157,11 @@ class Scheduler:
     def add(self, spec: JobSpec) -> bool:
         """Put a job into its model's running batch (it advances at the next step); a job that
         cannot run fails alone with the reason."""
+        loop = row = None
         try:
             engine = self.engines[spec.model]
             job = _Job(spec, engine, self.stream, self.emit)
+            audio_prompt = prompt_audio(engine, spec.audio_prompt)
             loop = self.loops.get(spec.model)
             if loop is None:
                 loop = self.loops[spec.model] = engine.new_loop()
@@ -137,10 +172,12 @@ class Scheduler:
                 on_step=job.on_step,
                 should_stop=job.should_stop,
                 tag=spec.id,
+                audio_prompt=audio_prompt,
             )
-            job.row = row
-            job.streamer.put(row.tokens[:, 0])  # the start tokens (step 0)
+            job.joined(row)
         except Exception as err:
+            if row is not None:  # it joined, then failed: it must not run without its job
+                loop.remove([row])
             log.exception("job %s could not join the batch", spec.id)
             self.emit(("job_failed", spec.id, reason(err)))
             return False

@@ -214,16 +214,19 @@ class Worker(ContinuousLoop):
         return batch
 
     def conditioned(self, job: Job) -> bool:
-        """A melody model's job, or one with a melody or an audio prompt: it runs alone through
-        ``run_batch`` (transformers' generate row by row, or a prompted decode), never in the
-        continuous decode batch."""
+        """A melody model's job, or one with a melody or an audio prompt: a static batch of its
+        own (its audio is its own; a ``Batch`` carries one job's uploads)."""
+        return self.per_job(job) or any(job.params.get(field) for field in AUDIO_FIELDS)
+
+    def per_job(self, job: Job) -> bool:
+        """A melody model's job: transformers' ``generate`` builds its condition (a decoder
+        prefix), so under continuous batching it runs alone through ``run_batch`` once the
+        batch has drained. A text model's job with an audio prompt joins the batch."""
         served = self.models.get(job.model)
-        return bool(served is not None and served.facts.melody) or any(
-            job.params.get(field) for field in AUDIO_FIELDS
-        )
+        return bool(served is not None and served.facts.melody) or bool(job.params.get("melody"))
 
     def run_conditioned(self, job: Job, generator) -> None:
-        """Under continuous batching, once the batch has drained: ``job`` alone."""
+        """Under continuous batching, once the batch has drained: ``job`` (``per_job``) alone."""
         if self.store.claim(job.id, self.id):
             self.run_batch([job], generator)
 

@@ -30,7 +30,8 @@ RECOVERY_SECONDS = 5.0
 
 class ContinuousLoop:
     """Methods of ``Worker`` (its store, metrics, broker, models, settings, ``_save``,
-    ``_finish``, ``_abort``, ``_restart``, ``recover``, ``conditioned``, ``run_conditioned``)."""
+    ``_finish``, ``_abort``, ``_restart``, ``recover``, ``per_job``, ``run_conditioned``,
+    ``_uploads``)."""
 
     def _continuous(self, generator) -> None:
         """Keep the generator's batch full: claim jobs into free rows, pass events on, abort
@@ -85,14 +86,27 @@ class ContinuousLoop:
                 if self.store.claim(job.id, self.id):
                     self.store.fail(job.id, f"model {job.model!r} is not served by this server")
                 continue
-            if self.conditioned(job):  # cannot join the batch: alone, once it has drained
+            if self.per_job(job):  # a melody model's: alone, once the batch has drained
                 if not running and not joined:
                     self.run_conditioned(job, generator)
                 return  # queue order: nothing joins ahead of it
             if not self.store.claim(job.id, self.id):
                 continue  # another worker took it
+            try:  # an audio prompt's file goes with the job; its row decodes it
+                uploads = self._uploads(job)
+            except GenerationFailed as err:
+                self._finish(job, "failed", lambda j, r=err.reason: self.store.fail(j.id, r))
+                continue
             live = self.broker.get(job.id)
-            spec = JobSpec(job.id, job.model, job.prompt, job.params, job.format, live is not None)
+            spec = JobSpec(
+                job.id,
+                job.model,
+                job.prompt,
+                job.params,
+                job.format,
+                live is not None,
+                audio_prompt=uploads.get("audio_prompt"),
+            )
             duration = float(job.params.get("duration", 0.0))
             running[job.id] = _Running(
                 job, live, time.monotonic(), self.settings.jobs.timeout_for(duration)
