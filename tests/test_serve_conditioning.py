@@ -316,3 +316,32 @@ def test_a_prompted_job_shares_the_decode_batch_with_plain_jobs(
     cli = _cli(tmp_path, f"model={tiny_model_dir}", "duration=0.3", "seed=4")
     assert audio[plain].shape == (int(0.3 * RATE),)
     np.testing.assert_array_equal(audio[plain], cli)
+
+
+def test_a_queued_prompted_job_whose_upload_went_fails_alone(
+    tmp_path, tiny_model_dir, tiny_loaded, melody_loaded
+):
+    """Continuous batching reads the upload when the job joins: gone by then (the retention
+    sweep), the job fails with the reason, and the batch goes on."""
+    import time
+
+    app = _app(
+        tmp_path,
+        tiny_model_dir,
+        tiny_loaded,
+        melody_loaded,
+        tiny_seconds=8.0,
+        worker={"max_batch_size": 1},  # the prompted job waits while the long one runs
+    )
+    with TestClient(app) as client:
+        upload = _upload(client, _wav(tone(0.3, RATE)))
+        long = client.post("/v1/generations", json={"prompt": "pads", "duration": 8.0}).json()
+        wait_for(client, long["id"], states=("running",))
+        body = {"prompt": PROMPT, "duration": 0.2, "audio_prompt": {"upload_id": upload}}
+        prompted = client.post("/v1/generations", json=body)
+        assert prompted.status_code == 202
+        assert app.state.service.audio.delete_uploads(older_than=time.time() + 60) == 1
+        failed = wait_for(client, prompted.json()["id"])
+        assert failed["status"] == "failed"
+        assert failed["error"] == f"the audio_prompt upload {upload} is gone"
+        assert wait_for(client, long["id"])["status"] == "succeeded"
