@@ -51,8 +51,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PIDS: dict[str, int] = {}  # base URL -> its server's process id
+
+
 @contextlib.contextmanager
-def server(model: str, *overrides: str):
+def server(model: str, *overrides: str, code: str | None = None):
+    """``code``: a source tree whose ``musicgen_train`` this server runs (a baseline)."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="musicgen-serve-bench-"))
     command = [
@@ -71,8 +75,11 @@ def server(model: str, *overrides: str):
     ]
     env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
     env.pop("MUSICGEN_SERVE_API_KEYS", None)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    if code is not None:  # ``-m`` puts the working folder first on sys.path: run from there
+        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=code)
     base = f"http://127.0.0.1:{port}"
+    PIDS[base] = process.pid
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -90,6 +97,7 @@ def server(model: str, *overrides: str):
     finally:
         process.terminate()
         process.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)  # its database, audio and home
 
 
 def submit(base: str, count: int, duration: float) -> list[str]:
@@ -146,16 +154,24 @@ ISOLATION = {
 
 
 def latency(args) -> None:
+    """With ``--baseline DIR``: that code against this one (default settings), the generating
+    phase alternating between them ``--repeats`` times; else the three ways of running
+    generation."""
+    if args.baseline:
+        setups = {"baseline": ((), args.baseline), "current": ((), None)}
+    else:
+        setups = {label: (overrides, None) for label, overrides in ISOLATION.items()}
     with contextlib.ExitStack() as stack:
         bases = {}
-        for label, overrides in ISOLATION.items():
+        for label, (overrides, code) in setups.items():
             base = stack.enter_context(
-                server(args.model, "serve.worker.torch_threads=1", *overrides)
+                server(args.model, "serve.worker.torch_threads=1", *overrides, code=code)
             )
             idle_job = wait_all(base, submit(base, 1, 0.5))[0]["id"]
             asyncio.run(load(base, args.clients, 1, idle_job))  # warm up connections and routes
             bases[label] = (base, idle_job)
-        for phase in ("idle", "generating"):
+        phases = ["idle"] + ["generating"] * (args.repeats if args.baseline else 1)
+        for phase in phases:
             for label, (base, idle_job) in bases.items():
                 measure(args, base, phase, label, idle_job)
 
@@ -260,7 +276,7 @@ def workload(args) -> list[dict]:
     for index, at in enumerate(arrivals):
         body = {
             "prompt": f"mixed job {index}",
-            "duration": float(rng.choice(DURATIONS)),
+            "duration": float(rng.choice(args.durations)),
             "temperature": float(rng.choice([0.8, 1.0, 1.2])),
             "top_k": int(rng.choice([50, 250])),
             "top_p": float(rng.choice([0.0, 0.9])),
@@ -324,50 +340,71 @@ def mixed(args) -> None:
         "serve.queue.max_size=1000",
     )
     results = {}
-    for scheduler in ("static", "continuous"):
-        with server(args.model, *common, f"serve.worker.scheduler={scheduler}") as base:
-            warm = wait_all(base, submit(base, 1, 1.0))[0]["id"]  # warm-up
-            cpu0 = _descendants_cpu()
-            done, times, wall = asyncio.run(mixed_run(base, jobs, args.clients, warm))
-            cpu = _descendants_cpu() - cpu0
-        ok = [j for j in done if j["status"]["status"] == "succeeded"]
-        audio = sum(j["status"]["audio_seconds"] for j in ok)
-        latency = [
-            j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"] for j in ok
-        ]
-        short = [
-            j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"]
-            for j in ok
-            if j["body"]["duration"] <= SHORT
-        ]
-        first = [
-            j["first_audio"] - j["status"]["timings"]["started_at"] for j in ok if j["first_audio"]
-        ]
-        first_posted = [j["first_audio"] - j["posted"] for j in ok if j["first_audio"]]
-        row = {
-            "bench": "serve_mixed",
-            "model": args.model,
-            "precision": args.precision,
-            "scheduler": scheduler,
-            "jobs": len(jobs),
-            "succeeded": len(ok),
-            "canceled": sum(j["status"]["status"] == "canceled" for j in done),
-            "failed": sum(j["status"]["status"] == "failed" for j in done),
-            "audio_s": round(audio, 1),
-            "wall_s": round(wall, 2),
-            "audio_s_per_wall_s": round(audio / wall, 3),
-            "audio_s_per_cpu_s": round(audio / cpu, 3) if cpu > 0 else None,
-            "latency_p50_s": pct(latency, 50),
-            "latency_p99_s": pct(latency, 99),
-            "short_latency_p50_s": pct(short, 50),
-            "first_audio_after_start_p50_s": pct(first, 50),
-            "first_audio_after_start_max_s": round(max(first), 3) if first else None,
-            "first_audio_after_post_p50_s": pct(first_posted, 50),
-            "status_p99_ms": pct(np.array(times["status"]) * 1000, 99),
-            "health_p99_ms": pct(np.array(times["health"]) * 1000, 99),
-        }
-        results[scheduler] = row
-        print(json.dumps(row), flush=True)
+    model = small_shape_folder() if args.model == "small-shape" else args.model
+    try:
+        for scheduler in ("static", "continuous"):
+            results[scheduler] = mixed_one(args, jobs, model, common, scheduler)
+    finally:
+        if model != args.model:  # the saved small-shape folder (2.4 GB)
+            shutil.rmtree(model, ignore_errors=True)
+    report_ratio(args, results)
+
+
+def mixed_one(args, jobs: list[dict], model: str, common: tuple, scheduler: str) -> dict:
+    with server(model, *common, f"serve.worker.scheduler={scheduler}") as base:
+        warm = wait_all(base, submit(base, 1, 0.5))[0]["id"]  # warm-up
+        cpu0 = _descendants_cpu()
+        done, times, wall = asyncio.run(mixed_run(base, jobs, args.clients, warm))
+        cpu = _descendants_cpu() - cpu0
+    ok = [j for j in done if j["status"]["status"] == "succeeded"]
+    audio = sum(j["status"]["audio_seconds"] for j in ok)
+    latency = [
+        j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"] for j in ok
+    ]
+    short = [
+        j["status"]["timings"]["finished_at"] - j["status"]["timings"]["created_at"]
+        for j in ok
+        if j["body"]["duration"] <= args.short_seconds
+    ]
+    first = [
+        j["first_audio"] - j["status"]["timings"]["started_at"] for j in ok if j["first_audio"]
+    ]
+    first_posted = [j["first_audio"] - j["posted"] for j in ok if j["first_audio"]]
+    row = {
+        "bench": "serve_mixed",
+        "model": args.model,
+        "precision": args.precision,
+        "scheduler": scheduler,
+        "jobs": len(jobs),
+        "durations": list(args.durations),
+        "succeeded": len(ok),
+        "canceled": sum(j["status"]["status"] == "canceled" for j in done),
+        "failed": sum(j["status"]["status"] == "failed" for j in done),
+        "audio_s": round(audio, 1),
+        "wall_s": round(wall, 2),
+        "audio_s_per_wall_s": round(audio / wall, 3),
+        "audio_s_per_cpu_s": round(audio / cpu, 3) if cpu > 0 else None,
+        "latency_p50_s": pct(latency, 50),
+        "latency_p99_s": pct(latency, 99),
+        "latency_p50_by_duration_s": {
+            str(d): pct(
+                [x for j, x in zip(ok, latency, strict=True) if j["body"]["duration"] == d], 50
+            )
+            for d in sorted({j["body"]["duration"] for j in ok})
+        },
+        "short_s": args.short_seconds,
+        "short_latency_p50_s": pct(short, 50),
+        "first_audio_after_start_p50_s": pct(first, 50),
+        "first_audio_after_start_max_s": round(max(first), 3) if first else None,
+        "first_audio_after_post_p50_s": pct(first_posted, 50),
+        "status_p99_ms": pct(np.array(times["status"]) * 1000, 99),
+        "health_p99_ms": pct(np.array(times["health"]) * 1000, 99),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def report_ratio(args, results: dict) -> None:
     static, continuous = results["static"], results["continuous"]
     print(
         json.dumps(
@@ -389,9 +426,10 @@ def mixed(args) -> None:
     )
 
 
-def _descendants_cpu() -> float:
-    """CPU seconds (user + system) of this process's live descendants: the server and its
-    generation process."""
+def _descendants_cpu(root: int | None = None) -> float:
+    """CPU seconds (user + system) of the live descendants of ``root`` (default: this
+    process): the servers and their generation processes; with ``root`` a server's pid, that
+    server and its generation process."""
     tick = os.sysconf("SC_CLK_TCK")
     parents, cpu = {}, {}
     for entry in Path("/proc").iterdir():
@@ -403,7 +441,8 @@ def _descendants_cpu() -> float:
             continue
         parents[int(entry.name)] = int(fields[1])
         cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    total, mine = 0.0, {os.getpid()}
+    mine = {os.getpid() if root is None else root}
+    total = 0.0 if root is None else cpu.get(root, 0.0)
     changed = True
     while changed:
         changed = False
@@ -431,7 +470,10 @@ def small_shape_folder() -> str:
 
 
 def first_audio(args) -> None:
-    """``--jobs`` streamed jobs posted at once; seconds from each job's start to its first PCM."""
+    """``--jobs`` streamed jobs posted at once; seconds from each job's start to its first PCM.
+    With ``--baseline DIR`` (a source tree, e.g. ``git archive`` of an older commit) a second
+    server runs that code with the same settings: both load first, then the rounds alternate
+    between them (one at a time), so both see the same machine."""
     model = small_shape_folder() if args.model == "small-shape" else args.model
     overrides = (
         "serve.worker.torch_threads=1",
@@ -449,30 +491,62 @@ def first_audio(args) -> None:
             t0 = time.perf_counter()
             return await asyncio.gather(*(run_job(client, job, t0) for job in jobs))
 
+    codes = {"current": None}
+    if args.baseline:
+        codes = {"baseline": args.baseline, **codes}
     try:
-        with server(model, *overrides) as base:
-            done = asyncio.run(run_all(base))
+        with contextlib.ExitStack() as stack:
+            bases = {
+                label: stack.enter_context(server(model, *overrides, code=code))
+                for label, code in codes.items()
+            }
+            for base in bases.values():  # warm-up: one short streamed job each
+                asyncio.run(run_all_short(base))
+            for round_ in range(args.repeats):
+                for label, base in bases.items():
+                    cpu0, wall0 = _descendants_cpu(PIDS[base]), time.perf_counter()
+                    done = asyncio.run(run_all(base))
+                    wall = time.perf_counter() - wall0
+                    cpu = _descendants_cpu(PIDS[base]) - cpu0
+                    print(json.dumps(first_audio_row(args, label, round_, done, wall, cpu)))
     finally:
         if model != args.model:  # the saved small-shape folder (2.4 GB)
             shutil.rmtree(model, ignore_errors=True)
+
+
+async def run_all_short(base: str) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=900) as client:
+        job = {"at": 0.0, "kind": "streamed", "body": {"prompt": "warm", "duration": 0.5}}
+        await run_job(client, job, time.perf_counter())
+
+
+def first_audio_row(args, label: str, round_: int, done: list, wall: float, cpu: float) -> dict:
     first = [j["first_audio"] - j["status"]["timings"]["started_at"] for j in done]
-    steps = [j["status"]["timings"]["generation_seconds"] for j in done]
-    print(
-        json.dumps(
-            {
-                "bench": "serve_first_audio",
-                "model": args.model,
-                "precision": args.precision,
-                "overrides": args.override,
-                "concurrent_streamed_jobs": len(jobs),
-                "duration_s": args.duration,
-                "succeeded": sum(j["status"]["status"] == "succeeded" for j in done),
-                "first_audio_after_start_s": sorted(round(x, 2) for x in first),
-                "generation_s": sorted(round(x, 1) for x in steps),
-            }
-        ),
-        flush=True,
-    )
+    whole = [j["status"]["timings"]["generation_seconds"] for j in done]
+    audio = sum(j["status"].get("audio_seconds") or 0.0 for j in done)
+    return {
+        "bench": "serve_first_audio",
+        "code": label,
+        "round": round_,
+        "model": args.model,
+        "precision": args.precision,
+        "overrides": args.override,
+        "concurrent_streamed_jobs": len(done),
+        "duration_s": args.duration,
+        "succeeded": sum(j["status"]["status"] == "succeeded" for j in done),
+        "first_audio_after_start_s": sorted(round(x, 2) for x in first),
+        "first_audio_max_s": round(max(first), 2),
+        # when each job started (was claimed) and first sounded, from its request
+        "started_after_post_s": [
+            round(j["status"]["timings"]["started_at"] - j["posted"], 2) for j in done
+        ],
+        "first_audio_after_post_s": [round(j["first_audio"] - j["posted"], 2) for j in done],
+        "generation_s": sorted(round(x, 1) for x in whole),
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),  # the server and its generation process
+        "audio_s_per_cpu_s": round(audio / cpu, 3) if cpu > 0 else None,
+        "audio_s_per_wall_s": round(audio / wall, 3),
+    }
 
 
 def main() -> None:
@@ -501,7 +575,21 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="mixed: serve.precision")
     parser.add_argument("--seed", type=int, default=0, help="mixed: the workload's seed")
     parser.add_argument(
+        "--short-seconds", type=float, default=SHORT, help="mixed: jobs this long count as short"
+    )
+    parser.add_argument(
+        "--durations",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        default=DURATIONS,
+        help="mixed: comma-separated job durations to draw from (seconds)",
+    )
+    parser.add_argument(
         "--override", action="append", default=[], help="first-audio: a serve.* override"
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="first-audio, latency: a source tree (older code) to run side by side",
     )
     args = parser.parse_args()
     runs = set(args.run.split(","))

@@ -143,6 +143,17 @@ def _audio_prompt(value, engine):
     return audio
 
 
+def _melody(value, loaded):
+    """``melody=``, checked to read as audio before any generation (the engine reads it)."""
+    from musicgen_train.generation.melody import read_melody
+
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise GenerateInputError(f"melody={path}: no such file")
+    read_melody(loaded, path)
+    return path
+
+
 def run(cfg: DictConfig, *actions: str) -> list[Path]:
     """Generate ``generation.prompt`` (or each line of ``generation.prompts``); returns the
     files written."""
@@ -152,7 +163,6 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
 
     from musicgen_train.audio import write_audio
     from musicgen_train.generation import GenerationEngine, GenerationParams
-    from musicgen_train.generation.melody import melody_conditioning
     from musicgen_train.model.families import is_melody
     from musicgen_train.sources import load_musicgen, load_options
 
@@ -176,17 +186,13 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     )
     long_form = duration > engine.window_seconds + 1e-9
     prompt_audio = _audio_prompt(gen.get("audio_prompt"), engine)
-    if prompt_audio is not None and is_melody(loaded.model):
-        raise GenerateInputError(
-            f"audio_prompt={gen.audio_prompt}: continuation is for text models; "
-            f"{source} is a melody model"
-        )
     conditioned = is_melody(loaded.model) or bool(gen.get("melody"))
     if gen.get("melody") and not is_melody(loaded.model):
         raise GenerateInputError(
             f"melody={gen.melody}: {source} is conditioned on text only; give a melody model "
             "(model=musicgen-melody, model=tiny-melody)"
         )
+    melody = _melody(gen.get("melody"), loaded) if gen.get("melody") else None
     log.info(
         "generating %d clip(s) of %g s with %s (%s, %d threads)",
         len(prompts),
@@ -196,11 +202,6 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
         engine.threads,
     )
     batch_size = int(gen.get("batch_size", 1)) if to_folder else 1
-    if long_form and conditioned:
-        raise GenerateInputError(
-            f"duration={duration:g} is beyond the window ({engine.window_seconds:g} s): long "
-            "form is for text models"
-        )
     steps_per_clip = _steps_per_clip(engine, params, prompt_audio, long_form)
     batches = range(0, len(prompts), batch_size)
     total = steps_per_clip * len(batches)
@@ -220,12 +221,12 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
                     bar.update(1)
 
             bar.set_postfix_str(f"clips {start + 1}-{start + len(batch)} of {len(prompts)}")
-            if long_form or prompt_audio is not None:  # windows of continuation / a prompt
-                audio = engine.generate(batch, params, seeds=seeds, audio_prompt=prompt_audio)
-                bar.update(steps_per_clip)
-            elif conditioned:  # a melody model: transformers' generate with the chroma
-                extra = melody_conditioning(loaded, gen.melody, len(batch)) if gen.melody else {}
-                audio = engine.generate(batch, params, seeds=seeds, **extra)
+            if long_form or prompt_audio is not None or conditioned:
+                # windows of continuation, a prompt, or a melody model (transformers' generate
+                # with the chroma, row by row): one call per batch
+                audio = engine.generate(
+                    batch, params, seeds=seeds, audio_prompt=prompt_audio, melody=melody
+                )
                 bar.update(steps_per_clip)
             else:
                 loop = engine.new_loop()

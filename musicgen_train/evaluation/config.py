@@ -45,6 +45,10 @@ def validate(cfg: DictConfig) -> None:
     check_range(cfg, "eval.clap.window_seconds", 1, 10)
     check_choice(cfg, "eval.clap.windowing", ["consecutive", "fadtk"])
     check_range(cfg, "eval.report_spectrograms", 0)
+    for key in ("eval.melody", "eval.audio_prompt"):  # absent from older eval configs: auto
+        if OmegaConf.select(cfg, key) is not None:
+            check_choice(cfg, key, ["auto", "prompts", "reference", "none"])
+    check_range(cfg, "eval.audio_prompt_seconds", 0.02, allow_none=True)
     for key in (
         "eval.clap_score",
         "eval.after_training",

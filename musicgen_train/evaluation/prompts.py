@@ -2,7 +2,9 @@
 
 ``{"id": "calm-piano", "text": "a calm solo piano ballad", "reference": "audio/calm.wav"}``:
 ``text`` is required; ``id`` defaults to the line number; ``reference`` (optional) is an audio
-file, relative to the prompt file, used when ``eval.reference=prompts``.
+file, relative to the prompt file, used when ``eval.reference=prompts``. ``melody`` and
+``audio_prompt`` (optional, audio files relative to the prompt file) condition the generation
+(``evaluation/conditioning.py``: ``eval.melody``, ``eval.audio_prompt``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicgen_train.errors import UserError
+from musicgen_train.evaluation.clips import Clip
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,9 @@ class Prompt:
     id: str
     text: str
     reference: Path | None = None
+    melody: Path | None = None  # a melody reference for melody models
+    audio_prompt: Path | None = None  # audio to continue
+    segment: Clip | None = None  # eval.prompts=heldout: the held-out segment's own audio
 
 
 @dataclass(frozen=True)
@@ -76,19 +82,35 @@ def heldout_prompts(cache_dir: str | Path, limit: int | None = None) -> PromptSe
             f"eval.prompts=heldout needs the token cache {cache_dir} (prepare or train first), "
             "or give eval.prompts=<a prompt set or prompts.jsonl>"
         )
-    seen: dict[str, str] = {}
+    seen: dict[str, Clip | None] = {}
     for line in manifest.read_text(encoding="utf-8").splitlines():
         row = json.loads(line) if line.strip() else {}
         text = str(row.get("caption") or "").strip()
         if row.get("split") == "valid" and text and text not in seen:
-            seen[text] = str(row.get("id", len(seen) + 1))
+            seen[text] = _segment(Path(cache_dir), row)
     if not seen:
         raise UserError(
             f"eval.prompts=heldout: the valid split of {cache_dir} has no captions; give "
             "eval.prompts=<a prompt set or prompts.jsonl>"
         )
-    prompts = tuple(Prompt(f"heldout-{i + 1}", text) for i, text in enumerate(seen))
+    prompts = tuple(
+        Prompt(f"heldout-{i + 1}", text, segment=segment)
+        for i, (text, segment) in enumerate(seen.items())
+    )
     return PromptSet(HELDOUT, manifest, prompts[:limit] if limit else prompts)
+
+
+def _segment(cache_dir: Path, row: dict) -> Clip | None:
+    """The window of its source file a segment of the token cache was cut from (None when
+    that file is not here)."""
+    if "source" not in row or "offset" not in row:
+        return None
+    source = Path(row["source"])
+    source = source if source.is_absolute() else cache_dir / source
+    if not source.is_file():
+        return None
+    duration = None if row.get("duration") is None else float(row["duration"])
+    return Clip(source, float(row["offset"]), duration, str(row.get("id", "")))
 
 
 def prompt_set_for(cfg, limit: int | None = None) -> PromptSet:
@@ -112,12 +134,14 @@ def load_prompt_set(name_or_path: str, limit: int | None = None) -> PromptSet:
         text = row.get("text") if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise UserError(f'{path}:{number}: needs a non-empty "text" field')
-        reference = row.get("reference")
-        if reference is not None:
-            reference = (path.parent / reference).resolve()
-            if not reference.is_file():
-                raise UserError(f"{path}:{number}: reference audio {reference} does not exist")
-        prompts.append(Prompt(str(row.get("id", number)), text.strip(), reference))
+        files = {}
+        for key in ("reference", "melody", "audio_prompt"):
+            files[key] = row.get(key)
+            if files[key] is not None:
+                files[key] = (path.parent / files[key]).resolve()
+                if not files[key].is_file():
+                    raise UserError(f"{path}:{number}: {key} audio {files[key]} does not exist")
+        prompts.append(Prompt(str(row.get("id", number)), text.strip(), **files))
     if not prompts:
         raise UserError(f"prompt set {path} holds no prompts")
     ids = [p.id for p in prompts]

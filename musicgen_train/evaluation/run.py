@@ -16,10 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from musicgen_train.audio import write_audio
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
+from musicgen_train.evaluation.conditioning import Conditioning, conditioning_for, load_for
 from musicgen_train.evaluation.prompts import PromptSet, prompt_set_for
 from musicgen_train.evaluation.protocol import apply_protocol
 from musicgen_train.evaluation.suite import MetricSuite
 from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.model.families import is_melody
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     models, generations, codec = [], {}, None
     for label, source in sources:
         loaded = load_musicgen(source, **load_options(cfg))
+        conditioning = conditioning_for(ecfg, prompt_set, is_melody(loaded.model))
         log.info(
             "evaluate: generating %d prompt(s) x %d with %s",
             len(prompt_set.prompts),
@@ -107,6 +110,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 out / "audio" / label,
                 int(ecfg.samples_per_prompt),
                 int(ecfg.generation.batch_size),
+                conditioning,
             ),
             [p.reference for p in prompt_set.prompts],
             ecfg.get("protocol"),
@@ -118,6 +122,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 "source": source,
                 "path": loaded.path,
                 "sample_rate": loaded.sample_rate,
+                "conditioning": conditioning.summary,
                 "text_adherence": _text_adherence(cfg, loaded),
             }
         )
@@ -140,6 +145,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
         "generation": {
             **OmegaConf.to_container(ecfg.generation),
             "samples_per_prompt": int(ecfg.samples_per_prompt),
+            **models[0]["conditioning"],  # what the (first) model was conditioned on
         },
         "protocol": OmegaConf.to_container(ecfg.protocol) if ecfg.get("protocol") else None,
         "reference": suite.reference.summary() if suite.reference else None,
@@ -216,11 +222,13 @@ def generate_clips(
     folder: Path,
     samples_per_prompt: int = 1,
     batch_size: int = 4,
+    conditioning: Conditioning | None = None,
 ) -> list[list[Clip]]:
     """Write each prompt's generations as wav files; ``clips[i]`` are those of prompt ``i``.
 
     Prompt ``i`` of sample round ``s`` uses seed ``seed + 1000 * s + i`` whatever the batch size:
-    every model sees the same seeds, so two models are compared on equal terms.
+    every model sees the same seeds, so two models are compared on equal terms. A prompt with a
+    melody or an audio prompt (``conditioning``) generates alone, with the same seed.
     """
     engine = GenerationEngine(loaded)
     prompts = prompt_set.prompts
@@ -229,12 +237,35 @@ def generate_clips(
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
             seed = None if params.seed is None else params.seed + 1000 * sample + start
-            audio = engine.generate([p.text for p in batch], _with_seed(params, seed))
+            if conditioning is not None and any(
+                conditioning.any(start + i) for i in range(len(batch))
+            ):
+                audio = _conditioned(engine, batch, start, params, seed, conditioning)
+            else:
+                audio = engine.generate([p.text for p in batch], _with_seed(params, seed))
             for offset, (prompt, wave) in enumerate(zip(batch, audio, strict=True)):
                 name = _file_name(prompt.id, sample, samples_per_prompt)
                 path = write_audio(folder / name, wave, engine.sample_rate)
                 clips[start + offset].append(Clip(path, name=prompt.id))
     return clips
+
+
+def _conditioned(engine, batch, start: int, params, seed, conditioning) -> list:
+    """One prompt at a time, seeded as in a batch; continuations without their prompt."""
+    channels = int(engine.model.config.decoder.audio_channels)
+    wanted = int(round(params.duration * engine.sample_rate))
+    out = []
+    for i, prompt in enumerate(batch):
+        melody = conditioning.melody[start + i]
+        given = conditioning.audio_prompt[start + i]
+        audio = engine.generate(
+            [prompt.text],
+            _with_seed(params, None if seed is None else seed + i),
+            melody=None if melody is None else load_for(melody, engine.sample_rate, channels),
+            audio_prompt=None if given is None else load_for(given, engine.sample_rate, channels),
+        )[0]
+        out.append(audio[..., audio.shape[-1] - wanted :])  # the continuation
+    return out
 
 
 def _with_seed(params: GenerationParams, seed: int | None) -> GenerationParams:

@@ -248,14 +248,17 @@ class GenerationEngine:
         stopping_criteria=None,
         on_step: Callable[[Row], None] | None = None,
         audio_prompt=None,
+        melody=None,
         **conditioning,
     ) -> np.ndarray:
         """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``.
 
-        ``conditioning``: more inputs of the model's own ``generate`` (a melody model's
-        ``input_features``, see ``generation.melody``). Melody models, whose condition is a
-        prefix of the decoder's input rather than cross-attention, run through transformers'
-        ``generate`` one seeded row at a time (same seeds, same audio as alone).
+        ``melody``: a melody model's reference (a file, or float audio ``[C, S]`` at
+        ``sample_rate``); ``conditioning``: more inputs of the model's own ``generate`` (a
+        melody model's ``input_features``, see ``generation.melody``). Melody models, whose
+        condition is a prefix of the decoder's input rather than cross-attention, run through
+        transformers' ``generate`` one seeded row at a time (same seeds, same audio as alone),
+        with an audio prompt and long form too (``melody_runs.py``).
 
         Row ``i`` is seeded with ``seeds[i]``, else ``params.seed + i`` (so the first prompt of
         a batch sounds as it does alone with ``params.seed``), else from torch's global RNG.
@@ -275,10 +278,19 @@ class GenerationEngine:
         params = params or GenerationParams()
         if seeds is None:
             seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
-        if (conditioning or is_melody(self.model)) and audio_prompt is not None:
-            raise GenerationInputError("audio_prompt is not supported for melody models yet")
-        if conditioning or is_melody(self.model):
-            return self._generate_with_transformers(prompts, params, seeds, conditioning)
+        if conditioning or melody is not None or is_melody(self.model):
+            from musicgen_train.generation.melody_runs import generate_melody
+
+            return generate_melody(
+                self,
+                list(prompts),
+                params,
+                list(seeds),
+                melody=melody,
+                features=conditioning,
+                audio_prompt=audio_prompt,
+                stopping_criteria=stopping_criteria,
+            )
         prefix = None if audio_prompt is None else self.prompt_codes(audio_prompt, params)
         hop = int(round(self.sample_rate / self.loaded.frame_rate))
         wanted = int(round(params.duration * self.sample_rate))
@@ -311,21 +323,6 @@ class GenerationEngine:
                 loop.remove(list(loop.rows))
         audio = self.decode(rows)
         return np.ascontiguousarray(audio[..., :wanted])
-
-    def _generate_with_transformers(self, prompts, params, seeds, conditioning) -> np.ndarray:
-        kwargs = self._generate_kwargs(params)
-        audio = []
-        for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-            inputs = self.processor(text=[prompt], padding=True, return_tensors="pt")
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            row = {k: v[i : i + 1] for k, v in conditioning.items()}
-            with torch.random.fork_rng(devices=[]):
-                if seed is not None:
-                    torch.manual_seed(int(seed))
-                out = self.model.generate(**inputs, **row, **kwargs)
-            audio.append(out.float().cpu().numpy())
-        wanted = int(round(params.duration * self.sample_rate))
-        return np.ascontiguousarray(np.concatenate(audio)[..., :wanted])
 
     @staticmethod
     def _should_stop(rows: list[Row], criteria) -> bool:

@@ -6,7 +6,13 @@ codebook ``k`` of frame ``f`` arrives at step ``f + k + 1``, so frame ``f`` is c
 audio depends on its neighbours: each window is decoded with some left context, the last
 ``lookahead`` frames are held back until the next window sees what follows them, and the held
 back audio is crossfaded into the next window's version of the same samples, so chunk borders
-carry no click.
+carry no click. The first chunk may be shorter than the others (``first_chunk_frames``): a
+listener hears audio after ``first_chunk_frames + lookahead_frames + K - 1`` steps instead of
+waiting for a whole chunk.
+
+With ``defer=True`` the streamer does not decode by itself: ``put`` marks the window that is
+``due`` and the caller decodes the due windows of many streamers at once (``decode_due``: one
+codec call per window length, so rows that reach a chunk border at the same step share it).
 
 MusicGen's ``generate`` in transformers 5.23 takes a ``streamer`` argument but never hands it to
 its sampling loop (only the start tokens arrive), so ``TokenFeed`` feeds the streamer from a
@@ -44,6 +50,8 @@ class CodecStreamer(BaseStreamer):
         context_frames: int = 50,
         lookahead_frames: int = 5,
         crossfade_frames: int = 2,
+        first_chunk_frames: int | None = None,
+        defer: bool = False,
     ):
         if not 0 < crossfade_frames <= lookahead_frames:
             raise ValueError("crossfade_frames must be between 1 and lookahead_frames")
@@ -57,6 +65,11 @@ class CodecStreamer(BaseStreamer):
         self.on_audio = on_audio
         self.on_progress = on_progress
         self.chunk_frames = chunk_frames
+        self.first_chunk_frames = chunk_frames if first_chunk_frames is None else first_chunk_frames
+        if self.first_chunk_frames < 1 or chunk_frames < 1:
+            raise ValueError("chunk_frames and first_chunk_frames must be at least 1")
+        self.defer = defer
+        self.due: tuple[int, int, int] | None = None  # (start, upto, available) to decode
         self.context_frames = context_frames
         self.lookahead_frames = lookahead_frames
         self.crossfade = crossfade_frames * self.hop
@@ -79,13 +92,17 @@ class CodecStreamer(BaseStreamer):
         if self.on_progress is not None:
             self.on_progress(min(self.step, self.max_new_tokens), self.max_new_tokens)
         complete = self.complete_frames
+        chunk = self.chunk_frames if self.emitted_frames else self.first_chunk_frames
         if self.on_audio is not None and complete - self.emitted_frames >= (
-            self.chunk_frames + self.lookahead_frames
+            chunk + self.lookahead_frames
         ):
             self._emit(upto=complete - self.lookahead_frames, available=complete)
 
     def end(self) -> None:
+        if self.due is not None:  # a deferred window nobody decoded: decode it now
+            self.deliver(self._decode(self.due[0], self.due[2]))
         if self.on_audio is not None and self.emitted_frames < self.complete_frames:
+            self.defer = False
             self._emit(upto=self.complete_frames, available=self.complete_frames)
 
     # --- decoding --------------------------------------------------------------------------------
@@ -100,16 +117,21 @@ class CodecStreamer(BaseStreamer):
         columns = [self.tokens[:, k, index + k + 1] for k in range(self.num_codebooks)]
         return torch.stack(columns, dim=1)
 
-    @torch.inference_mode()
     def _decode(self, start: int, stop: int) -> np.ndarray:
-        codes = self.codes(start, stop).to(self.model.device)  # [batch, K, frames]
-        # generation/codec.py: weight norm folded once, not recomputed for every window
-        return decode(self.model.audio_encoder, codes).float().cpu().numpy()
+        return decode_codes(self.model, self.codes(start, stop))
 
     def _emit(self, upto: int, available: int) -> None:
-        """Hand out audio for frames ``[emitted_frames, upto)``; keep ``[upto, available)`` back."""
+        """Hand out audio for frames ``[emitted_frames, upto)``; keep ``[upto, available)`` back
+        (or, deferred, mark that window ``due``)."""
         start = max(0, self.emitted_frames - self.context_frames)
-        audio = self._decode(start, available)
+        self.due = (start, upto, available)
+        if not self.defer:
+            self.deliver(self._decode(start, available))
+
+    def deliver(self, audio: np.ndarray) -> None:
+        """The decoded ``due`` window ``[batch, channels, samples]``: hand out its new part."""
+        start, upto, _available = self.due
+        self.due = None
         first = (self.emitted_frames - start) * self.hop
         fresh = audio[..., first:]  # from the first sample not yet handed out
         if self.tail is not None:
@@ -125,6 +147,40 @@ class CodecStreamer(BaseStreamer):
         if out.shape[-1]:
             for index in range(self.batch_size):
                 self.on_audio(index, out[index])
+
+
+@torch.inference_mode()
+def decode_codes(model, codes: torch.Tensor) -> np.ndarray:
+    """Codes ``[batch, K, frames]`` -> float32 audio ``[batch, channels, samples]``."""
+    # generation/codec.py: weight norm folded once (not recomputed for every window), the fast
+    # transposed convolutions; the same audio to float rounding
+    codes = codes.to(model.device)
+    codec = model.audio_encoder
+    if model.config.decoder.audio_channels == 2:  # stereo: left's codebook k at 2k, right's at 2k+1
+        audio = torch.cat([decode(codec, codes[:, ::2]), decode(codec, codes[:, 1::2])], dim=1)
+    else:
+        audio = decode(codec, codes)
+    return audio.float().cpu().numpy()
+
+
+def decode_due(streamers: list[CodecStreamer]) -> int:
+    """Decode the ``due`` windows of ``streamers``, one codec call per model and window
+    length, and deliver each its audio; returns how many codec calls it made."""
+    groups: dict[tuple[int, int], list[CodecStreamer]] = {}
+    for streamer in streamers:
+        if streamer.due is not None:
+            start, _upto, available = streamer.due
+            key = (id(streamer.model), available - start)
+            groups.setdefault(key, []).append(streamer)
+    for group in groups.values():
+        model = group[0].model
+        codes = torch.cat([s.codes(s.due[0], s.due[2]) for s in group])
+        audio = decode_codes(model, codes)
+        offset = 0
+        for streamer in group:
+            streamer.deliver(audio[offset : offset + streamer.batch_size])
+            offset += streamer.batch_size
+    return len(groups)
 
 
 class TokenFeed(StoppingCriteria):

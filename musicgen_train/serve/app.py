@@ -43,6 +43,7 @@ from musicgen_train.serve.schemas import (
 from musicgen_train.serve.service import Service, service
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import CONTENT_TYPES
+from musicgen_train.serve.uploads import add_upload_routes, job_audio
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,14 @@ def create_app(
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
             expose_headers=["Location", "Retry-After", "X-Generation-Id", "Link"],
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.limits.max_body_bytes,
+        paths={"/v1/uploads": settings.limits.max_upload_bytes},
+    )
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     _add_routes(app)
+    add_upload_routes(app, request_caller)
     return app
 
 
@@ -301,7 +307,7 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool, caller: str)
     job = svc.store.create(
         model=name,
         prompt=body.prompt,
-        params=body.generation_params(),
+        params={**body.generation_params(), **job_audio(svc, body, name)},
         fmt=body.format,
         stream=stream,
         owner=caller if caller.startswith("key:") else None,  # open service: no owners

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from musicgen_train.audio import encode_audio_bytes
+from musicgen_train.audio import encode_audio_bytes, load_audio
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
 from musicgen_train.serve.settings import StreamSettings
@@ -41,6 +41,15 @@ class GenerationFailed(Exception):
         self.reason = reason
 
 
+# Keys of a job's params that name uploaded audio (serve/uploads.py), not GenerationParams.
+AUDIO_FIELDS = ("melody", "audio_prompt")
+
+
+def generation_fields(params: dict) -> dict:
+    """A job's params without its uploaded-audio ids: ``GenerationParams(**...)``'s fields."""
+    return {key: value for key, value in params.items() if key not in AUDIO_FIELDS}
+
+
 @dataclass(frozen=True)
 class Batch:
     model: str
@@ -48,6 +57,10 @@ class Batch:
     params: dict  # GenerationParams fields, shared by every job of the batch
     formats: list[str]  # wav or flac, per job
     streamed: list[bool]  # whose PCM someone is listening to
+    # A job that runs alone may carry audio: the uploaded files' bytes, decoded here as
+    # ``musicgen-train generate`` reads melody= and audio_prompt= files.
+    melody: bytes | None = None
+    audio_prompt: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -80,20 +93,46 @@ def generate_batch(
     stop_reason: StopReason,
 ) -> list[Clip]:
     """Generate the batch; raises ``GenerationAborted`` when ``stop_reason`` says so."""
-    params = GenerationParams(**batch.params)
-    streamer = _streamer(engine, batch, params, stream, emit)
+    params = GenerationParams(**generation_fields(batch.params))
+    audio_prompt = prompt_audio(engine, batch.audio_prompt)
+    frames = 0 if audio_prompt is None else -(-audio_prompt.shape[-1] // _hop(engine))
+    streamer = _streamer(engine, batch, params, stream, emit, frames)
     criteria = StoppingCriteriaList([TokenFeed(streamer), Checkpoint(stop_reason)])
-    audio = engine.generate(batch.prompts, params, stopping_criteria=criteria)
+    audio = engine.generate(
+        batch.prompts,
+        params,
+        stopping_criteria=criteria,
+        audio_prompt=audio_prompt,
+        melody=batch.melody,
+    )
     streamer.end()
     emit(("progress", 1.0))
     formats = zip(audio, batch.formats, strict=True)
     return [encode_clip(clip, engine.sample_rate, fmt) for clip, fmt in formats]
 
 
-def _streamer(engine, batch: Batch, params, stream: StreamSettings, emit: Emit) -> CodecStreamer:
+def prompt_audio(engine: GenerationEngine, data: bytes | None):
+    """An uploaded audio prompt's bytes -> float ``[channels, samples]`` at the model's rate, as
+    ``musicgen-train generate`` reads ``audio_prompt=`` files (None stays None). Both schedulers
+    decode with it: a static batch of one here, a continuous row in ``continuous.Scheduler``."""
+    if data is None:
+        return None
+    channels = int(engine.model.config.decoder.audio_channels)
+    return load_audio(data, engine.sample_rate, channels)
+
+
+def _hop(engine) -> int:
+    return int(round(engine.sample_rate / engine.loaded.frame_rate))
+
+
+def _streamer(
+    engine, batch: Batch, params, stream: StreamSettings, emit: Emit, prompt_frames: int = 0
+) -> CodecStreamer:
+    """``prompt_frames``: an audio prompt's frames, which the ids (and the file) hold first."""
     frame_rate = engine.loaded.frame_rate
     num_codebooks = engine.model.config.decoder.num_codebooks
     max_new_tokens = params.generate_kwargs(frame_rate, num_codebooks)["max_new_tokens"]
+    max_new_tokens += prompt_frames
     last_progress = [0.0]
 
     def on_audio(index: int, audio) -> None:
@@ -110,13 +149,14 @@ def _streamer(engine, batch: Batch, params, stream: StreamSettings, emit: Emit) 
         engine.model,
         batch_size=len(batch.prompts),
         max_new_tokens=max_new_tokens,
-        num_samples=int(round(params.duration * engine.sample_rate)),
+        num_samples=int(round(params.duration * engine.sample_rate)) + prompt_frames * _hop(engine),
         on_audio=on_audio if any(batch.streamed) else None,
         on_progress=on_progress,
         chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
         context_frames=round(stream.context_seconds * frame_rate),
         lookahead_frames=stream.lookahead_frames,
         crossfade_frames=min(2, stream.lookahead_frames),
+        first_chunk_frames=max(1, round(stream.first_chunk_seconds * frame_rate)),
     )
 
 

@@ -5,7 +5,11 @@ becomes one row of its model's loop (``engine.add``) with its own duration, seed
 top-k, top-p and guidance; every ``step`` advances every row by one token. A row leaves when its
 own duration is reached (its audio is decoded and encoded at once) or when it is aborted
 (canceled, timed out, the server stopping): only that row goes, its companions go on. Each row
-has its own ``CodecStreamer``, so streaming and progress are per job.
+has its own ``CodecStreamer``, so streaming and progress are per job; the streamers only mark
+their chunk windows due, and after each step the due windows of all rows are decoded together
+(``decode_due``: one codec call per window length, so streams that reach a chunk border at the
+same step share it). A stream's first chunk is ``serve.stream.first_chunk_seconds`` long (the
+later ones ``chunk_seconds``), so a listener hears audio after a few steps.
 
 The scheduler is plain code over picklable inputs and outputs (``JobSpec`` in, events out), so it
 runs in the generation process (``serve.worker.isolation=process``) or in a worker thread.
@@ -13,6 +17,15 @@ runs in the generation process (``serve.worker.isolation=process``) or in a work
 Events (tuples) handed to ``emit``:
 ``("job_progress", id, fraction)``, ``("job_audio", id, pcm16 bytes)``,
 ``("job_done", id, Clip)``, ``("job_failed", id, reason)``, ``("job_aborted", id, why)``.
+
+A job may carry an audio prompt to continue (the uploaded file's bytes, decoded here with
+``batch.prompt_audio`` as the static path decodes them): its row joins with the prompt's codec
+codes as a prefix (``engine.add(audio_prompt=...)``; its first step writes the prompt's frames
+into the cache in one forward, then it samples as any row). Its streamer and progress count the
+prompt's frames too, and its file holds them re-synthesised by the codec, then ``duration``
+seconds: what the static path and ``musicgen-train generate audio_prompt=...`` give. A melody
+model's jobs never come here (their condition is a decoder prefix that transformers' ``generate``
+builds; the worker runs them on the per-job path).
 """
 
 from __future__ import annotations
@@ -25,8 +38,15 @@ from dataclasses import dataclass
 import torch
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.generation.streaming import CodecStreamer
-from musicgen_train.serve.batch import PROGRESS_SECONDS, Clip, encode_clip, reason
+from musicgen_train.generation.streaming import CodecStreamer, decode_due
+from musicgen_train.serve.batch import (
+    PROGRESS_SECONDS,
+    Clip,
+    encode_clip,
+    generation_fields,
+    prompt_audio,
+    reason,
+)
 from musicgen_train.serve.settings import StreamSettings
 from musicgen_train.serve.streaming import to_pcm16
 
@@ -42,42 +62,62 @@ class JobSpec:
     id: str
     model: str
     prompt: str
-    params: dict  # GenerationParams fields
+    params: dict  # GenerationParams fields (and the ids of its uploads, ignored here)
     format: str  # wav or flac
     streamed: bool  # someone listens to its PCM
+    audio_prompt: bytes | None = None  # the uploaded audio prompt's file, when it has one
 
 
 class _Job:
     """A running row's bookkeeping: its streamer (per row), progress and abort reason."""
 
     def __init__(self, spec: JobSpec, engine: GenerationEngine, stream: StreamSettings, emit):
-        self.spec, self.engine, self.emit = spec, engine, emit
-        self.params = GenerationParams(**spec.params)
+        self.spec, self.engine, self.stream, self.emit = spec, engine, stream, emit
+        self.params = GenerationParams(**generation_fields(spec.params))
         self.abort: str | None = None
         self.last_progress = 0.0
-        frame_rate = engine.loaded.frame_rate
         self.total = engine.sampling(self.params).max_new_tokens
         self.num_samples = int(round(self.params.duration * engine.sample_rate))
+        self.streamer: CodecStreamer | None = None  # sized once the row joined (``joined``)
+        self.fed = 0  # the row's token columns handed to the streamer
+        self.row = None  # the engine's row, once it joined
+
+    def joined(self, row) -> None:
+        """The row is in the loop: size the streamer by it (an audio prompt's ``row.forced``
+        frames come first, in the stream and the file, as ``batch._streamer`` sizes them) and
+        hand it the start tokens (step 0)."""
+        frame_rate = self.engine.loaded.frame_rate
+        hop = int(round(self.engine.sample_rate / frame_rate))
+        stream = self.stream
+        self.row = row
+        self.num_samples += row.forced * hop
         self.streamer = CodecStreamer(
-            engine.model,
+            self.engine.model,
             batch_size=1,
-            max_new_tokens=self.total,
+            max_new_tokens=self.total + row.forced,
             num_samples=self.num_samples,
-            on_audio=self._on_audio if spec.streamed else None,
+            on_audio=self._on_audio if self.spec.streamed else None,
             on_progress=self._on_progress,
             chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
             context_frames=round(stream.context_seconds * frame_rate),
             lookahead_frames=stream.lookahead_frames,
             crossfade_frames=min(2, stream.lookahead_frames),
+            first_chunk_frames=max(1, round(stream.first_chunk_seconds * frame_rate)),
+            defer=True,
         )
+        self.streamer.put(row.tokens[:, 0])
 
     def should_stop(self) -> str | None:
         return self.abort
 
     def on_step(self, row) -> None:
-        step = row.step
-        column = torch.where(row.pattern[:, step] == -1, row.tokens[:, step], row.pattern[:, step])
-        self.streamer.put(column)
+        """Every column the step made: one, or a prompted row's first step its prompt's
+        frames and its first sampled token (the deferred streamer then marks one window due
+        that holds the whole prompt)."""
+        for step in range(self.fed + 1, row.step + 1):
+            pattern = row.pattern[:, step]
+            self.streamer.put(torch.where(pattern == -1, row.tokens[:, step], pattern))
+        self.fed = row.step
 
     def _on_audio(self, _index: int, audio) -> None:
         self.emit(("job_audio", self.spec.id, to_pcm16(audio)))
@@ -104,6 +144,7 @@ class Scheduler:
         self.jobs: dict[str, _Job] = {}
         self.steps = 0  # steps taken, all models together
         self.rows_stepped = 0  # rows advanced, all steps together (rows per step = this / steps)
+        self.codec_calls = 0  # codec decodes for streamed chunks, all rows together
 
     @property
     def busy(self) -> bool:
@@ -116,9 +157,11 @@ class Scheduler:
     def add(self, spec: JobSpec) -> bool:
         """Put a job into its model's running batch (it advances at the next step); a job that
         cannot run fails alone with the reason."""
+        loop = row = None
         try:
             engine = self.engines[spec.model]
             job = _Job(spec, engine, self.stream, self.emit)
+            audio_prompt = prompt_audio(engine, spec.audio_prompt)
             loop = self.loops.get(spec.model)
             if loop is None:
                 loop = self.loops[spec.model] = engine.new_loop()
@@ -129,9 +172,12 @@ class Scheduler:
                 on_step=job.on_step,
                 should_stop=job.should_stop,
                 tag=spec.id,
+                audio_prompt=audio_prompt,
             )
-            job.streamer.put(row.tokens[:, 0])  # the start tokens (step 0)
+            job.joined(row)
         except Exception as err:
+            if row is not None:  # it joined, then failed: it must not run without its job
+                loop.remove([row])
             log.exception("job %s could not join the batch", spec.id)
             self.emit(("job_failed", spec.id, reason(err)))
             return False
@@ -163,8 +209,25 @@ class Scheduler:
             if size:
                 self.steps += 1
                 self.rows_stepped += size
+            self._decode_due(model)
             for row in left:
                 self._leave(row)
+
+    def _decode_due(self, model: str) -> None:
+        """The chunks that became due at this step, for every row of ``model``, decoded
+        together; a failure there fails the rows that had a chunk due (alone)."""
+        due = [j for j in self.jobs.values() if j.spec.model == model and j.streamer.due]
+        if not due:
+            return
+        try:
+            self.codec_calls += decode_due([job.streamer for job in due])
+        except Exception as err:
+            log.exception("decoding streamed audio of model %s failed", model)
+            for job in due:
+                if job.streamer.due is not None:
+                    self.jobs.pop(job.spec.id, None)
+                    self.loops[model].remove([job.row])
+                    self.emit(("job_failed", job.spec.id, reason(err)))
 
     def _fail_model(self, model: str, why: str) -> None:
         self.loops[model] = self.engines[model].new_loop()

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -70,6 +71,10 @@ jobs_table = Table(
     # who created the job (a hash of its API key); None on an open service: readable by anyone
     Column("owner", String(64)),
 )
+
+# JobStore.get, built once: building it per call was half of a status read (130 -> 70 us)
+_GET_JOB = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
+
 queue_lock_table = Table(
     "generation_queue_lock",
     metadata,
@@ -223,7 +228,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).first()
+            row = conn.execute(_GET_JOB, {"job_id": job_id}).first()
         return Job.from_row(row) if row else None
 
     def status_of(self, job_ids: list[str]) -> dict[str, str]:

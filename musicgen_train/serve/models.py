@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from musicgen_train.generation import GenerationEngine
+from musicgen_train.model.families import is_melody
 from musicgen_train.serve.settings import ModelSpec
 from musicgen_train.sources import load_musicgen
 
@@ -25,17 +26,22 @@ class ModelFacts:
     num_codebooks: int
     max_duration: float = 600.0  # the longest clip the model's position table allows
     precision: str = "fp32"  # what the engine runs at (serve.precision resolved)
+    melody: bool = False  # takes a melody reference (chroma conditioned)
+    window_seconds: float = 30.0  # an audio prompt must be shorter than this
 
     @classmethod
     def of(cls, engine: GenerationEngine) -> ModelFacts:
         config = engine.model.config
         return cls(
             sample_rate=int(engine.sample_rate),
-            channels=int(config.audio_encoder.audio_channels),
+            # Stereo MusicGen: a mono codec decodes each channel's codebooks (decoder's count).
+            channels=int(config.decoder.audio_channels),
             frame_rate=float(engine.loaded.frame_rate),
             num_codebooks=int(config.decoder.num_codebooks),
             max_duration=float(engine.max_duration),
             precision=str(engine.precision),
+            melody=is_melody(engine.model),
+            window_seconds=float(engine.window_seconds),
         )
 
 
@@ -72,7 +78,11 @@ class ServedModel:
             "num_codebooks": self.facts.num_codebooks,
             "precision": self.facts.precision,
             "base": self.spec.base,  # an adapter's base model (served by this server), or None
-            "limits": {"max_duration": self.max_duration},
+            "melody": self.facts.melody,  # accepts a melody reference
+            "limits": {
+                "max_duration": self.max_duration,
+                "max_audio_prompt_seconds": self.facts.window_seconds,
+            },
             **self.info,
         }
 

@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 from typing import Literal
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 500
+
+
+class AudioInput(BaseModel):
+    """An audio file for a job: ``upload_id`` (from ``POST /v1/uploads``) or the file itself,
+    base64-encoded (the whole request stays under ``serve.limits.max_body_bytes``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload_id: UUID | None = Field(default=None, description="An id from POST /v1/uploads")
+    base64: str | None = Field(default=None, min_length=1, description="The file, base64")
+
+    @model_validator(mode="after")
+    def _one(self) -> AudioInput:
+        if (self.upload_id is None) == (self.base64 is None):
+            raise ValueError("give exactly one of upload_id and base64")
+        return self
 
 
 class GenerationRequest(BaseModel):
@@ -40,6 +57,13 @@ class GenerationRequest(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, strict=True)
     format: Literal["wav", "flac"] = "wav"
+    melody: AudioInput | None = Field(
+        default=None, description="A melody reference (melody models only)"
+    )
+    audio_prompt: AudioInput | None = Field(
+        default=None,
+        description="Audio to continue; the result holds it, then `duration` seconds",
+    )
 
     @field_validator("prompt", "model")
     @classmethod
@@ -68,6 +92,17 @@ class GenerationRequest(BaseModel):
             "top_p": self.top_p,
             "seed": self.seed,
         }
+
+
+class Upload(BaseModel):
+    """An uploaded audio file, decoded and checked; ``id`` goes into a request's
+    ``melody`` / ``audio_prompt`` as ``{"upload_id": id}``."""
+
+    id: str
+    bytes: int
+    seconds: float
+    sample_rate: int
+    channels: int
 
 
 class Links(BaseModel):

@@ -47,6 +47,9 @@ class JobSettings(_Section):
     timeout_per_audio_second: float = Field(default=30.0, ge=0)
     stale_after: float = Field(default=30.0, ge=0)  # seconds without heartbeat = worker died
     max_attempts: int = Field(default=2, ge=1)  # re-queues after a crash, then failed
+    # continuous batching: seconds without a word from the generation process while jobs run
+    # (it sends progress every step) = hung: it is killed and its jobs fail.
+    hang_after: float = Field(default=120.0, gt=0)
 
     def timeout_for(self, duration: float) -> float:
         """Seconds a job of ``duration`` seconds of audio may run before it fails."""
@@ -78,6 +81,7 @@ class WorkerSettings(_Section):
 
 class StreamSettings(_Section):
     chunk_seconds: float = Field(default=0.5, gt=0)
+    first_chunk_seconds: float = Field(default=0.1, gt=0)  # the first, for early first audio
     context_seconds: float = Field(default=1.0, ge=0)
     lookahead_frames: int = Field(default=5, ge=1)
 
@@ -107,6 +111,9 @@ class CorsSettings(_Section):
 
 class RequestLimits(_Section):
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # POST /v1/uploads: an audio file (a melody reference or an audio prompt) as the body
+    max_upload_bytes: int = Field(default=16 * 2**20, ge=1024)
+    max_melody_seconds: float = Field(default=60.0, gt=0)
 
 
 class ServeSettings(_Section):

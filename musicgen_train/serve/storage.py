@@ -51,6 +51,41 @@ class AudioStore:
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
 
+    # Uploaded audio (melody references, audio prompts), kept as uploaded under its id.
+    def _upload_path(self, upload_id: str) -> str:
+        if not is_job_id(upload_id):
+            raise ValueError(f"not an upload id: {upload_id!r}")
+        return f"{self.root}/uploads/{upload_id}"
+
+    def put_upload(self, upload_id: str, data: bytes) -> None:
+        self.fs.makedirs(f"{self.root}/uploads", exist_ok=True)
+        path = self._upload_path(upload_id)
+        with self.fs.open(path + ".part", "wb") as handle:
+            handle.write(data)
+        self.fs.mv(path + ".part", path)
+
+    def get_upload(self, upload_id: str) -> bytes | None:
+        path = self._upload_path(upload_id)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as handle:
+            return handle.read()
+
+    def delete_uploads(self, older_than: float) -> int:
+        """Delete uploads last written before ``older_than`` (a timestamp); how many went."""
+        folder = f"{self.root}/uploads"
+        if not self.fs.exists(folder):
+            return 0
+        removed = 0
+        for path in self.fs.ls(folder, detail=False):
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            if not is_job_id(name):  # a .part being written, or not ours
+                continue
+            if self.fs.modified(path).timestamp() < older_than:
+                self.fs.rm(path)
+                removed += 1
+        return removed
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         if self.fs.exists(path):
@@ -58,10 +93,12 @@ class AudioStore:
 
 
 def delete_expired_audio(jobs, audio: AudioStore, retention_seconds: float) -> int:
-    """Delete the audio of jobs finished more than ``retention_seconds`` ago; the jobs stay, marked
-    as expired. Returns how many files went."""
+    """Delete the audio of jobs finished more than ``retention_seconds`` ago (the jobs stay,
+    marked as expired) and uploads older than that. Returns how many files went."""
     expired = jobs.expired_audio(older_than=time.time() - retention_seconds)
     for job in expired:
         audio.delete(job.audio_key)
         jobs.mark_audio_expired(job.id)
-    return len(expired)
+    # Uploads (melody references, audio prompts) go after the same time; a job still queued
+    # with one that went fails with "the ... upload is gone".
+    return len(expired) + audio.delete_uploads(time.time() - retention_seconds)

@@ -24,7 +24,15 @@ import uuid
 from collections.abc import Callable
 
 from musicgen_train.generation import GenerationParams
-from musicgen_train.serve.batch import Batch, Clip, GenerationAborted, GenerationFailed, reason
+from musicgen_train.serve.batch import (
+    AUDIO_FIELDS,
+    Batch,
+    Clip,
+    GenerationAborted,
+    GenerationFailed,
+    generation_fields,
+    reason,
+)
 from musicgen_train.serve.jobs import RUNNING, Job, JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.models import ServedModel
@@ -42,10 +50,11 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 10.0  # between attempts to bring a failed generator back
 
 
-def batch_key(job: Job) -> tuple:
-    params = GenerationParams(**job.params)
-    # A seeded job runs alone: its audio must not depend on which jobs shared its batch.
-    alone = job.id if params.seed is not None else None
+def batch_key(job: Job, conditioned: bool = False) -> tuple:
+    params = GenerationParams(**generation_fields(job.params))
+    # A seeded job runs alone: its audio must not depend on which jobs shared its batch. So
+    # does a conditioned one (``Worker.conditioned``): its audio is its own.
+    alone = job.id if params.seed is not None or conditioned else None
     return (job.model, params.batch_key(), alone)
 
 
@@ -191,7 +200,7 @@ class Worker(ContinuousLoop):
         if len(queued) < limit and self.settings.worker.batch_wait > 0:
             time.sleep(self.settings.worker.batch_wait)  # companions submitted together
             queued = self.store.queued(limit=256) or queued
-        key = batch_key(queued[0])
+        key = batch_key(queued[0], self.conditioned(queued[0]))
         batch = []
         for job in queued:
             if len(batch) >= limit:
@@ -200,19 +209,53 @@ class Worker(ContinuousLoop):
                 if self.store.claim(job.id, self.id):
                     self.store.fail(job.id, f"model {job.model!r} is not served by this server")
                 continue
-            if batch_key(job) == key and self.store.claim(job.id, self.id):
+            if batch_key(job, self.conditioned(job)) == key and self.store.claim(job.id, self.id):
                 batch.append(job)
         return batch
+
+    def conditioned(self, job: Job) -> bool:
+        """A melody model's job, or one with a melody or an audio prompt: a static batch of its
+        own (its audio is its own; a ``Batch`` carries one job's uploads)."""
+        return self.per_job(job) or any(job.params.get(field) for field in AUDIO_FIELDS)
+
+    def per_job(self, job: Job) -> bool:
+        """A melody model's job: transformers' ``generate`` builds its condition (a decoder
+        prefix), so under continuous batching it runs alone through ``run_batch`` once the
+        batch has drained. A text model's job with an audio prompt joins the batch."""
+        served = self.models.get(job.model)
+        return bool(served is not None and served.facts.melody) or bool(job.params.get("melody"))
+
+    def run_conditioned(self, job: Job, generator) -> None:
+        """Under continuous batching, once the batch has drained: ``job`` (``per_job``) alone."""
+        if self.store.claim(job.id, self.id):
+            self.run_batch([job], generator)
+
+    def _uploads(self, job: Job) -> dict:
+        """The bytes of the job's uploaded audio (``serve/uploads.py``)."""
+        out = {}
+        for field in AUDIO_FIELDS:
+            if job.params.get(field):
+                data = self.audio.get_upload(job.params[field])
+                if data is None:
+                    raise GenerationFailed(f"the {field} upload {job.params[field]} is gone")
+                out[field] = data
+        return out
 
     def run_batch(self, jobs: list[Job], generator) -> None:
         served = self.models[jobs[0].model]
         live = [self.broker.get(job.id) for job in jobs]  # streams someone is reading
+        try:
+            uploads = self._uploads(jobs[0]) if len(jobs) == 1 else {}
+        except GenerationFailed as err:
+            self._finish(jobs[0], "failed", lambda j, r=err.reason: self.store.fail(j.id, r))
+            return
         batch = Batch(
             model=served.name,
             prompts=[job.prompt for job in jobs],
             params=jobs[0].params,
             formats=[job.format for job in jobs],
             streamed=[stream is not None for stream in live],
+            **uploads,
         )
         started = time.monotonic()
         timeout = self.settings.jobs.timeout_for(float(jobs[0].params.get("duration", 0.0)))
