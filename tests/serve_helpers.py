@@ -31,6 +31,26 @@ def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> ServeSettings
     return ServeSettings(**values)
 
 
+def non_causal_tiny_engine() -> GenerationEngine:
+    """A tiny MusicGen (fp32) whose EnCodec convolutions look ahead, as in the real 32 kHz codec:
+    what streaming's context and held-back frames are for."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from musicgen_train.model.loader import LoadedModel
+    from musicgen_train.model.tiny import build_tiny_processor, tiny_config
+
+    config = tiny_config()
+    config.audio_encoder.use_causal_conv = False
+    config.audio_encoder.pad_mode = "reflect"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MusicgenForConditionalGeneration(config).eval()
+    model.generation_config.decoder_start_token_id = config.decoder_start_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    loaded = LoadedModel(model=model, processor=build_tiny_processor(), source="t", path="t")
+    return GenerationEngine(loaded, precision="fp32")
+
+
 def served(loaded, name: str = "tiny") -> dict[str, GenerationEngine]:
     """The session's tiny model, already loaded: the app serves it from the test's process."""
     return {name: GenerationEngine(loaded)}

@@ -6,32 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from transformers import EncodecConfig, EncodecModel
+from transformers import EncodecModel
 
 from musicgen_train.generation.codec import FastCodecDecoder, MatmulConvTranspose1d
+from musicgen_train.model.shapes import encodec_32khz_config
 
 
 def _codec(seed: int = 0) -> EncodecModel:
     """musicgen-small's codec layout (upsampling 8, 5, 4, 4; 2-layer LSTM; reflect padding;
     weight norm), narrow so the test is quick."""
-    config = EncodecConfig(
-        sampling_rate=32_000,
-        audio_channels=1,
-        target_bandwidths=[2.2],
-        hidden_size=16,
-        num_filters=4,
-        num_residual_layers=1,
-        upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2,
-        codebook_size=64,
-        codebook_dim=16,
-        normalize=False,
-        chunk_length_s=None,
-        overlap=None,
-        use_causal_conv=False,
-        pad_mode="reflect",
-        norm_type="weight_norm",
-    )
+    config = encodec_32khz_config(hidden_size=16, num_filters=4, codebook_size=64, codebook_dim=16)
     torch.manual_seed(seed)
     codec = EncodecModel(config).eval()
     with torch.no_grad():  # weight-norm gains away from 1, so folding them matters

@@ -13,13 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from serve_helpers import one_torch_thread  # noqa: F401 - a fixture
-from transformers import MusicgenForConditionalGeneration
+from serve_helpers import non_causal_tiny_engine, one_torch_thread  # noqa: F401 - a fixture
 
-from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.generation import GenerationParams
 from musicgen_train.generation.streaming import CodecStreamer, decode_due
-from musicgen_train.model.loader import LoadedModel
-from musicgen_train.model.tiny import build_tiny_processor, tiny_config
 from musicgen_train.serve.continuous import JobSpec, Scheduler, collect
 from musicgen_train.serve.settings import StreamSettings
 
@@ -31,17 +28,7 @@ K = 4  # codebooks
 
 @pytest.fixture(scope="module")
 def engine():
-    """A tiny MusicGen whose EnCodec convolutions look ahead, as in the real 32 kHz codec."""
-    config = tiny_config()
-    config.audio_encoder.use_causal_conv = False
-    config.audio_encoder.pad_mode = "reflect"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MusicgenForConditionalGeneration(config).eval()
-    model.generation_config.decoder_start_token_id = config.decoder_start_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
-    loaded = LoadedModel(model=model, processor=build_tiny_processor(), source="t", path="t")
-    return GenerationEngine(loaded, precision="fp32")
+    return non_causal_tiny_engine()
 
 
 def codes_of(engine, prompts, duration: float) -> torch.Tensor:

@@ -10,20 +10,18 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from fastapi.testclient import TestClient
 from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
     make_settings,
+    non_causal_tiny_engine,
     one_torch_thread,
     served,
     wait_for,
 )
-from transformers import MusicgenForConditionalGeneration, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
-from musicgen_train.model.loader import LoadedModel
-from musicgen_train.model.tiny import build_tiny_processor, tiny_config
 from musicgen_train.serve.app import create_app
 from musicgen_train.serve.streaming import UNKNOWN_SIZE
 
@@ -32,17 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def non_causal_engine():
-    """A tiny MusicGen whose EnCodec convolutions look ahead, as in the real 32 kHz codec."""
-    config = tiny_config()
-    config.audio_encoder.use_causal_conv = False
-    config.audio_encoder.pad_mode = "reflect"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MusicgenForConditionalGeneration(config).eval()
-    model.generation_config.decoder_start_token_id = config.decoder_start_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
-    loaded = LoadedModel(model=model, processor=build_tiny_processor(), source="t", path="t")
-    return GenerationEngine(loaded)
+    return non_causal_tiny_engine()
 
 
 def stream_generate(engine, prompts, params, **options):

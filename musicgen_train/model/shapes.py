@@ -5,9 +5,10 @@ from __future__ import annotations
 from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
 
-def encodec_32khz_config() -> EncodecConfig:
-    """facebook/encodec_32khz, MusicGen's codec: 4 codebooks of 2048 codes at 50 frames/s."""
-    return EncodecConfig(
+def encodec_32khz_config(**overrides) -> EncodecConfig:
+    """facebook/encodec_32khz, MusicGen's codec: 4 codebooks of 2048 codes at 50 frames/s.
+    ``overrides``: the same layout narrower (tests: ``hidden_size=16, num_filters=4``)."""
+    values = dict(
         sampling_rate=32_000,
         audio_channels=1,
         target_bandwidths=[2.2],
@@ -25,6 +26,7 @@ def encodec_32khz_config() -> EncodecConfig:
         pad_mode="reflect",
         norm_type="weight_norm",
     )
+    return EncodecConfig(**{**values, **overrides})
 
 
 def musicgen_small_decoder_config() -> MusicgenDecoderConfig:
