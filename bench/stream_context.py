@@ -23,7 +23,8 @@ One JSON object per line:
 - one ``stream`` line per (context, lookahead): errors relative to the clip's RMS (around its
   mean: the random decoder sits on a DC offset), at chunk
   borders (from one frame before a border to one frame after its crossfade) and inside chunks;
-  the error per frame after a border (the LSTM's memory shows as its decay); spectral flux at
+  the error per frame after a border (the LSTM's memory shows as its decay); the error against
+  the signal in a bass, a middle and a treble band (``band_error_db``); spectral flux at
   the borders of the streamed audio against the whole decode's at the same samples (a click is
   a flux spike at a border); the codec frames decoded per frame streamed and the codec CPU
   seconds (one thread, ``time.process_time``) per second of streamed audio, side by side.
@@ -56,6 +57,21 @@ from musicgen_train.model.shapes import encodec_32khz_config  # noqa: E402
 from musicgen_train.model.tiny import init_codebooks  # noqa: E402
 
 N_FFT, FLUX_HOP = 512, 128  # 16 ms windows, 4 ms apart: a click spreads over few frames
+BANDS = [(20, 200), (200, 2000), (2000, 16000)]  # Hz: bass, middle, treble
+
+
+def band_error_db(error: np.ndarray, signal: np.ndarray, rate: int) -> list[float]:
+    """The error's energy against the signal's in each band of ``BANDS``, in dB: an error that
+    is small overall can still sit where the signal is quiet."""
+    freqs = np.fft.rfftfreq(error.size, 1 / rate)
+    error_power = np.abs(np.fft.rfft(error)) ** 2
+    signal_power = np.abs(np.fft.rfft(signal)) ** 2
+    out = []
+    for low, high in BANDS:
+        band = (freqs >= low) & (freqs < high)
+        ratio = error_power[band].sum() / max(signal_power[band].sum(), 1e-30)
+        out.append(round(float(10 * np.log10(max(ratio, 1e-30))), 1))
+    return out
 
 
 def decoder_reach(config) -> dict[str, int]:
@@ -197,10 +213,11 @@ def stream(model, codes: torch.Tensor, **options) -> tuple[np.ndarray, list[int]
     return np.concatenate(pieces, axis=-1), [p.shape[-1] for p in pieces], windows
 
 
-def compare(streamed, reference, chunks, hop, crossfade, rms, dc) -> dict:
+def compare(streamed, reference, chunks, hop, crossfade, rms, dc, rate) -> dict:
     """Errors relative to the clip's RMS: at the borders and inside the chunks, per frame after
     a border, and the spectral flux at the borders against the whole decode's."""
-    error = np.abs(streamed - reference).reshape(-1)
+    signed = (streamed - reference).reshape(-1)
+    error = np.abs(signed)
     borders = np.cumsum(chunks)[:-1]
     near = np.zeros(error.shape, dtype=bool)
     for border in borders:
@@ -222,6 +239,7 @@ def compare(streamed, reference, chunks, hop, crossfade, rms, dc) -> dict:
         "inside_max_rel": float(error[~near].max() / rms),
         "inside_rms_rel": float(np.sqrt(np.mean(error[~near] ** 2)) / rms),
         "worst_db": float(20 * np.log10(max(error.max(), 1e-12) / rms)),
+        "band_error_db": band_error_db(signed, reference.reshape(-1) - dc, rate),
         "rel_by_frame_after_border": [float(f"{v:.2e}") for v in profile],
         "flux_border_stream": flux_stream["seam_flux"],
         "flux_border_reference": flux_ref["seam_flux"],
@@ -307,7 +325,9 @@ def main() -> None:
                 "lookahead_frames": lookahead,
                 "crossfade_frames": crossfade,
                 "forget_bias": args.forget_bias,
-                **compare(streamed, reference, chunks, hop, crossfade * hop, rms, dc),
+                **compare(
+                    streamed, reference, chunks, hop, crossfade * hop, rms, dc, config.sampling_rate
+                ),
                 "frames_decoded_per_frame": sum(windows) / frames,
                 "cpu_per_audio_second": cpu / seconds,
                 "wall_per_audio_second": wall / seconds,
