@@ -21,17 +21,18 @@ One JSON object per line:
   kernel sizes, strides and dilations (the LSTM is causal: it adds memory on the left only).
 - ``reference``: the whole-clip decode: its RMS, peak and CPU seconds per second of audio.
 - one ``stream`` line per (context, lookahead): errors relative to the clip's RMS (around its
-  mean: the random decoder sits on a DC offset), at chunk
-  borders (from one frame before a border to one frame after its crossfade) and inside chunks;
-  the error per frame after a border (the LSTM's memory shows as its decay); the error against
-  the signal in a bass, a middle and a treble band (``band_error_db``); spectral flux at
-  the borders of the streamed audio against the whole decode's at the same samples (a click is
-  a flux spike at a border); the codec frames decoded per frame streamed and the codec CPU
-  seconds (one thread, ``time.process_time``) per second of streamed audio, side by side.
+  mean: the random decoder sits on a DC offset), at chunk borders (from one frame before a
+  border to one frame after its crossfade) and inside chunks; the error per frame after a
+  border (the LSTM's memory shows as its decay); the error against the signal in a bass, a
+  middle and a treble band (``band_error_db``); spectral flux at the borders of the streamed
+  audio against the whole decode's at the same samples (a click is a flux spike at a border);
+  the codec frames decoded per frame streamed and the codec CPU seconds (one thread,
+  ``time.process_time``) per second of streamed audio, side by side.
 
 Random weights are a proxy: the convolutional reach is the architecture's, but how long the
 LSTM remembers depends on its weights (random ones forget fast: forget gates near 0.5), so
-``--forget-bias`` raises the LSTM's forget-gate biases to model a codec that remembers longer.
+``--forget-bias`` raises the LSTM's forget-gate biases to model a codec that remembers longer,
+and ``--codec`` runs the same measurement on a saved trained EnCodec.
 """
 
 from __future__ import annotations
