@@ -18,7 +18,8 @@ service stores).
 One JSON object per line:
 
 - ``receptive_field``: the decoder's convolutional reach in codec frames, from the config's
-  kernel sizes, strides and dilations (the LSTM is causal: it adds memory on the left only).
+  kernel sizes, strides and dilations (the LSTM is causal: it adds memory on the left only),
+  and the same read from the decoder's gradient.
 - ``reference``: the whole-clip decode: its RMS, peak and CPU seconds per second of audio.
 - one ``stream`` line per (context, lookahead): errors relative to the clip's RMS (around its
   mean: the random decoder sits on a DC offset), at chunk borders (from one frame before a
@@ -124,6 +125,31 @@ def decoder_reach(config) -> dict[str, int]:
         "pre_lstm_right": pre_right,
         "right": hi - frame + pre_right,  # frames after its own that a sample depends on
         "left_conv": frame - lo + pre_left,  # frames before, through convolutions alone
+    }
+
+
+def reach_by_gradient(codec, frame: int = 20, frames: int = 40) -> dict[str, int]:
+    """The same reach read from the decoder's gradient: the latent frames that one frame's
+    samples depend on, with the LSTM and with the LSTM replaced by its skip path alone."""
+    layers = codec.decoder.layers
+    (at,) = [i for i, layer in enumerate(layers) if type(layer).__name__ == "EncodecLSTM"]
+    hop = math.prod(codec.config.upsampling_ratios)
+
+    def touched() -> np.ndarray:
+        latent = torch.randn(1, codec.config.hidden_size, frames, requires_grad=True)
+        codec.decoder(latent)[..., frame * hop : (frame + 1) * hop].sum().backward()
+        return np.flatnonzero(latent.grad.abs().sum(dim=(0, 1)).numpy() > 0)
+
+    with_lstm = touched()
+    lstm, layers[at] = layers[at], torch.nn.Identity()
+    try:
+        conv_only = touched()
+    finally:
+        layers[at] = lstm
+    return {
+        "right_by_gradient": int(with_lstm[-1]) - frame,
+        "left_by_gradient_with_lstm": frame - int(with_lstm[0]),  # all of them: the LSTM
+        "left_conv_by_gradient": frame - int(conv_only[0]),
     }
 
 
@@ -270,7 +296,8 @@ def main() -> None:
     config = model.config.audio_encoder
     hop = math.prod(config.upsampling_ratios)
     rate = config.sampling_rate // hop
-    print(json.dumps({"what": "receptive_field", "frame_rate": rate, **decoder_reach(config)}))
+    reach = {**decoder_reach(config), **reach_by_gradient(model.audio_encoder)}
+    print(json.dumps({"what": "receptive_field", "frame_rate": rate, **reach}))
 
     if args.codes == "piece":
         codes = encode(model, synthetic_piece(args.seconds, config.sampling_rate, args.seed))

@@ -19,6 +19,7 @@ import torch
 from transformers import EncodecModel
 
 from musicgen_train.generation.streaming import CodecStreamer, decode_codes
+from musicgen_train.model.shapes import encodec_32khz_config
 from musicgen_train.model.tiny import init_codebooks, tiny_config
 from musicgen_train.serve.settings import StreamSettings
 
@@ -94,29 +95,41 @@ def stream_like_the_service(model, codes: torch.Tensor, stream: StreamSettings) 
 def reach_in_frames(codec, frame: int = 20, frames: int = 40) -> tuple[int, int]:
     """Which latent frames the samples of ``frame`` depend on, read from the gradient of the
     real decoder: (first, last) frame with a non-zero gradient."""
-    latent = torch.randn(1, codec.config.hidden_size, frames, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, codec.config.hidden_size, frames, generator=generator)
+    latent.requires_grad_(True)
     audio = codec.decoder(latent)
     audio[..., frame * HOP : (frame + 1) * HOP].sum().backward()
     touched = np.flatnonzero(latent.grad.abs().sum(dim=(0, 1)).numpy() > 0)
     return int(touched[0]), int(touched[-1])
 
 
-def test_the_decoder_looks_ahead_four_frames(codec):
-    first, last = reach_in_frames(codec)
+@pytest.fixture(params=["small", "musicgen-small"])
+def any_codec(request, codec):
+    """The small codec, and one of musicgen-small's codec shape (its reach is what counts)."""
+    if request.param == "small":
+        return codec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return EncodecModel(encodec_32khz_config()).eval()
+
+
+def test_the_decoder_looks_ahead_four_frames(any_codec):
+    first, last = reach_in_frames(any_codec)
     assert last - 20 == DECODER_LOOKAHEAD
     assert first == 0  # the LSTM: every earlier frame counts
 
 
-def test_the_convolutions_look_back_four_frames(codec):
+def test_the_convolutions_look_back_four_frames(any_codec):
     """Without the LSTM's state (its layer replaced by the identity, as its skip path is), the
     convolutions alone reach this far back: the left context must cover at least this."""
-    layers = codec.decoder.layers
+    layers = any_codec.decoder.layers
     lstm_at = [i for i, layer in enumerate(layers) if type(layer).__name__ == "EncodecLSTM"]
     assert len(lstm_at) == 1
     saved = layers[lstm_at[0]]
     layers[lstm_at[0]] = torch.nn.Identity()
     try:
-        first, last = reach_in_frames(codec)
+        first, last = reach_in_frames(any_codec)
     finally:
         layers[lstm_at[0]] = saved
     assert (20 - first, last - 20) == (DECODER_LOOKBACK_CONV, DECODER_LOOKAHEAD)
