@@ -153,7 +153,9 @@ def reach_by_gradient(codec, frame: int = 20, frames: int = 40) -> dict[str, int
     }
 
 
-def build_codec(seed: int, forget_bias: float | None, path: str | None = None):
+def build_codec(
+    seed: int, forget_bias: float | None, path: str | None = None, codebook_seconds: float = 4.0
+):
     """The random-weight codec of musicgen-small's shape, or a saved EnCodec from ``path`` (a
     local folder, e.g. ``facebook/encodec_32khz`` saved with ``save_pretrained``)."""
     if path is not None:
@@ -164,7 +166,7 @@ def build_codec(seed: int, forget_bias: float | None, path: str | None = None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             codec = EncodecModel(config).eval()
-            init_codebooks(codec)
+            init_codebooks(codec, seconds=codebook_seconds)
     if forget_bias is not None:
         with torch.no_grad():
             for name, bias in codec.decoder.named_parameters():
@@ -288,11 +290,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--codes", choices=["uniform", "piece"], default="uniform")
     parser.add_argument("--codec", default=None, help="a saved EnCodec folder (trained weights)")
+    # init_codebooks' signal: at 4 s (200 frames, fewer than 2048 codes) every frame becomes a
+    # code of the first codebook, the residual is zero and the other three codebooks stay zero.
+    parser.add_argument("--codebook-seconds", type=float, default=4.0)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
 
-    model = build_codec(args.seed, args.forget_bias, args.codec)
+    model = build_codec(args.seed, args.forget_bias, args.codec, args.codebook_seconds)
     config = model.config.audio_encoder
     hop = math.prod(config.upsampling_ratios)
     rate = config.sampling_rate // hop
