@@ -82,7 +82,10 @@ class WorkerSettings(_Section):
 class StreamSettings(_Section):
     chunk_seconds: float = Field(default=0.5, gt=0)
     first_chunk_seconds: float = Field(default=0.1, gt=0)  # the first, for early first audio
-    context_seconds: float = Field(default=1.0, ge=0)
+    # Left context decoded before each window: the convolutions reach 4 frames back, the LSTM's
+    # memory further; 0.5 s keeps the stream within -60 dB of the whole decode (docs/serving.md).
+    context_seconds: float = Field(default=0.5, ge=0)
+    # Frames held back and crossfaded: the decoder looks 4 frames ahead.
     lookahead_frames: int = Field(default=5, ge=1)
 
 
