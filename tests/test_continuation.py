@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from generation_helpers import assert_same_generation, recorder
 
 from musicgen_train.audio import write_audio
 from musicgen_train.cli import main
@@ -23,14 +24,15 @@ def _tone(seconds: float, freq: float = 220.0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)[None]
 
 
-def _transformers(loaded, audio, params) -> np.ndarray:
+def _transformers(loaded, audio, params, **extra) -> np.ndarray:
     inputs = loaded.processor(
         audio=audio[0], text=[PROMPT], sampling_rate=RATE, padding=True, return_tensors="pt"
     )
     kwargs = params.generate_kwargs(loaded.frame_rate, loaded.model.decoder.num_codebooks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
-        return loaded.model.generate(**inputs, **kwargs).numpy()  # kwargs: do_sample=True, ...
+        # kwargs: do_sample=True, ...
+        return loaded.model.generate(**inputs, **kwargs, **extra).numpy()
 
 
 @pytest.mark.parametrize(
@@ -42,12 +44,14 @@ def test_fp32_continuation_equals_transformers_generate(
     audio = _tone(prompt_seconds)
     params = GenerationParams(duration=0.4, guidance_scale=guidance_scale, top_k=top_k, seed=7)
     engine = GenerationEngine(tiny_loaded, precision="fp32")
-    ours = engine.generate([PROMPT], params, audio_prompt=audio)
-    theirs = _transformers(tiny_loaded, audio, params)
+    (ours_ids, ours_stop), (theirs_ids, theirs_stop) = recorder(), recorder()
+    ours = engine.generate([PROMPT], params, audio_prompt=audio, stopping_criteria=ours_stop)
+    theirs = _transformers(tiny_loaded, audio, params, stopping_criteria=theirs_stop)
     frames = -(-audio.shape[-1] // HOP)  # the prompt's codec frames, rounded up
     # The prompt (re-synthesised from its codes), then 0.4 s = 20 frames of continuation.
     assert ours.shape == theirs.shape == (1, 1, (frames + 20) * HOP)
-    np.testing.assert_array_equal(ours, theirs)
+    assert ours_ids.ids.shape == theirs_ids.ids.shape
+    assert_same_generation(ours, theirs, ours_ids.ids, theirs_ids.ids)
 
 
 def test_prompt_codes_are_forced_and_rows_with_prompts_join_a_batch(tiny_loaded):
@@ -138,15 +142,22 @@ def test_stereo_continuation_equals_transformers_generate():
     audio = audio.astype(np.float32)
     params = GenerationParams(duration=0.3, seed=7, guidance_scale=3.0, top_k=50)
     engine = GenerationEngine(loaded, precision="fp32")
-    ours = engine.generate([PROMPT], params, audio_prompt=audio)
+    (ours_ids, ours_stop), (theirs_ids, theirs_stop) = recorder(), recorder()
+    ours = engine.generate([PROMPT], params, audio_prompt=audio, stopping_criteria=ours_stop)
     inputs = loaded.processor(
         audio=audio, text=[PROMPT], sampling_rate=RATE, padding=True, return_tensors="pt"
     )
     kwargs = params.generate_kwargs(loaded.frame_rate, loaded.model.decoder.num_codebooks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
-        theirs = loaded.model.generate(**inputs, **kwargs).numpy()
+        theirs = loaded.model.generate(**inputs, **kwargs, stopping_criteria=theirs_stop).numpy()
     # generate's max_new_tokens counts mono's delay (K - 1 steps), more than stereo's K/2 - 1,
     # so it makes a few frames more; the frames asked for are the same samples.
     assert ours.shape == (1, 2, (15 + 15) * HOP)
-    np.testing.assert_array_equal(ours, theirs[..., : ours.shape[-1]])
+    # the tokens of every step the engine made (generate makes a few more)
+    assert_same_generation(
+        ours,
+        theirs[..., : ours.shape[-1]],
+        ours_ids.ids,
+        theirs_ids.ids[:, : ours_ids.ids.shape[-1]],
+    )

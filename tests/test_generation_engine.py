@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from generation_helpers import assert_same_generation, recorder
 from torch import nn
 
 from musicgen_train.errors import ConfigError, UserError
@@ -20,12 +21,12 @@ from musicgen_train.generation.threads import available_cpus, cgroup_cpu_limit, 
 PROMPT = "a calm jazz tune with a walking bass"
 
 
-def _transformers_audio(loaded, prompt: str, params: GenerationParams) -> np.ndarray:
+def _transformers_audio(loaded, prompt: str, params: GenerationParams, **extra) -> np.ndarray:
     inputs = loaded.processor(text=[prompt], padding=True, return_tensors="pt")
     kwargs = params.generate_kwargs(loaded.frame_rate, loaded.model.decoder.num_codebooks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
-        audio = loaded.model.generate(**inputs, **kwargs)
+        audio = loaded.model.generate(**inputs, **kwargs, **extra)
     return audio.numpy()
 
 
@@ -45,10 +46,12 @@ def test_fp32_audio_equals_transformers_generate(
         seed=11,
     )
     engine = GenerationEngine(tiny_loaded, precision="fp32")
-    ours = engine.generate([PROMPT], params)
-    reference = _transformers_audio(tiny_loaded, PROMPT, params)
+    (ours_ids, ours_stop), (theirs_ids, theirs_stop) = recorder(), recorder()
+    ours = engine.generate([PROMPT], params, stopping_criteria=ours_stop)
+    reference = _transformers_audio(tiny_loaded, PROMPT, params, stopping_criteria=theirs_stop)
     assert ours.shape == (1, 1, round(0.6 * 32_000))
-    np.testing.assert_array_equal(ours, reference[..., : ours.shape[-1]])
+    assert ours_ids.ids.shape == theirs_ids.ids.shape  # every step, every codebook
+    assert_same_generation(ours, reference[..., : ours.shape[-1]], ours_ids.ids, theirs_ids.ids)
 
 
 def _tokens_alone(engine, prompt, params, seed) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 from evaluation_models import tone
+from generation_helpers import assert_same_generation
 
 from musicgen_train.audio import write_audio
 from musicgen_train.cli import main
@@ -50,7 +51,8 @@ def test_melody_continuation_is_transformers_generate_with_the_prompt_codes(melo
             decoder_input_ids=prompt_codes(model, start),
             **kwargs,
         )
-    np.testing.assert_array_equal(ours, theirs.float().numpy()[..., : ours.shape[-1]])
+    # both sampled by transformers' generate; decoded by the engine's FastCodecDecoder vs the codec
+    assert_same_generation(ours, theirs.float().numpy()[..., : ours.shape[-1]])
 
 
 def test_the_prompt_and_the_melody_change_the_output():
