@@ -80,8 +80,8 @@ class GenerationEngine:
 
     ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8`` (see ``precision.py``);
     ``threads``: torch's CPU threads (None: at most the CPUs this process may use);
-    ``cuda_graphs``: the decoder step through ``torch.compile(mode="reduce-overhead")`` (CUDA
-    only; see ``cuda.py``). Each None means: as the config said (``generation.*``, exported
+    ``cuda_graphs``: the decoder step captured as a ``torch.cuda.CUDAGraph`` and replayed
+    (CUDA only; see ``cuda.py``). Each None means: as the config said (``generation.*``, exported
     by the CLI), else fp32 / torch's threads capped / off."""
 
     def __init__(
