@@ -115,12 +115,9 @@ def test_mixed_parameters_share_steps_and_seeded_audio_does_not_depend_on_compan
         np.testing.assert_allclose(audio_of(clip), alone(engine, job), atol=1.5 / 32767)
 
 
-def test_cancel_removes_one_row_and_its_companions_go_on(engine):
-    events, emit = collect()
-    scheduler = Scheduler({"tiny": engine}, STREAM, emit, max_rows=4)
-    keep, drop = spec("keep", "strings", duration=0.4, seed=5), spec("drop", "bass", duration=0.4)
-    scheduler.add(keep)
-    scheduler.add(drop)
+def cancel_drop_keep_going(scheduler, events):
+    """Three steps with rows "keep" and "drop", cancel "drop", run to the end: "drop" leaves
+    at once with its reason, "keep" finishes; returns keep's clip."""
     for _ in range(3):
         scheduler.step()
     scheduler.abort("drop", "canceled")
@@ -130,6 +127,16 @@ def test_cancel_removes_one_row_and_its_companions_go_on(engine):
     assert final(by_job, "drop") == ("job_aborted", "drop", "canceled")
     kind, _, clip = final(by_job, "keep")
     assert kind == "job_done"
+    return clip
+
+
+def test_cancel_removes_one_row_and_its_companions_go_on(engine):
+    events, emit = collect()
+    scheduler = Scheduler({"tiny": engine}, STREAM, emit, max_rows=4)
+    keep, drop = spec("keep", "strings", duration=0.4, seed=5), spec("drop", "bass", duration=0.4)
+    scheduler.add(keep)
+    scheduler.add(drop)
+    clip = cancel_drop_keep_going(scheduler, events)
     np.testing.assert_allclose(audio_of(clip), alone(engine, keep), atol=1.5 / 32767)
 
 
@@ -230,15 +237,7 @@ def test_canceling_a_prompted_row_spares_its_companions(engine):
     params = {**spec("x", "").params, "duration": 0.4, "audio_prompt": "an upload id"}
     drop = JobSpec("drop", "tiny", "bass", params, "wav", False, audio_prompt=prompt_wav(0.2))
     assert scheduler.add(keep) and scheduler.add(drop)
-    for _ in range(3):
-        scheduler.step()
-    scheduler.abort("drop", "canceled")
-    scheduler.step()
-    assert [row.tag for row in scheduler.loops["tiny"].rows] == ["keep"]
-    by_job = run(scheduler, events, {"keep", "drop"})
-    assert final(by_job, "drop") == ("job_aborted", "drop", "canceled")
-    kind, _, clip = final(by_job, "keep")
-    assert kind == "job_done"
+    clip = cancel_drop_keep_going(scheduler, events)
     np.testing.assert_array_equal(audio_of(clip), continued(engine, keep))
 
 
