@@ -43,8 +43,27 @@ class DropNoise(logging.Filter):
         return not self.pattern.match(str(record.msg))
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes, not the stream it was at setup:
+    a notebook, a test runner or a supervisor that swaps stderr later still gets the lines, and a
+    closed old stream never turns a log line into a "Logging error" traceback."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one: always follow sys.stderr
+        pass
+
+
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[musicgen-train] %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[musicgen-train] %(message)s",
+        handlers=[StderrHandler()],
+        force=True,
+    )
     # transformers warns that MusicGen's pad id lies outside the codebook: it does by design.
     # Environment first, so a command that never loads a model never imports transformers.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

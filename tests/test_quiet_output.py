@@ -251,6 +251,21 @@ def test_library_noise_is_dropped_and_real_messages_kept():
     ]
 
 
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch):
+    """The handler bound the stderr of its setup: once a test runner or notebook closed that
+    stream, every later line was a "--- Logging error ---" traceback instead of the line."""
+    from musicgen_train.logs import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging()
+    logging.getLogger("musicgen_train.test").info("one")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("musicgen_train.test").info("two")
+    assert second.getvalue() == "[musicgen-train] two\n"
+
+
 def test_deepspeed_cpu_notice_is_dropped_and_its_other_warnings_kept():
     quiet_libraries()
     stream = io.StringIO()

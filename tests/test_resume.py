@@ -198,3 +198,47 @@ def test_atomic_save_keeps_the_old_file_when_a_save_fails(tmp_path, monkeypatch)
     assert [p.name for p in removed] == [".saving-abc123.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
     assert remove_stale_temporaries(tmp_path / "absent") == []
+
+
+class LastAtValidation(pl.Callback):
+    """At each validation's start: the step last.ckpt holds, and a copy of it (what a kill during
+    that validation leaves)."""
+
+    def __init__(self, folder: Path, copies: Path):
+        self.last, self.copies, self.held = folder / "last.ckpt", copies, {}
+
+    def on_validation_start(self, trainer, *args) -> None:
+        step = trainer.global_step
+        self.held[step] = torch.load(self.last, weights_only=False)["global_step"]
+        shutil.copy(self.last, self.copies / f"at-validation-{step}.ckpt")
+
+
+@pytest.mark.slow
+def test_a_kill_during_validation_keeps_the_validation_and_its_best(home, tmp_path):
+    """Lightning resumes a checkpoint written at a train batch's end as if that step's validation
+    had run: a kill during the validation lost it, and the best checkpoint it had written was
+    deleted at the end (CI saw a resumed run end with no best file). The step is saved after
+    its validation only; a resumed run validates it again and rewrites the same best file."""
+    common = [
+        *FAST,
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "trainer.val_check_interval=3",
+        "trainer.max_steps=4",
+    ]
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints"
+    watch = LastAtValidation(folder, tmp_path)
+    train(load_config([*common, f"run_dir={run_dir}"]), [watch])
+    assert watch.held == {3: 2}  # step 3's validation began with step 2 on disk, not step 3
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[0].startswith("best-step=3-") and names[1:] == ["last.ckpt"]
+    shutil.move(folder / "last.ckpt", tmp_path / "uninterrupted.ckpt")
+
+    # A kill after the best file was written leaves it beside the older last.ckpt.
+    shutil.copy(tmp_path / "at-validation-3.ckpt", folder / "last.ckpt")
+    result = train(load_config([*common, f"run_dir={run_dir}", "ckpt_path=last"]))
+    assert sorted(p.name for p in folder.iterdir()) == names  # the same best, no "-v1" copy
+    assert result.best_checkpoint == folder / names[0]
+    a = torch.load(tmp_path / "uninterrupted.ckpt", weights_only=False)
+    b = torch.load(folder / "last.ckpt", weights_only=False)
+    assert max_abs_diff(a, b) == {"weights": 0.0, "ema": 0.0, "exp_avg": 0.0, "exp_avg_sq": 0.0}

@@ -147,7 +147,11 @@ class OneLineSummary(ModelSummary):
 class LastCheckpoint(ModelCheckpoint):
     """The one writer of ``last.ckpt``: after every validation, every ``every_n_train_steps``
     optimizer steps when set (for resuming long epochs), and at ``max_steps``, so the file
-    always holds the newest state. It overwrites in place (no ``last-v1.ckpt``)."""
+    always holds the newest state. It overwrites in place (no ``last-v1.ckpt``).
+
+    A step that validation follows is saved only after the validation: Lightning resumes a
+    checkpoint written at a train batch's end as if that step's validation had run, so a kill
+    during it would lose the validation and the best checkpoint it found."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None):
         super().__init__(
@@ -159,6 +163,8 @@ class LastCheckpoint(ModelCheckpoint):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if validation_follows(trainer):
+            return  # on_validation_end saves this step, with what the validation found
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         final = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         if final and not self._should_skip_saving_checkpoint(trainer):
@@ -170,6 +176,19 @@ class LastCheckpoint(ModelCheckpoint):
         fitting = trainer.state.fn == TrainerFn.FITTING
         if fitting and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def validation_follows(trainer) -> bool:
+    """Whether the fit loop validates right after this train batch (Lightning's own decision,
+    made after ``on_train_batch_end``; it has no public name, so unknown means no)."""
+    loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    decide = getattr(loop, "_should_check_val_fx", None)
+    if decide is None or not trainer.enable_validation:
+        return False
+    try:
+        return bool(decide(trainer.fit_loop._data_fetcher))
+    except (AttributeError, TypeError):
+        return False
 
 
 def sample_prompts(cfg: DictConfig) -> list[str]:
@@ -197,6 +216,9 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
         save_top_k=ccfg.checkpoint.save_top_k,
         save_last=False,  # LastCheckpoint alone writes last.ckpt (after this one: it sees the best)
         auto_insert_metric_name=False,
+        # A resumed run that validates a step again writes the same best file, not a "-v1" copy
+        # beside the one an interrupted run left (each name holds its step: never two bests).
+        enable_version_counter=False,
     )
     callbacks: list[Callback] = [best, LastCheckpoint(folder, ccfg.checkpoint.every_n_train_steps)]
     # Ctrl-C or a crash writes on_exception.ckpt; ckpt_path=last picks the newest checkpoint.
