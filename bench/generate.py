@@ -13,7 +13,8 @@ integrated (trapezoid) over the 1503 steps of a 30 s clip:
   steps, CFG, top-k, softmax, multinomial); int8 = ``quantize_dynamic`` of the decoder's Linears.
 - ``engine-fp32`` / ``engine-bf16`` / ``engine-int8``: ``DecodeLoop.step`` with every row at
   position L (prepared with ``generation.precision``); ``engine-int8tensor``: int8 with torch's
-  ``quantize_dynamic`` (one activation scale per batch: the engine's int8 before per-row scales).
+  ``quantize_dynamic`` (one activation scale per batch: the engine's int8 before per-row scales);
+  ``engine-int4``: 4-bit weights in groups of 32, bf16 activations (opt-in ``precision=int4``).
 
 Per CPU-second: one torch thread, ``time.process_time()``. Wall clock: all the CPUs this process
 may use (``threads``), ``time.perf_counter()``. One JSON object per line; ``ratio`` lines compare
@@ -244,7 +245,7 @@ def main() -> None:
     parser.add_argument("--variants", default="hf-fp32,hf-int8,engine-fp32,engine-bf16,engine-int8")
     parser.add_argument("--batches", default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--quality", action="store_true", help="int8 KL / agreement too")
+    parser.add_argument("--quality", action="store_true", help="int8 / int4 KL, agreement too")
     parser.add_argument(
         "--independence",
         action="store_true",
@@ -345,21 +346,24 @@ def main() -> None:
         codec_30s_s=round(codec, 2),
         threads=threads,
     )
-    auto = results.get(("engine-int8", 1))
-    if auto:
-        total = auto["clip_30s_decode_wall_s"] + prefill + codec
-        emit(
-            kind="kpi",
-            what="30 s clip, precision=auto (int8), batch 1, wall",
-            seconds=round(total, 1),
-            target_seconds=60,
-            threads=threads,
-        )
+    for name, what in (("engine-int8", "precision=auto (int8)"), ("engine-int4", "int4")):
+        if (name, 1) in results:
+            total = results[(name, 1)]["clip_30s_decode_wall_s"] + prefill + codec
+            emit(
+                kind="kpi",
+                what=f"30 s clip, {what}, batch 1, wall",
+                seconds=round(total, 1),
+                target_seconds=60,
+                threads=threads,
+            )
     for batch in batches:
         for a, b in [
             ("engine-int8", "hf-int8"),
             ("engine-int8", "engine-int8tensor"),
             ("engine-int8", "hf-fp32"),
+            ("engine-int4", "engine-int8"),
+            ("engine-int4", "hf-int8"),
+            ("engine-int4", "hf-fp32"),
             ("engine-fp32", "hf-fp32"),
             ("engine-bf16", "hf-fp32"),
         ]:
@@ -395,7 +399,7 @@ def main() -> None:
 
         torch.set_num_threads(threads)
         prompts = [PROMPT, "lofi beat", "orchestral film score with strings", "techno"]
-        for precision in ("int8", "int8tensor", "bf16"):
+        for precision in ("int8", "int8tensor", "int4", "bf16"):
             scales = "tensor" if precision == "int8tensor" else "row"
             emit(
                 kind="quality",

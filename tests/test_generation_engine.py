@@ -62,11 +62,11 @@ def _tokens_alone(engine, prompt, params, seed) -> torch.Tensor:
     return row.delayed_ids()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_rows_in_a_batch_give_what_they_give_alone(tiny_loaded, precision):
     """Different prompt lengths (padded cross-attention), CFG and no CFG, and a row joining a
     running batch (each row at its own position: the masked path) in one batch. At int8 too:
-    activations are quantised row by row (int8.py)."""
+    activations are quantised row by row (int8.py); int4 quantises weights only (int4.py)."""
     engine = GenerationEngine(tiny_loaded, precision=precision)
     jobs = [
         ("rock", GenerationParams(duration=0.3, guidance_scale=3.0, seed=1)),

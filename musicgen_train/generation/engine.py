@@ -78,7 +78,8 @@ class GenerationParams:
 class GenerationEngine:
     """The model at one precision, ready to generate.
 
-    ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8`` (see ``precision.py``);
+    ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8`` | ``int4`` (see
+    ``precision.py``);
     ``threads``: torch's CPU threads (None: at most the CPUs this process may use);
     ``cuda_graphs``: the decoder step captured as a ``torch.cuda.CUDAGraph`` and replayed
     (CUDA only; see ``cuda.py``). Each None means: as the config said (``generation.*``, exported

@@ -5,6 +5,10 @@
 - ``int8``: a copy of the decoder whose Linear layers hold int8 weights (one scale per output
   channel) and quantise their activations on the fly, one scale per row (``int8.py``: a row's
   tokens never depend on its batch companions; fbgemm's kernel, int32 accumulation); CPU only.
+- ``int4``: a bf16 copy of the decoder whose Linear layers hold 4-bit weights in groups of 32
+  inputs (``int4.py``, torch's CPU int4 kernel): half int8's weight bytes, so faster where a
+  step is bound by memory (batch 1 on a CPU), at a larger quality cost; CPU only, opt-in. Best
+  on CPUs with native bf16 (AVX-512 BF16 or AMX).
 - ``auto``: int8 on CPU, bf16 on CUDA where the GPU supports it, else fp16.
 """
 
@@ -16,9 +20,10 @@ import torch
 from torch import nn
 
 from musicgen_train.errors import ConfigError
+from musicgen_train.generation.int4 import int4_supported, quantize_linears_int4
 from musicgen_train.generation.int8 import quantize_linears
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int4")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -33,10 +38,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "int8" if device.type == "cpu" else "fp32"
-    if precision == "int8" and device.type != "cpu":
+    if precision in ("int8", "int4") and device.type != "cpu":
         raise ConfigError(
-            "generation.precision=int8 runs on CPU only (dynamic int8 kernels); "
-            "use bf16 or fp16 on a GPU"
+            f"generation.precision={precision} runs on CPU only (its kernels are torch's CPU "
+            "ones); use bf16 or fp16 on a GPU"
+        )
+    if precision == "int4" and not int4_supported():
+        raise ConfigError(
+            f"generation.precision=int4 needs torch's CPU int4 kernel (torch >= 2.6; this is "
+            f"{torch.__version__}): upgrade torch or use int8"
         )
     return precision
 
@@ -78,10 +88,12 @@ def prepare_decoder(
 
     ``activation_scales`` (int8 only): ``row`` (default, ``int8.RowInt8Linear``) or ``tensor``
     (torch's ``quantize_dynamic``: one scale per batch, kept for comparison)."""
-    if precision == "int8":
+    if precision in ("int8", "int4"):
         copied = _plain_copy(decoder).float()
         if fuse:
             fuse_projections(copied)
+        if precision == "int4":  # 4-bit Linears from the fp32 weights, the rest in bf16
+            return quantize_linears_int4(copied).to(torch.bfloat16).eval()
         quantize_linears(copied, activation_scales)
         return copied.eval()
     dtype = DTYPES[precision]

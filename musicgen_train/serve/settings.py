@@ -136,9 +136,10 @@ class ServeSettings(_Section):
     cors: CorsSettings = CorsSettings()
     limits: RequestLimits = RequestLimits()
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    # The engine's precision (docs/generation.md): auto = int8 on CPU, bf16/fp16 on CUDA. At
-    # int8 a row's tokens depend on its batch companions; fp32 makes seeded jobs repeatable.
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    # The engine's precision (docs/generation.md): auto = int8 on CPU, bf16/fp16 on CUDA; int4
+    # (CPU, opt-in) is faster at batch 1 at a larger quality cost. At every precision a seeded
+    # row's tokens do not depend on its batch companions.
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int4"] = "auto"
     log_level: str = "info"
 
     def torch_device(self) -> str:
