@@ -178,7 +178,12 @@ def test_models_health_and_openapi(client):
     models = client.get("/v1/models").json()
     assert models["default"] == "tiny"
     (model,) = models["models"]
-    limits = {"max_duration": 2.0, "max_audio_prompt_seconds": 30.0}
+    limits = {
+        "max_duration": 2.0,
+        "max_audio_prompt_seconds": 30.0,
+        "window_seconds": 30.0,
+        "long_form": True,
+    }
     assert model["sample_rate"] == 32000 and model["limits"] == limits and not model["melody"]
     assert model["num_codebooks"] == 4 and "registry" in model and "metrics" in model
     assert client.get("/health").json() == {"status": "ok", "detail": {}}

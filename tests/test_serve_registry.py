@@ -67,7 +67,12 @@ def test_serves_a_registry_alias_next_to_a_local_folder(tmp_path, registry_uri, 
         assert served["registry"]["version"] == 1 and served["registry"]["aliases"] == ["prod"]
         assert served["metrics"] == {"fad_vggish": 1.25}
         # An audio prompt must be shorter than the model's window (30 s: the engine's default).
-        assert served["limits"] == {"max_duration": 5.0, "max_audio_prompt_seconds": 30.0}
+        assert served["limits"] == {
+            "max_duration": 5.0,
+            "max_audio_prompt_seconds": 30.0,
+            "window_seconds": 30.0,
+            "long_form": True,
+        }
         assert models["local"]["registry"] is None
 
         ids = {

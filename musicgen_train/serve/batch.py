@@ -17,7 +17,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from musicgen_train.audio import encode_audio_bytes, load_audio
 from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.generation.long_form import plan
+from musicgen_train.generation.rows import frames_for
 from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
+from musicgen_train.serve.models import makes_long_form
 from musicgen_train.serve.settings import StreamSettings
 from musicgen_train.serve.streaming import to_pcm16
 
@@ -95,6 +98,10 @@ def generate_batch(
     """Generate the batch; raises ``GenerationAborted`` when ``stop_reason`` says so."""
     params = GenerationParams(**generation_fields(batch.params))
     audio_prompt = prompt_audio(engine, batch.audio_prompt)
+    if is_long_form(engine, params):
+        audio = _generate_long(engine, batch, params, emit, stop_reason, audio_prompt)
+        formats = zip(audio, batch.formats, strict=True)
+        return [encode_clip(clip, engine.sample_rate, fmt) for clip, fmt in formats]
     frames = 0 if audio_prompt is None else -(-audio_prompt.shape[-1] // _hop(engine))
     streamer = _streamer(engine, batch, params, stream, emit, frames)
     criteria = StoppingCriteriaList([TokenFeed(streamer), Checkpoint(stop_reason)])
@@ -109,6 +116,46 @@ def generate_batch(
     emit(("progress", 1.0))
     formats = zip(audio, batch.formats, strict=True)
     return [encode_clip(clip, engine.sample_rate, fmt) for clip, fmt in formats]
+
+
+def is_long_form(engine: GenerationEngine, params: GenerationParams) -> bool:
+    """Longer than the window, where the engine makes long form (``serve.models``)."""
+    return params.duration > engine.window_seconds + 1e-9 and makes_long_form(engine)
+
+
+def _generate_long(engine, batch: Batch, params, emit: Emit, stop_reason: StopReason, prompt):
+    """Long form: one decode loop per window, each continuing the last one's codes. Its codes
+    are one sequence only once every window is made, so a stream gets the whole clip at the end;
+    stop requests and progress are checked at every row's step (``on_step``)."""
+    hop = _hop(engine)
+    frames = frames_for(params.duration, engine.loaded.frame_rate)
+    prompt_frames = 0 if prompt is None else -(-prompt.shape[-1] // hop)
+    windows = plan(
+        frames,
+        frames_for(engine.window_seconds, engine.loaded.frame_rate),
+        frames_for(engine.extend_stride, engine.loaded.frame_rate),
+        prompt_frames,
+    )
+    delay = int(engine.model.config.decoder.num_codebooks) - 1
+    total = len(batch.prompts) * sum(new + delay for _, new in windows)
+    done, last_progress = [0], [0.0]
+
+    def on_step(row) -> None:
+        why = stop_reason()
+        if why is not None:
+            raise GenerationAborted(why)
+        done[0] += 1
+        now = time.monotonic()
+        if now - last_progress[0] >= PROGRESS_SECONDS:
+            last_progress[0] = now
+            emit(("progress", min(done[0] / total, 0.99)))
+
+    audio = engine.generate(batch.prompts, params, on_step=on_step, audio_prompt=prompt)
+    for index, clip in enumerate(audio):
+        if batch.streamed[index]:
+            emit(("audio", index, to_pcm16(clip)))
+    emit(("progress", 1.0))
+    return audio
 
 
 def prompt_audio(engine: GenerationEngine, data: bytes | None):

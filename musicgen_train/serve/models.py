@@ -18,6 +18,13 @@ from musicgen_train.sources import load_musicgen
 log = logging.getLogger(__name__)
 
 
+def makes_long_form(engine: GenerationEngine) -> bool:
+    """Whether the engine makes jobs longer than its window window by window: text models,
+    with a stride inside the window (else a job stays within the model's positions)."""
+    stride_fits = 0 < engine.extend_stride < engine.window_seconds
+    return stride_fits and not is_melody(engine.model)
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     sample_rate: int
@@ -28,6 +35,9 @@ class ModelFacts:
     precision: str = "fp32"  # what the engine runs at (serve.precision resolved)
     melody: bool = False  # takes a melody reference (chroma conditioned)
     window_seconds: float = 30.0  # an audio prompt must be shorter than this
+    # Text models make clips longer than the window window by window (generation/long_form.py);
+    # melody models' jobs stay within the model's positions.
+    long_form: bool = False
 
     @classmethod
     def of(cls, engine: GenerationEngine) -> ModelFacts:
@@ -42,6 +52,7 @@ class ModelFacts:
             precision=str(engine.precision),
             melody=is_melody(engine.model),
             window_seconds=float(engine.window_seconds),
+            long_form=makes_long_form(engine),
         )
 
 
@@ -65,8 +76,15 @@ class ServedModel:
 
     @property
     def max_duration(self) -> float:
-        """The configured limit, never beyond what the model's positions allow."""
+        """The configured limit; for a model without long form, never beyond what its
+        positions allow."""
+        if self.facts.long_form:
+            return self.spec.max_duration
         return min(self.spec.max_duration, self.facts.max_duration)
+
+    def is_long(self, duration: float) -> bool:
+        """Whether a job of ``duration`` seconds is made window by window (long form)."""
+        return self.facts.long_form and duration > self.facts.window_seconds + 1e-9
 
     def describe(self) -> dict:
         return {
@@ -82,6 +100,9 @@ class ServedModel:
             "limits": {
                 "max_duration": self.max_duration,
                 "max_audio_prompt_seconds": self.facts.window_seconds,
+                # longer jobs are made window by window, and streamed whole once made
+                "window_seconds": self.facts.window_seconds,
+                "long_form": self.facts.long_form,
             },
             **self.info,
         }

@@ -219,10 +219,13 @@ class Worker(ContinuousLoop):
         return self.per_job(job) or any(job.params.get(field) for field in AUDIO_FIELDS)
 
     def per_job(self, job: Job) -> bool:
-        """A melody model's job: transformers' ``generate`` builds its condition (a decoder
-        prefix), so under continuous batching it runs alone through ``run_batch`` once the
-        batch has drained. A text model's job with an audio prompt joins the batch."""
+        """A melody model's job (transformers' ``generate`` builds its condition, a decoder
+        prefix) or a job longer than the model's window (long form: a decode loop per window):
+        under continuous batching it runs alone through ``run_batch`` once the batch has
+        drained. A text model's job with an audio prompt joins the batch."""
         served = self.models.get(job.model)
+        if served is not None and served.is_long(float(job.params.get("duration", 0.0))):
+            return True
         return bool(served is not None and served.facts.melody) or bool(job.params.get("melody"))
 
     def run_conditioned(self, job: Job, generator) -> None:
