@@ -148,16 +148,23 @@ def test_duration_is_a_json_number_within_the_models_limits(idle, tiny_loaded):
 def test_the_limit_is_the_engines_when_the_config_allows_more(
     tmp_path, tiny_model_dir, tiny_loaded
 ):
+    """Without long form (a stride that does not fit the window; melody models) a job must fit
+    the model's positions; with it (the default) the configured limit holds
+    (tests/test_serve_long_form.py)."""
     settings = make_settings(
         tmp_path, tiny_model_dir, models=[{"name": "tiny", "source": "x", "max_duration": 600}]
     )
-    client = TestClient(create_app(settings, served(tiny_loaded)))
+    one_window = {"tiny": GenerationEngine(tiny_loaded, extend_stride=40.0)}  # window: 30 s
+    client = TestClient(create_app(settings, one_window))
     limit = GenerationEngine(tiny_loaded).max_duration  # 2047 positions at 50 frames/s
     assert limit < 600
     model = client.get("/v1/models").json()["models"][0]
     assert model["limits"]["max_duration"] == pytest.approx(limit)
+    assert model["limits"]["long_form"] is False
     bad = client.post("/v1/generations", json={"prompt": "a", "duration": limit + 0.1})
     assert bad.status_code == 422 and f"({limit:g} s)" in bad.json()["detail"][0]["msg"]
+    long_form = TestClient(create_app(settings, served(tiny_loaded)))
+    assert long_form.get("/v1/models").json()["models"][0]["limits"]["max_duration"] == 600
 
 
 # --- keys: ownership and guessing --------------------------------------------------------------
