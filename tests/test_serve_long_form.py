@@ -1,6 +1,7 @@
 """Service jobs longer than the model's window: made window by window (generation/long_form.py)
 under both schedulers, equal to ``GenerationEngine.generate``'s long form for the same seed,
-streamed whole once made, stoppable between steps; limits from the config, not the positions."""
+streamed chunk by chunk while later windows are still to come, stoppable between steps; limits
+from the config, not the positions."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from musicgen_train.serve.app import create_app
 from musicgen_train.serve.batch import Batch, GenerationAborted, generate_batch
 from musicgen_train.serve.models import ModelFacts, ServedModel, makes_long_form
 from musicgen_train.serve.settings import ModelSpec, StreamSettings
-from musicgen_train.serve.streaming import to_pcm16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -68,14 +68,17 @@ def test_a_job_longer_than_the_window_is_the_engine_s_long_form(client, tiny_loa
     generators = client.app.state.service.worker.generators
     assert sum(getattr(g, "scheduler", None) and g.scheduler.steps or 0 for g in generators) == 0
 
-    # Streamed: the WAV header, then the whole clip once its last window is made.
+    # Streamed: the WAV header, then the clip decoded chunk by chunk (with context, lookahead
+    # and crossfade, as any stream): the same audio as the file to well within 16 bits.
     streamed = client.post("/v1/generations/stream", json=body)
     assert streamed.status_code == 200
     data = streamed.content
     assert data[:4] == b"RIFF" and data[36:40] == b"data"
-    pcm = np.frombuffer(data[44:], dtype="<i2")
+    pcm = np.frombuffer(data[44:], dtype="<i2").astype(np.float32) / 32768
     assert struct.unpack("<H", data[22:24])[0] == 1  # mono
-    np.testing.assert_array_equal(pcm, np.frombuffer(to_pcm16(expected[None]), dtype="<i2"))
+    assert pcm.shape == expected.shape
+    error = np.sqrt(np.mean((pcm - expected) ** 2))
+    assert error < 1e-3 * np.sqrt(np.mean(expected**2)) + 1 / 32768, error
 
     # Past the configured limit (2 s) it is still one 422.
     refused = client.post("/v1/generations", json={**body, "duration": 2.5})
@@ -114,3 +117,36 @@ def test_long_form_limits_come_from_the_config_not_the_positions(tiny_loaded):
     melody = ServedModel(spec, ModelFacts(32000, 1, 50.0, 4, max_duration=40.9, melody=True))
     assert text.max_duration == 120.0 and melody.max_duration == 40.9
     assert text.is_long(30.5) and not text.is_long(30.0) and not melody.is_long(35.0)
+
+
+def test_a_streamed_long_job_is_heard_before_its_first_window_ends(tiny_loaded):
+    """The stream's chunks come as the frames become final, in every window, not once at the
+    end; joined, they are the clip the job's file holds."""
+    engine = _engine(tiny_loaded)
+    batch = Batch(
+        "tiny", [PROMPT, "and a drum"], {"duration": 1.1, "seed": 2}, ["wav"] * 2, [True, True]
+    )
+    steps, heard = [0], {0: [], 1: []}  # steps: on_step calls so far (two rows per step)
+
+    def clock() -> None:
+        steps[0] += 1
+
+    def emit(event) -> None:
+        if event[0] == "audio":
+            heard[event[1]].append((steps[0] // 2, event[2]))
+
+    stream = StreamSettings(chunk_seconds=0.1, first_chunk_seconds=0.1, context_seconds=0.2)
+    clips = generate_batch(engine, batch, stream, emit, lambda: clock())
+    first_window_steps = 25 + 3  # 0.5 s at 50 frames/s, and the delay pattern's 3
+    for index, clip in enumerate(clips):
+        stored = _wav(clip.data)
+        chunks = heard[index]
+        when = [step for step, _ in chunks]
+        assert when[0] < first_window_steps, when  # heard while the first window was made
+        assert len([w for w in when if w < first_window_steps]) >= 2
+        assert len(set(when)) >= 6, when  # in every window, not in one piece at the end
+        pcm = np.frombuffer(b"".join(piece for _, piece in chunks), dtype="<i2")
+        pcm = pcm.astype(np.float32) / 32768
+        assert pcm.shape == stored.shape == (int(1.1 * RATE),)
+        error = np.sqrt(np.mean((pcm - stored) ** 2))
+        assert error < 1e-3 * np.sqrt(np.mean(stored**2)) + 1 / 32768, error

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from fastapi.testclient import TestClient
 from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
     make_settings,
@@ -23,7 +24,7 @@ from transformers import StoppingCriteriaList
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.streaming import CodecStreamer, TokenFeed
 from musicgen_train.serve.app import create_app
-from musicgen_train.serve.streaming import UNKNOWN_SIZE
+from musicgen_train.serve.streaming import UNKNOWN_SIZE, to_pcm16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,7 +117,8 @@ def parse_wav_stream(data: bytes) -> tuple[dict, np.ndarray]:
         "align": align,
         "bits": bits,
     }
-    pcm = np.frombuffer(data[data_at + 8 :], dtype="<i2").astype(np.float32) / 32767
+    # / 32768: how libsndfile reads 16-bit PCM as float, so samples compare with sf.read's
+    pcm = np.frombuffer(data[data_at + 8 :], dtype="<i2").astype(np.float32) / 32768
     return header, pcm
 
 
@@ -148,12 +150,13 @@ def test_http_stream_is_a_wav_stream_matching_the_stored_audio(
         job = wait_for(client, job_id)
         assert job["status"] == "succeeded"
         stored, _ = sf.read(io.BytesIO(client.get(job["links"]["audio"]).content), dtype="float32")
-        np.testing.assert_allclose(pcm, stored, atol=3 / 32767)
+        np.testing.assert_allclose(pcm, stored, atol=3 / 32768)
 
-        # A finished job's stream link replays the stored file as the same kind of stream.
+        # A finished job's stream link replays the stored file as the same kind of stream,
+        # sample for sample (the stream's PCM is libsndfile's, as the file's is).
         replay = client.get(job["links"]["stream"])
         _, replayed = parse_wav_stream(replay.content)
-        np.testing.assert_allclose(replayed, stored, atol=1.5 / 32767)
+        np.testing.assert_array_equal(replayed, stored)
 
         events = client.get(job["links"]["events"]).text
         assert '"status": "succeeded"' in events and events.startswith("event: ")
@@ -186,4 +189,57 @@ def test_stream_link_of_a_job_another_replica_runs(tmp_path, tiny_model_dir, tin
     reader.join(60)
     assert not reader.is_alive()
     _, pcm = parse_wav_stream(received[0])
-    np.testing.assert_allclose(pcm, stored, atol=1.5 / 32767)
+    np.testing.assert_array_equal(pcm, stored)
+
+
+def test_streamed_pcm_equals_the_16_bit_file_sample_for_sample():
+    """The same float audio, streamed and written as a WAV file, gives the same 16-bit samples
+    (full scale, half scale, beyond full scale, the smallest steps, noise)."""
+    rng = np.random.default_rng(3)
+    audio = np.clip(rng.normal(0, 0.4, (2, 4000)), -1.2, 1.2).astype(np.float32)
+    audio[:, :7] = [1.0, -1.0, 0.5, -0.5, 1.5, 1 / 65536, 3 / 65536]
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1, 1).T, 32000, format="WAV", subtype="PCM_16")
+    stored, _ = sf.read(io.BytesIO(buffer.getvalue()), dtype="int16")
+    streamed = np.frombuffer(to_pcm16(audio), dtype="<i2").reshape(-1, 2)
+    np.testing.assert_array_equal(streamed, stored)
+    assert streamed[:7, 0].tolist() == [32767, -32768, 16384, -16384, 32767, 0, 1]
+
+
+def test_frames_handed_in_pieces_stream_as_the_delayed_columns_do(non_causal_engine):
+    """``put_frames`` (long form: final frames, no delay pattern) gives the chunks ``put`` gives
+    for the same codes fed as ``generate``'s delayed columns; frames must follow on."""
+    engine = non_causal_engine
+    params = GenerationParams(duration=1.2, seed=4, guidance_scale=1.0)
+    options = dict(chunk_frames=10, context_frames=15, lookahead_frames=4, crossfade_frames=2)
+    _, by_columns, _ = stream_generate(engine, ["a", "bb"], params, **options)
+
+    loop = engine.new_loop()
+    rows = [
+        loop.add_row(prompt, engine.sampling(params), seed=params.seed + i)
+        for i, prompt in enumerate(["a", "bb"])
+    ]
+    while loop.rows:
+        loop.step()
+    codes = torch.stack([row.codes() for row in rows])  # [2, K, 60]
+    by_frames: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    streamer = CodecStreamer(
+        engine.model,
+        batch_size=2,
+        max_new_tokens=engine._generate_kwargs(params)["max_new_tokens"],
+        num_samples=int(round(params.duration * engine.sample_rate)),
+        on_audio=lambda i, audio: by_frames[i].append(audio),
+        **options,
+    )
+    start = 0
+    for size in (1, 7, 3, 20, 1, 28):  # uneven pieces, 60 frames in all
+        streamer.put_frames(start, codes[..., start : start + size])
+        start += size
+    with pytest.raises(ValueError, match="follow on"):
+        streamer.put_frames(10, codes[..., 10:12])
+    streamer.end()
+    for index in range(2):
+        joined = np.concatenate(by_frames[index], axis=-1)
+        expected = np.concatenate(by_columns[index], axis=-1)
+        assert joined.shape == expected.shape == (1, int(1.2 * 32000))
+        np.testing.assert_allclose(joined, expected, atol=1e-6)

@@ -248,6 +248,7 @@ class GenerationEngine:
         seeds: Sequence[int | None] | None = None,
         stopping_criteria=None,
         on_step: Callable[[Row], None] | None = None,
+        on_codes: Callable[[int, torch.Tensor], None] | None = None,
         audio_prompt=None,
         melody=None,
         **conditioning,
@@ -274,8 +275,9 @@ class GenerationEngine:
 
         ``params.duration`` beyond ``window_seconds``: long form (``long_form.py``), windows
         advancing by ``extend_stride`` seconds, each continuing the previous one's last codes
-        (``on_step`` sees each window's rows; with ``stopping_criteria`` it stays one pass,
-        within the model's positions)."""
+        (``on_step`` sees each window's rows, ``on_codes`` the clip's frames as they become
+        final (``long_form_codes``); with ``stopping_criteria`` it stays one pass, within the
+        model's positions)."""
         params = params or GenerationParams()
         if seeds is None:
             seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
@@ -310,6 +312,7 @@ class GenerationEngine:
                 stride=self.extend_stride,
                 prefixes=[prefix] * len(prompts),
                 on_step=on_step,
+                on_codes=on_codes,
             )
             audio = self.decode_codes(torch.stack(made.codes))
             return np.ascontiguousarray(audio[..., :wanted])

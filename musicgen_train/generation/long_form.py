@@ -62,9 +62,15 @@ def long_form_codes(
     stride: float,
     prefixes: list[torch.Tensor | None] | None = None,
     on_step=None,
+    on_codes=None,
 ) -> LongForm:
     """Generate ``params.duration`` seconds per prompt in windows of ``window`` seconds that
-    advance by ``stride`` seconds; ``prefixes``: per row, audio-prompt codes ``[K, F]``."""
+    advance by ``stride`` seconds; ``prefixes``: per row, audio-prompt codes ``[K, F]``.
+
+    ``on_codes(start, codes)``: after every step, the frames of the whole clip that became final
+    (``codes`` ``[rows, K, n]``, frames ``start .. start + n`` of the clip, the audio prompt's
+    first), so a listener can hear the clip while later windows are still to come: a frame is
+    final once complete, since no later window rewrites it."""
     rate = engine.loaded.frame_rate
     window_frames, stride_frames = frames_for(window, rate), frames_for(stride, rate)
     if window > engine.max_duration + 1e-9:
@@ -83,7 +89,9 @@ def long_form_codes(
         generators.append(generator)
     codes = [p.clone() if p is not None else None for p in prefixes]
     result = LongForm(codes=[], context_frames=window_frames - stride_frames)
+    final = 0  # frames of the clip handed to on_codes
     for context, new in steps:
+        offset = 0 if codes[0] is None or context == 0 else codes[0].shape[-1] - context
         sampling = engine.sampling(replace(params, duration=new / rate))
         loop = engine.new_loop()
         rows = []
@@ -92,9 +100,11 @@ def long_form_codes(
             rows.append(
                 loop.add_row(prompt, sampling, generator=generator, prefix=prefix, on_step=on_step)
             )
+        stereo = engine.model.config.decoder.audio_channels == 2
         while loop.rows:
             loop.step()
-        stereo = engine.model.config.decoder.audio_channels == 2
+            if on_codes is not None:
+                final = _report_final(rows, stereo, offset, final, on_codes)
         window_codes = [row.codes(stereo) for row in rows]
         result.windows.append(window_codes)
         codes = [
@@ -103,6 +113,19 @@ def long_form_codes(
         ]
     result.codes = codes
     return result
+
+
+def _report_final(rows, stereo: bool, offset: int, final: int, on_codes) -> int:
+    """Hand ``on_codes`` the window's complete frames past the clip's ``final`` first ones
+    (window frame ``j`` is clip frame ``offset + j``); returns the new count of final frames.
+    The rows of a long-form batch step together, so they complete the same frames."""
+    window = [row.codes(stereo) for row in rows]
+    complete = offset + min(codes.shape[-1] for codes in window)
+    if complete > final:
+        on_codes(
+            final, torch.stack([codes[:, final - offset : complete - offset] for codes in window])
+        )
+    return max(final, complete)
 
 
 def seam_samples(steps: list[tuple[int, int]], hop: int, prompt: int = 0) -> list[int]:

@@ -91,6 +91,22 @@ class CodecStreamer(BaseStreamer):
             self.tokens[:, :, self.step] = value.reshape(self.batch_size, self.num_codebooks)
         if self.on_progress is not None:
             self.on_progress(min(self.step, self.max_new_tokens), self.max_new_tokens)
+        self._emit_if_due()
+
+    def put_frames(self, start: int, codes: torch.Tensor) -> None:
+        """Frames ``[start, start + n)`` of every row, final and without the delay pattern
+        (``codes`` ``[batch, K, n]``, ``start`` the frames complete so far): for callers that
+        learn codes frame by frame rather than as ``generate``'s delayed columns (long form,
+        whose windows each continue the last one's codes)."""
+        if start != self.complete_frames:
+            raise ValueError(f"frames must follow on: {self.complete_frames} are in, not {start}")
+        stop = min(start + codes.shape[-1], self.total_frames)
+        for k in range(self.num_codebooks):
+            self.tokens[:, k, start + k + 1 : stop + k + 1] = codes[:, k, : stop - start]
+        self.step = stop + self.num_codebooks - 1  # the step at which frame stop - 1 completes
+        self._emit_if_due()
+
+    def _emit_if_due(self) -> None:
         complete = self.complete_frames
         chunk = self.chunk_frames if self.emitted_frames else self.first_chunk_frames
         if self.on_audio is not None and complete - self.emitted_frames >= (

@@ -99,7 +99,7 @@ def generate_batch(
     params = GenerationParams(**generation_fields(batch.params))
     audio_prompt = prompt_audio(engine, batch.audio_prompt)
     if is_long_form(engine, params):
-        audio = _generate_long(engine, batch, params, emit, stop_reason, audio_prompt)
+        audio = _generate_long(engine, batch, params, stream, emit, stop_reason, audio_prompt)
         formats = zip(audio, batch.formats, strict=True)
         return [encode_clip(clip, engine.sample_rate, fmt) for clip, fmt in formats]
     frames = 0 if audio_prompt is None else -(-audio_prompt.shape[-1] // _hop(engine))
@@ -123,10 +123,13 @@ def is_long_form(engine: GenerationEngine, params: GenerationParams) -> bool:
     return params.duration > engine.window_seconds + 1e-9 and makes_long_form(engine)
 
 
-def _generate_long(engine, batch: Batch, params, emit: Emit, stop_reason: StopReason, prompt):
-    """Long form: one decode loop per window, each continuing the last one's codes. Its codes
-    are one sequence only once every window is made, so a stream gets the whole clip at the end;
-    stop requests and progress are checked at every row's step (``on_step``)."""
+def _generate_long(
+    engine, batch: Batch, params, stream: StreamSettings, emit: Emit, stop_reason, prompt
+):
+    """Long form: one decode loop per window, each continuing the last one's codes. A frame is
+    final once complete (no later window rewrites it), so a stream hears the clip chunk by
+    chunk as for one window (``long_form_codes``' ``on_codes``); stop requests and progress are
+    checked at every row's step (``on_step``)."""
     hop = _hop(engine)
     frames = frames_for(params.duration, engine.loaded.frame_rate)
     prompt_frames = 0 if prompt is None else -(-prompt.shape[-1] // hop)
@@ -150,10 +153,18 @@ def _generate_long(engine, batch: Batch, params, emit: Emit, stop_reason: StopRe
             last_progress[0] = now
             emit(("progress", min(done[0] / total, 0.99)))
 
-    audio = engine.generate(batch.prompts, params, on_step=on_step, audio_prompt=prompt)
-    for index, clip in enumerate(audio):
-        if batch.streamed[index]:
-            emit(("audio", index, to_pcm16(clip)))
+    streamer = None
+    if any(batch.streamed):
+        streamer = _streamer(engine, batch, params, stream, emit, prompt_frames)
+    audio = engine.generate(
+        batch.prompts,
+        params,
+        on_step=on_step,
+        on_codes=None if streamer is None else streamer.put_frames,
+        audio_prompt=prompt,
+    )
+    if streamer is not None:
+        streamer.end()
     emit(("progress", 1.0))
     return audio
 

@@ -8,15 +8,18 @@ PCM of a job to a ``LiveStream`` that every HTTP reader of that job follows from
 from __future__ import annotations
 
 import asyncio
+import io
 import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
+import soundfile as sf
 
 UNKNOWN_SIZE = 0xFFFFFFFF
 POLL_SECONDS = 0.02
+RAW_RATE = 32_000  # RAW has no header: the rate written is never read
 CHECK_SECONDS = 1.0  # how often an idle reader asks the store whether the job ended
 
 
@@ -44,9 +47,15 @@ def wav_stream_header(sample_rate: int, channels: int, bits: int = 16) -> bytes:
 
 
 def to_pcm16(audio: np.ndarray) -> bytes:
-    """float ``[channels, samples]`` in [-1, 1] -> interleaved little-endian 16-bit PCM."""
-    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    return (np.round(clipped.T * 32767.0)).astype("<i2").tobytes()
+    """float ``[channels, samples]`` in [-1, 1] -> interleaved little-endian 16-bit PCM.
+
+    Converted by libsndfile's own writer (headerless RAW), the one that writes the job's WAV and
+    FLAC files, so a streamed sample equals the file's bit for bit (a numpy ``* 32767`` differs
+    from libsndfile's scaling in about half the samples by one step)."""
+    buffer = io.BytesIO()
+    clipped = np.clip(np.atleast_2d(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
+    sf.write(buffer, clipped.T, RAW_RATE, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return buffer.getvalue()
 
 
 class LiveStream:
