@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from fastapi.testclient import TestClient
 from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
     make_settings,
@@ -17,7 +18,8 @@ from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
 )
 
 from musicgen_train.cli import main
-from musicgen_train.generation import GenerationEngine
+from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.generation.streaming import CodecStreamer
 from musicgen_train.serve.app import create_app
 from musicgen_train.sources import load_musicgen
 
@@ -90,3 +92,35 @@ def test_a_stereo_job_streams_two_interleaved_channels(
     assert streamed.shape == stored.shape
     # Decoded chunk by chunk while streaming: within 1e-3 of the file's RMS (16-bit both).
     assert np.abs(streamed - stored).max() < 1e-3 * np.sqrt(np.mean(stored**2))
+
+
+@pytest.mark.parametrize("feed", ["columns", "frames"])
+def test_a_stereo_stream_decodes_the_codes_the_file_holds(feed, stereo_loaded):
+    """A stereo model's left and right codebooks alternate and each pair shares one delay
+    (``k // 2``): the streamer undoes that pattern, so the frames it decodes are the row's codes
+    (the tiny codec decodes any codes to nearly the same audio, so the codes are compared)."""
+    engine = GenerationEngine(stereo_loaded, precision="fp32")
+    params = GenerationParams(duration=0.4, seed=3)
+    sampling = engine.sampling(params)
+    loop = engine.new_loop()
+    row = loop.add_row(PROMPT, sampling, seed=3)
+    streamer = CodecStreamer(
+        engine.model, batch_size=1, max_new_tokens=sampling.max_new_tokens, num_samples=12800
+    )
+    fed = 0
+    while loop.rows:
+        loop.step()
+        if feed == "columns":  # as generate's ids come: the delayed columns, step by step
+            for step in range(fed, row.step + 1):
+                streamer.put(row.delayed_ids()[:, step])
+            fed = row.step + 1
+        else:  # as long form hands them: the frames complete so far
+            done = row.codes(stereo=True)
+            streamer.put_frames(fed, done[None, :, fed:])
+            fed = done.shape[-1]
+    codes = row.codes(stereo=True)
+    # 0.4 s is 20 frames; the steps (20 + K - 1 = 27) count 7 of delay where stereo lags only 3,
+    # so 4 frames more are made (the decode trims them)
+    assert codes.shape == (8, 20 + 4)
+    assert streamer.complete_frames == codes.shape[-1]
+    torch.testing.assert_close(streamer.codes(0, codes.shape[-1])[0], codes)

@@ -96,10 +96,16 @@ class Row:
         """The codec codes ``[K, frames]`` of the frames complete so far (all of them once the
         row finished): the delay pattern undone, as ``generate`` does by dropping its pads."""
         ids = self.delayed_ids()
-        num_codebooks = ids.shape[0]
-        delays = [k // 2 if stereo else k for k in range(num_codebooks)]
+        delays = codebook_delays(ids.shape[0], stereo)
         frames = max(0, self.step - max(delays))
         return torch.stack([ids[k, 1 + d : 1 + d + frames] for k, d in enumerate(delays)])
+
+
+def codebook_delays(num_codebooks: int, stereo: bool = False) -> list[int]:
+    """The step by which codebook ``k`` lags its frame in MusicGen's delay pattern: ``k``; for
+    stereo, whose left and right codebooks alternate (``2k``, ``2k + 1``), ``k // 2`` (the pair
+    shares a delay, as ``build_delay_pattern_mask`` builds it)."""
+    return [k // 2 if stereo else k for k in range(num_codebooks)]
 
 
 def frames_for(duration: float, frame_rate: float) -> int:

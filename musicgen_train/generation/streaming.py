@@ -2,13 +2,14 @@
 
 ``generate`` hands the streamer one token per codebook per step, in MusicGen's delay pattern:
 codebook ``k`` of frame ``f`` arrives at step ``f + k + 1``, so frame ``f`` is complete after step
-``f + K``. EnCodec is not causal (convolutions look ahead, an LSTM carries state), so a frame's
-audio depends on its neighbours: each window is decoded with some left context, the last
-``lookahead`` frames are held back until the next window sees what follows them, and the held
-back audio is crossfaded into the next window's version of the same samples, so chunk borders
-carry no click. The first chunk may be shorter than the others (``first_chunk_frames``): a
-listener hears audio after ``first_chunk_frames + lookahead_frames + K - 1`` steps instead of
-waiting for a whole chunk.
+``f + K`` (stereo: the left and right codebooks alternate and each pair shares the delay ``k//2``,
+``rows.codebook_delays``). EnCodec is not causal (convolutions look ahead, an LSTM carries state),
+so a frame's audio depends on its neighbours: each window is decoded with some left context, the
+last ``lookahead`` frames are held back until the next window sees what follows them, and the held
+back audio is crossfaded into the next window's version of the same samples, so chunk borders carry
+no click. The first chunk may be shorter than the others (``first_chunk_frames``): a listener hears
+audio after ``first_chunk_frames + lookahead_frames + K - 1`` steps instead of waiting for a whole
+chunk.
 
 With ``defer=True`` the streamer does not decode by itself: ``put`` marks the window that is
 ``due`` and the caller decodes the due windows of many streamers at once (``decode_due``: one
@@ -29,6 +30,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from musicgen_train.generation.codec import decode
+from musicgen_train.generation.rows import codebook_delays
 
 # (batch index, float32 [channels, samples]) for each piece of audio that is final.
 AudioCallback = Callable[[int, np.ndarray], None]
@@ -58,8 +60,10 @@ class CodecStreamer(BaseStreamer):
         self.model = model
         self.batch_size = batch_size
         self.num_codebooks = model.decoder.num_codebooks
+        stereo = getattr(model.config.decoder, "audio_channels", 1) == 2
+        self.delays = codebook_delays(self.num_codebooks, stereo)
         self.max_new_tokens = max_new_tokens
-        self.total_frames = max_new_tokens - self.num_codebooks + 1
+        self.total_frames = max_new_tokens - max(self.delays)
         self.num_samples = num_samples  # what the caller keeps; trailing samples are dropped
         self.hop = int(np.prod(model.config.audio_encoder.upsampling_ratios))
         self.on_audio = on_audio
@@ -101,9 +105,9 @@ class CodecStreamer(BaseStreamer):
         if start != self.complete_frames:
             raise ValueError(f"frames must follow on: {self.complete_frames} are in, not {start}")
         stop = min(start + codes.shape[-1], self.total_frames)
-        for k in range(self.num_codebooks):
-            self.tokens[:, k, start + k + 1 : stop + k + 1] = codes[:, k, : stop - start]
-        self.step = stop + self.num_codebooks - 1  # the step at which frame stop - 1 completes
+        for k, delay in enumerate(self.delays):
+            self.tokens[:, k, start + delay + 1 : stop + delay + 1] = codes[:, k, : stop - start]
+        self.step = stop + max(self.delays)  # the step at which frame stop - 1 completes
         self._emit_if_due()
 
     def _emit_if_due(self) -> None:
@@ -125,12 +129,12 @@ class CodecStreamer(BaseStreamer):
 
     @property
     def complete_frames(self) -> int:
-        return int(np.clip(self.step - self.num_codebooks + 1, 0, self.total_frames))
+        return int(np.clip(self.step - max(self.delays), 0, self.total_frames))
 
     def codes(self, start: int, stop: int) -> torch.Tensor:
         """Frames ``[start, stop)``, delay pattern undone: ``[batch, codebooks, frames]``."""
         index = torch.arange(start, stop)
-        columns = [self.tokens[:, k, index + k + 1] for k in range(self.num_codebooks)]
+        columns = [self.tokens[:, k, index + delay + 1] for k, delay in enumerate(self.delays)]
         return torch.stack(columns, dim=1)
 
     def _decode(self, start: int, stop: int) -> np.ndarray:
