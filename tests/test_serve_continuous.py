@@ -7,6 +7,7 @@ row; any mix of parameters shares the steps; a seeded job's audio at fp32 is wha
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -165,8 +166,10 @@ def test_a_job_that_cannot_join_fails_alone(engine):
     scheduler = Scheduler({"tiny": engine}, STREAM, emit, max_rows=4)
     ok = spec("ok", "calm", duration=0.2, seed=1)
     scheduler.add(ok)
-    assert not scheduler.add(spec("bad", "calm", duration=10_000.0))
-    assert events[0][:2] == ("job_failed", "bad") and "beyond this model's limit" in events[0][2]
+    # An audio prompt as long as the window leaves no room to continue it.
+    bad = replace(spec("bad", "calm", duration=0.2), audio_prompt=prompt_wav(seconds=31.0))
+    assert not scheduler.add(bad)
+    assert events[0][:2] == ("job_failed", "bad") and "shorter than the model's" in events[0][2]
     events.clear()
     by_job = run(scheduler, events, {"ok"})
     assert final(by_job, "ok")[0] == "job_done"
@@ -311,3 +314,77 @@ def test_rows_at_different_positions_run_at_int8(tiny_loaded, one_torch_thread):
         kind, _, clip = final(by_job, job_id)
         assert kind == "job_done", by_job[job_id][-1]
         assert audio_of(clip).shape == (int(round(duration * 32000)),)
+
+
+# --- long form: a row per window, in the batch ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def windowed(tiny_loaded, one_torch_thread):  # noqa: F811
+    """Windows of 0.5 s advancing by 0.3 s: a 1.1 s job is three windows (25 + 15 + 15 frames)."""
+    return GenerationEngine(tiny_loaded, precision="fp32", window_seconds=0.5, extend_stride=0.3)
+
+
+def step_until(scheduler, events, by_job, when, done, limit=1000):
+    """Step until ``done()``; events go to ``by_job`` with the step count they came at."""
+    for _ in range(limit):
+        if done():
+            return
+        scheduler.step()
+        when[0] += 1
+        for event in events:
+            by_job.setdefault(event[1], []).append((when[0], event))
+        events.clear()
+    raise AssertionError("the scheduler did not get there")
+
+
+def test_a_long_job_runs_in_the_batch_window_by_window_beside_short_ones(windowed):
+    events, emit = collect()
+    scheduler = Scheduler({"tiny": windowed}, STREAM, emit, max_rows=4)
+    long = spec("long", "a long calm hum", streamed=True, duration=1.1, seed=7)
+    first = spec("first", "drums", duration=0.2, seed=8)
+    later = spec("later", "bells", duration=0.2, seed=9, top_k=50)
+    assert scheduler.add(long) and scheduler.add(first)
+    by_job, when = {}, [0]
+    ended = lambda job_id: job_id in by_job and by_job[job_id][-1][1][0] == "job_done"  # noqa: E731
+    step_until(scheduler, events, by_job, when, lambda: ended("first"))
+    assert when[0] == 10 + 3 and "long" in scheduler.jobs  # the short job left; long goes on
+    # a job joins while the long one is in its second window
+    step_until(scheduler, events, by_job, when, lambda: scheduler.jobs["long"].offset > 0)
+    assert when[0] == 25 + 3 and [row.tag for row in scheduler.loops["tiny"].rows] == ["long"]
+    assert scheduler.add(later)
+    step_until(scheduler, events, by_job, when, lambda: ended("long") and ended("later"))
+    assert when[0] == 25 + 3 + 2 * (15 + 3)  # no step was spent on the long job alone
+
+    # Each job's file is what it gives alone; the long one is generate's long form.
+    for job in (long, first, later):
+        clip = by_job[job.id][-1][1][2]
+        np.testing.assert_allclose(audio_of(clip), alone(windowed, job), atol=1.5 / 32767)
+    # The long job was heard from its first window on, in chunks, as the file sounds.
+    chunks = [(at, event[2]) for at, event in by_job["long"] if event[0] == "job_audio"]
+    assert chunks[0][0] < 25 + 3 and len({at for at, _ in chunks}) >= 5
+    streamed = np.frombuffer(b"".join(pcm for _, pcm in chunks), dtype="<i2") / 32768
+    stored = audio_of(by_job["long"][-1][1][2])
+    assert streamed.shape == stored.shape == (int(1.1 * 32000),)
+    error = np.sqrt(np.mean((streamed - stored) ** 2))
+    assert error < 1e-3 * np.sqrt(np.mean(stored**2)) + 1 / 32768
+    progress = [event[2] for _, event in by_job["long"] if event[0] == "job_progress"]
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 2
+
+
+def test_a_canceled_long_job_leaves_its_companions_going(windowed):
+    events, emit = collect()
+    scheduler = Scheduler({"tiny": windowed}, STREAM, emit, max_rows=4)
+    scheduler.add(spec("long", "a long calm hum", duration=1.1, seed=3))
+    by_job, when = {}, [0]
+    step_until(scheduler, events, by_job, when, lambda: scheduler.jobs["long"].offset > 0)
+    keep = spec("keep", "drums", duration=0.4, seed=4)
+    scheduler.add(keep)
+    for _ in range(3):  # a few steps into the long job's second window
+        scheduler.step()
+    scheduler.abort("long", "canceled")
+    by_job = run(scheduler, events, {"long", "keep"})
+    assert final(by_job, "long") == ("job_aborted", "long", "canceled")
+    assert "long" not in scheduler.jobs and not scheduler.loops["tiny"].rows
+    clip = final(by_job, "keep")[2]
+    np.testing.assert_allclose(audio_of(clip), alone(windowed, keep), atol=1.5 / 32767)

@@ -39,6 +39,7 @@ def _engine(loaded) -> GenerationEngine:
 def client(request, tmp_path, tiny_model_dir, tiny_loaded):
     settings = make_settings(tmp_path, tiny_model_dir, worker={"scheduler": request.param})
     with TestClient(create_app(settings, {"tiny": _engine(tiny_loaded)})) as client:
+        client.scheduler = request.param
         yield client
 
 
@@ -64,9 +65,10 @@ def test_a_job_longer_than_the_window_is_the_engine_s_long_form(client, tiny_loa
     assert audio.shape == (int(1.1 * RATE),)
     # The file is 16-bit PCM: equal to the engine's audio to its rounding.
     np.testing.assert_allclose(audio, expected, atol=1 / 32767 + 1e-6)
-    # Under continuous batching it ran alone, not in the decode batch (its loop is per window).
+    # Under continuous batching it ran in the decode batch, a row per window.
     generators = client.app.state.service.worker.generators
-    assert sum(getattr(g, "scheduler", None) and g.scheduler.steps or 0 for g in generators) == 0
+    steps = sum(getattr(g, "scheduler", None) and g.scheduler.steps or 0 for g in generators)
+    assert steps == (0 if client.scheduler == "static" else 25 + 3 + 2 * (15 + 3))
 
     # Streamed: the WAV header, then the clip decoded chunk by chunk (with context, lookahead
     # and crossfade, as any stream): the same audio as the file to well within 16 bits.

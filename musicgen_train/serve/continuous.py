@@ -26,6 +26,12 @@ prompt's frames too, and its file holds them re-synthesised by the codec, then `
 seconds: what the static path and ``musicgen-train generate audio_prompt=...`` give. A melody
 model's jobs never come here (their condition is a decoder prefix that transformers' ``generate``
 builds; the worker runs them on the per-job path).
+
+A job longer than the model's window (long form, ``generation/long_form.py``) is a row per
+window: when its row has made a window, the next joins the same loop, continuing the last
+``window - extend_stride`` seconds of codes on the same random generator, as
+``long_form_codes`` runs it alone; its companions step on meanwhile. One streamer follows the
+whole clip: a frame is final once complete, since no later window rewrites it.
 """
 
 from __future__ import annotations
@@ -33,17 +39,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
+from musicgen_train.generation.long_form import plan
+from musicgen_train.generation.rows import frames_for
 from musicgen_train.generation.streaming import CodecStreamer, decode_due
 from musicgen_train.serve.batch import (
     PROGRESS_SECONDS,
     Clip,
     encode_clip,
     generation_fields,
+    is_long_form,
     prompt_audio,
     reason,
 )
@@ -69,64 +78,136 @@ class JobSpec:
 
 
 class _Job:
-    """A running row's bookkeeping: its streamer (per row), progress and abort reason."""
+    """A running job's bookkeeping: its row (one per window for long form), its streamer,
+    progress and abort reason.
+
+    The streamer is fed the clip's frames as they become final (``put_frames``): a row's frame is
+    final once complete, and in long form no later window rewrites a frame, so one streamer
+    follows the whole clip across the job's rows."""
 
     def __init__(self, spec: JobSpec, engine: GenerationEngine, stream: StreamSettings, emit):
         self.spec, self.engine, self.stream, self.emit = spec, engine, stream, emit
         self.params = GenerationParams(**generation_fields(spec.params))
+        self.long = is_long_form(engine, self.params)
+        self.stereo = engine.model.config.decoder.audio_channels == 2
         self.abort: str | None = None
         self.last_progress = 0.0
-        self.total = engine.sampling(self.params).max_new_tokens
         self.num_samples = int(round(self.params.duration * engine.sample_rate))
-        self.streamer: CodecStreamer | None = None  # sized once the row joined (``joined``)
-        self.fed = 0  # the row's token columns handed to the streamer
-        self.row = None  # the engine's row, once it joined
+        self.streamer: CodecStreamer | None = None  # sized once the first row joined
+        self.row = None  # the engine's row of the window being made
+        self.windows: list[tuple[int, int]] = []  # long form: (context, new frames) still to make
+        self.codes: torch.Tensor | None = None  # the clip's codes of the windows made [K, F]
+        self.offset = 0  # the clip frame of the row's first frame
+        self.final = 0  # the clip's frames handed to the streamer
+        # progress counts the rows' steps; a later window's forced context is not one
+        self.steps_done = 0  # steps of the windows made
+        self.steps_total = 0
+        self.base = 0  # the row's step when it starts counting: its context's frames
 
-    def joined(self, row) -> None:
-        """The row is in the loop: size the streamer by it (an audio prompt's ``row.forced``
-        frames come first, in the stream and the file, as ``batch._streamer`` sizes them) and
-        hand it the start tokens (step 0)."""
-        frame_rate = self.engine.loaded.frame_rate
-        hop = int(round(self.engine.sample_rate / frame_rate))
+    def join(self, loop, audio_prompt) -> None:
+        """The job's first row joins ``loop`` (long form: its first window's); the streamer is
+        sized for the whole clip (an audio prompt's frames first, in the stream and the file)."""
+        engine, params = self.engine, self.params
+        rate = engine.loaded.frame_rate
+        delay = engine.num_codebooks - 1
+        if not self.long:
+            self.row = engine.add(
+                loop,
+                self.spec.prompt,
+                params,
+                on_step=self.on_step,
+                should_stop=self.should_stop,
+                tag=self.spec.id,
+                audio_prompt=audio_prompt,
+            )
+            forced = self.row.forced
+            self.steps_total = self.row.total_steps
+        else:  # long_form_codes' windows, one row each, on one generator
+            prefix = None if audio_prompt is None else engine.prompt_codes(audio_prompt, params)
+            forced = 0 if prefix is None else int(prefix.shape[-1])
+            self.windows = plan(
+                frames_for(params.duration, rate),
+                frames_for(engine.window_seconds, rate),
+                frames_for(engine.extend_stride, rate),
+                forced,
+            )
+            self.steps_total = forced + sum(new + delay for _, new in self.windows)
+            _, new = self.windows.pop(0)
+            self.row = loop.add_row(
+                self.spec.prompt,
+                engine.sampling(replace(params, duration=new / rate)),
+                seed=params.seed,
+                on_step=self.on_step,
+                should_stop=self.should_stop,
+                tag=self.spec.id,
+                prefix=prefix,
+            )
+        self.num_samples += forced * int(round(engine.sample_rate / rate))
         stream = self.stream
-        self.row = row
-        self.num_samples += row.forced * hop
         self.streamer = CodecStreamer(
-            self.engine.model,
+            engine.model,
             batch_size=1,
-            max_new_tokens=self.total + row.forced,
+            max_new_tokens=forced + frames_for(params.duration, rate) + delay,
             num_samples=self.num_samples,
             on_audio=self._on_audio if self.spec.streamed else None,
-            on_progress=self._on_progress,
-            chunk_frames=max(1, round(stream.chunk_seconds * frame_rate)),
-            context_frames=round(stream.context_seconds * frame_rate),
+            chunk_frames=max(1, round(stream.chunk_seconds * rate)),
+            context_frames=round(stream.context_seconds * rate),
             lookahead_frames=stream.lookahead_frames,
             crossfade_frames=min(2, stream.lookahead_frames),
-            first_chunk_frames=max(1, round(stream.first_chunk_seconds * frame_rate)),
+            first_chunk_frames=max(1, round(stream.first_chunk_seconds * rate)),
             defer=True,
         )
-        self.streamer.put(row.tokens[:, 0])
+
+    def next_window(self, loop) -> bool:
+        """The row finished its window: keep its codes; long form with windows still to make
+        joins the next one (continuing the last ``context`` frames, on the same generator).
+        False when the clip is complete."""
+        row = self.row
+        made = row.codes(self.stereo)  # a later window's first ``base`` frames: its context
+        self.codes = (
+            made if self.codes is None else torch.cat([self.codes, made[:, self.base :]], 1)
+        )
+        if not self.windows:
+            return False
+        self.steps_done += row.step - self.base
+        context, new = self.windows.pop(0)
+        self.offset, self.base = self.codes.shape[-1] - context, context
+        self.row = loop.add_row(
+            self.spec.prompt,
+            self.engine.sampling(
+                replace(self.params, duration=new / self.engine.loaded.frame_rate)
+            ),
+            generator=row.generator,
+            on_step=self.on_step,
+            should_stop=self.should_stop,
+            tag=self.spec.id,
+            prefix=self.codes[:, -context:],
+        )
+        return True
+
+    def audio(self):
+        """The clip's audio once every window is made: ``[channels, samples]``."""
+        return self.engine.decode_codes(self.codes[None])[0][..., : self.num_samples]
 
     def should_stop(self) -> str | None:
         return self.abort
 
     def on_step(self, row) -> None:
-        """Every column the step made: one, or a prompted row's first step its prompt's
-        frames and its first sampled token (the deferred streamer then marks one window due
-        that holds the whole prompt)."""
-        for step in range(self.fed + 1, row.step + 1):
-            pattern = row.pattern[:, step]
-            self.streamer.put(torch.where(pattern == -1, row.tokens[:, step], pattern))
-        self.fed = row.step
-
-    def _on_audio(self, _index: int, audio) -> None:
-        self.emit(("job_audio", self.spec.id, to_pcm16(audio)))
-
-    def _on_progress(self, step: int, total: int) -> None:
+        """The frames the step completed, to the streamer (a prompted row's first step: its
+        prompt's frames too, so the deferred streamer marks one window due that holds them)."""
+        done = row.codes(self.stereo)
+        complete = self.offset + done.shape[-1]
+        if complete > self.final:
+            self.streamer.put_frames(self.final, done[None, :, self.final - self.offset :])
+            self.final = complete
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_SECONDS:
             self.last_progress = now
-            self.emit(("job_progress", self.spec.id, step / total))
+            made = self.steps_done + row.step - self.base
+            self.emit(("job_progress", self.spec.id, min(made / self.steps_total, 1.0)))
+
+    def _on_audio(self, _index: int, audio) -> None:
+        self.emit(("job_audio", self.spec.id, to_pcm16(audio)))
 
 
 class Scheduler:
@@ -157,7 +238,7 @@ class Scheduler:
     def add(self, spec: JobSpec) -> bool:
         """Put a job into its model's running batch (it advances at the next step); a job that
         cannot run fails alone with the reason."""
-        loop = row = None
+        loop = job = None
         try:
             engine = self.engines[spec.model]
             job = _Job(spec, engine, self.stream, self.emit)
@@ -165,19 +246,10 @@ class Scheduler:
             loop = self.loops.get(spec.model)
             if loop is None:
                 loop = self.loops[spec.model] = engine.new_loop()
-            row = engine.add(
-                loop,
-                spec.prompt,
-                job.params,
-                on_step=job.on_step,
-                should_stop=job.should_stop,
-                tag=spec.id,
-                audio_prompt=audio_prompt,
-            )
-            job.joined(row)
+            job.join(loop, audio_prompt)
         except Exception as err:
-            if row is not None:  # it joined, then failed: it must not run without its job
-                loop.remove([row])
+            if job is not None and job.row is not None:  # it joined, then failed: it must not
+                loop.remove([job.row])  # run without its job
             log.exception("job %s could not join the batch", spec.id)
             self.emit(("job_failed", spec.id, reason(err)))
             return False
@@ -211,7 +283,7 @@ class Scheduler:
                 self.rows_stepped += size
             self._decode_due(model)
             for row in left:
-                self._leave(row)
+                self._leave(loop, row)
 
     def _decode_due(self, model: str) -> None:
         """The chunks that became due at this step, for every row of ``model``, decoded
@@ -236,21 +308,27 @@ class Scheduler:
                 del self.jobs[job_id]
                 self.emit(("job_failed", job_id, why))
 
-    def _leave(self, row) -> None:
-        job = self.jobs.pop(row.tag, None)
+    def _leave(self, loop, row) -> None:
+        """A row left: aborted, or its window is made (long form: the job's next window joins
+        ``loop``), or its job is complete: decoded, encoded and sent."""
+        job = self.jobs.get(row.tag)
         if job is None:
             return
         if row.stop_reason is not None:
+            del self.jobs[row.tag]
             self.emit(("job_aborted", job.spec.id, row.stop_reason))
             return
         try:
+            if job.next_window(loop):
+                return
             job.streamer.end()
-            audio = job.engine.decode([row])[0][..., : job.num_samples]
-            clip = encode_clip(audio, job.engine.sample_rate, job.spec.format)
+            clip = encode_clip(job.audio(), job.engine.sample_rate, job.spec.format)
         except Exception as err:
             log.exception("finishing job %s failed", job.spec.id)
+            del self.jobs[row.tag]
             self.emit(("job_failed", job.spec.id, reason(err)))
             return
+        del self.jobs[row.tag]
         self.emit(("job_progress", job.spec.id, 1.0))
         self.emit(("job_done", job.spec.id, clip))
 

@@ -58,7 +58,8 @@ class QueueEstimator:
     def throughput(self, model: str) -> float | None:
         now = time.monotonic()
         cached = self._throughput.get(model)
-        if cached is not None and now - cached[0] < THROUGHPUT_TTL:
+        # "unknown" is not kept: the first finished job gives an estimate at once
+        if cached is not None and cached[1] is not None and now - cached[0] < THROUGHPUT_TTL:
             return cached[1]
         value = throughput(self.store.recent_runs(model, RECENT_JOBS))
         self._throughput[model] = (now, value)
