@@ -388,3 +388,21 @@ def test_a_canceled_long_job_leaves_its_companions_going(windowed):
     assert "long" not in scheduler.jobs and not scheduler.loops["tiny"].rows
     clip = final(by_job, "keep")[2]
     np.testing.assert_allclose(audio_of(clip), alone(windowed, keep), atol=1.5 / 32767)
+
+
+def test_a_long_job_with_an_audio_prompt_is_generate_s_long_form(windowed):
+    """Its prompt's 10 frames fill the first window's start; the file holds them, then 1.1 s,
+    as ``generate(audio_prompt=..., duration=1.1)`` gives (windows 0.5 s / 0.3 s)."""
+    events, emit = collect()
+    scheduler = Scheduler({"tiny": windowed}, STREAM, emit, max_rows=4)
+    params = {**spec("x", "").params, "duration": 1.1, "seed": 5, "audio_prompt": "an upload id"}
+    job = JobSpec("long", "tiny", "strings", params, "wav", True, audio_prompt=prompt_wav(0.2))
+    assert scheduler.add(job)
+    by_job = run(scheduler, events, {"long"})
+    stored = audio_of(final(by_job, "long")[2])
+    assert stored.shape == (10 * 640 + int(1.1 * 32000),)
+    np.testing.assert_array_equal(stored, continued(windowed, job))
+    chunks = [e[2] for e in by_job["long"] if e[0] == "job_audio"]
+    streamed = np.frombuffer(b"".join(chunks), dtype="<i2") / 32768
+    assert len(chunks) > 3 and streamed.shape == stored.shape
+    assert np.sqrt(np.mean((streamed - stored) ** 2)) < 1e-3 * np.sqrt(np.mean(stored**2)) + 1e-4
