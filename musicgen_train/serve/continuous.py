@@ -143,11 +143,16 @@ class _Job:
                 prefix=prefix,
             )
         self.num_samples += forced * int(round(engine.sample_rate / rate))
-        stream = self.stream
-        self.streamer = CodecStreamer(
-            engine.model,
+        self.streamer = self._streamer(forced + frames_for(params.duration, rate) + delay)
+
+    def _streamer(self, max_new_tokens: int) -> CodecStreamer:
+        """The job's streamer, deferred (the scheduler decodes due windows of all rows at once);
+        progress is the job's own (``on_step``), over all its windows."""
+        stream, rate = self.stream, self.engine.loaded.frame_rate
+        return CodecStreamer(
+            self.engine.model,
             batch_size=1,
-            max_new_tokens=forced + frames_for(params.duration, rate) + delay,
+            max_new_tokens=max_new_tokens,
             num_samples=self.num_samples,
             on_audio=self._on_audio if self.spec.streamed else None,
             chunk_frames=max(1, round(stream.chunk_seconds * rate)),
