@@ -1,5 +1,7 @@
 """The LightningModule on the tiny model: loss, CFG dropout, frozen T5, LoRA, EMA, checkpoints."""
 
+import warnings
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -169,6 +171,24 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads():
         results.append((loss.detach(), grads))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
+
+
+def test_lora_with_checkpointing_is_set_up_without_library_deprecation_warnings(tmp_path):
+    """transformers 5 renamed gradient checkpointing (activation checkpointing) and warns when
+    the old names are used; peft still reads the old one. A LoRA run must show neither warning
+    (a user cannot act on them) and must still checkpoint."""
+    from musicgen_train.model.lora import merge_saved_adapter
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = make_module("finetune=lora", "finetune.gradient_checkpointing=true")
+        module.model.decoder.save_pretrained(tmp_path / "adapter")
+        merged = merge_saved_adapter(make_module("finetune=full").model, tmp_path)
+    future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert future == []
+    assert isinstance(module.model.decoder, PeftModel)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in module.model.modules())
+    assert not isinstance(merged.decoder, PeftModel)  # the adapter was read and folded in
 
 
 def test_caption_field_dropout_uses_metadata():

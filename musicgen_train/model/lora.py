@@ -12,7 +12,9 @@ The defaults follow musicgen-dreamboothing: rank 16, alpha 16 on the attention p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -26,6 +28,18 @@ from musicgen_train.model.lora_targets import (  # noqa: F401 (names of this mod
     OUTSIDE_DECODER,
     PER_CODEBOOK,
 )
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """peft (0.21) wraps a model by reading transformers' old ``is_gradient_checkpointing``,
+    which transformers 5 answers with a FutureWarning on every LoRA load: their conversation,
+    nothing a user can act on. Every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def decoder_target_names(decoder: nn.Module, targets: Iterable[str]) -> list[str]:
@@ -68,7 +82,8 @@ def apply_lora(
         target_modules=decoder_target_names(model.decoder, targets),
         bias="none",
     )
-    model.decoder = get_peft_model(model.decoder, config)
+    with peft_quietly():
+        model.decoder = get_peft_model(model.decoder, config)
     projection = getattr(model, "enc_to_dec_proj", None)
     if "enc_to_dec_proj" in targets and projection is not None:
         projection.requires_grad_(True)
@@ -93,5 +108,7 @@ def merge_saved_adapter(
     adapter = Path(folder) / ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         return model
-    model.decoder = PeftModel.from_pretrained(model.decoder, str(adapter)).merge_and_unload()
+    with peft_quietly():
+        adapted = PeftModel.from_pretrained(model.decoder, str(adapter))
+    model.decoder = adapted.merge_and_unload()
     return model

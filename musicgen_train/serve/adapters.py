@@ -30,6 +30,7 @@ from peft import PeftModel
 from musicgen_train.errors import ConfigError
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.generation.decode import DecodeLoop
+from musicgen_train.model.lora import peft_quietly
 from musicgen_train.model.lora_targets import ADAPTER_DIR
 from musicgen_train.serve.models import load_engine
 from musicgen_train.serve.settings import ModelSpec
@@ -126,12 +127,13 @@ def load_engines(
         peft_model = None
         for spec in ours:
             folder = str(adapter_folder(spec))
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(
-                    base.model.decoder, folder, adapter_name=spec.name
-                )
-            else:
-                peft_model.load_adapter(folder, adapter_name=spec.name)
+            with peft_quietly():
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(
+                        base.model.decoder, folder, adapter_name=spec.name
+                    )
+                else:
+                    peft_model.load_adapter(folder, adapter_name=spec.name)
             peft_model.eval()
             log.info("model %s: LoRA adapter %s on %s's weights", spec.name, folder, base_name)
         for spec in ours:

@@ -82,9 +82,15 @@ class MusicgenLightningModule(pl.LightningModule):
         configure_trainable(self.model, ft)  # the rule the checkpoint reader rebuilds with
         if ft.gradient_checkpointing:
             # Non-reentrant checkpointing works when only adapters require grad (LoRA).
-            self.model.decoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            decoder = self.model.decoder
+            if hasattr(decoder, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                decoder.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
+            else:
+                decoder.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return trainable_parameters(self.model)

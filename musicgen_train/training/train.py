@@ -76,6 +76,9 @@ _QUIET = (
     r".*'set_vital' is deprecated.*",
     # MusicGen's frozen text encoder and codec are in eval mode on purpose.
     r".*Found \d+ module\(s\) in eval mode at the start of training.*",
+    # A dataset of a few batches an epoch: Lightning logs every n *global* steps
+    # (``_batches_that_stepped``), so the metrics still reach the loggers; the advice misleads.
+    r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
 )
 
 
