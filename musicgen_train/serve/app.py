@@ -302,8 +302,9 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool, caller: str)
     if svc.store.count(states.QUEUED) >= queue.max_size:  # a cheap early answer; create decides
         raise _queue_full(queue)
     if not svc.ready:
-        reason = svc.load_error or "models are loading"
-        raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "10"})
+        raise HTTPException(
+            503, f"not ready: {svc.not_ready_reason}", headers={"Retry-After": "10"}
+        )
     job = svc.store.create(
         model=name,
         prompt=body.prompt,

@@ -152,6 +152,16 @@ class Service:
     def ready(self) -> bool:
         return len(self.models) == len(self.settings.models) and self.worker.alive
 
+    @property
+    def not_ready_reason(self) -> str:
+        """What a refused request is told: a load error, a first load, or a generation process
+        being replaced after it died or hung (seconds: it imports torch and loads the model)."""
+        if self.load_error:
+            return self.load_error
+        if len(self.models) < len(self.settings.models):
+            return "models are loading"
+        return "the generation process is restarting"
+
 
 # --- dependencies -----------------------------------------------------------------------------
 
