@@ -191,3 +191,41 @@ def test_an_adapter_without_its_base_is_one_clear_error(tiny_model_dir, exports)
     ]
     with pytest.raises(ConfigError, match="holds no LoRA adapter"):
         load_engines(no_adapter, "cpu", "fp32", 1)
+
+
+def test_a_melody_models_adapters_are_on_while_it_generates(tmp_path):
+    """Melody models generate through transformers' generate, outside the adapter-aware decode
+    loop: each adapter engine switches its own adapter on (the base: all off) for the call."""
+    from musicgen_train.model.tiny_families import ensure_tiny_family
+
+    base_dir = ensure_tiny_family("tiny-melody")
+    folders = {
+        name: export_with_adapter(base_dir, tmp_path / name, seed)
+        for name, seed in (("jazz", 1), ("lofi", 2))
+    }
+    specs = [
+        ModelSpec(name="melody", source=str(base_dir), max_duration=2.0),
+        *(
+            ModelSpec(name=n, source=str(f), max_duration=2.0, base="melody")
+            for n, f in folders.items()
+        ),
+    ]
+    engines = load_engines(specs, "cpu", "fp32", 1)
+    lora_layer = next(
+        m for m in engines["jazz"].peft_model.modules() if hasattr(m, "lora_A") and m.lora_A
+    )
+    seen = []
+    hook = lora_layer.register_forward_hook(
+        lambda module, inputs, output: seen.append(
+            None if module.disable_adapters else tuple(module.active_adapters)
+        )
+    )
+    params = GenerationParams(duration=0.1, seed=1)
+    try:
+        for name in ("lofi", "melody", "jazz"):
+            seen.clear()
+            engines[name].generate(["a hum"], params)
+            expected = None if name == "melody" else (name,)
+            assert seen and set(seen) == {expected}, (name, set(seen))
+    finally:
+        hook.remove()

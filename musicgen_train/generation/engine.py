@@ -30,7 +30,12 @@ from musicgen_train.generation.decode import (
     SamplingParams,
     frames_for,
 )
-from musicgen_train.generation.precision import cache_dtype, prepare_decoder, resolve_precision
+from musicgen_train.generation.precision import (
+    cache_dtype,
+    model_with_decoder,
+    prepare_decoder,
+    resolve_precision,
+)
 from musicgen_train.generation.threads import configure_threads
 from musicgen_train.model.families import is_melody
 from musicgen_train.model.loader import LoadedModel
@@ -100,7 +105,10 @@ class GenerationEngine:
         self.processor = loaded.processor
         self.precision = resolve_precision(precision or env_precision(), self.device)
         self.threads = configure_threads(threads if threads is not None else env_threads())
-        self.decoder = prepare_decoder(self.model.decoder, self.precision)
+        # Melody models generate through transformers' ``forward``: an unfused copy.
+        melody = is_melody(self.model)
+        self.decoder = prepare_decoder(self.model.decoder, self.precision, fuse=not melody)
+        self._casts: dict = {}  # model_with_decoder's 16-bit copies of the text encoder
         self.cache_dtype = cache_dtype(self.precision, self.device)
         self.cuda_graphs = env_cuda_graphs() if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs:
@@ -112,6 +120,11 @@ class GenerationEngine:
         self.window_seconds = min(float(window), self.max_duration)
         stride = extend_stride if extend_stride is not None else env_extend_stride()
         self.extend_stride = float(stride)
+
+    def generation_model(self):
+        """The model for transformers' ``generate`` (melody models) at this engine's
+        precision: the loaded one with this engine's decoder (``model_with_decoder``)."""
+        return model_with_decoder(self.model, self.decoder, self._casts)
 
     @property
     def sample_rate(self) -> int:

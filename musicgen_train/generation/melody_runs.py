@@ -49,8 +49,9 @@ def window_codes(
     engine, prompt: str, params, frames: int, prefix=None, features=None, criteria=None
 ) -> torch.Tensor:
     """One ``generate`` call for one row: ``frames`` new frames after ``prefix`` (codes
-    ``[K, F]``, or None). Returns the codes ``[K, F + frames]`` (CPU), prefix first."""
-    model, decoder = engine.model, engine.model.decoder
+    ``[K, F]``, or None). Returns the codes ``[K, F + frames]`` (CPU), prefix first. Runs at
+    the engine's precision (``engine.generation_model``)."""
+    model, decoder = engine.generation_model(), engine.model.decoder
     device, k = engine.device, engine.num_codebooks
     kwargs = replace(params, duration=frames / engine.loaded.frame_rate).generate_kwargs(
         engine.loaded.frame_rate, k
@@ -64,7 +65,10 @@ def window_codes(
         kwargs["decoder_input_ids"] = prefix.to(device)
         head = torch.cat([head, prefix.to(device)], dim=-1)
     stopping = StoppingCriteriaList([last, *(criteria or [])])
-    model.generate(**inputs, **(features or {}), **kwargs, stopping_criteria=stopping)
+    # the chroma goes through audio_enc_to_dec_proj, in the decoder body's dtype
+    dtype = model.audio_enc_to_dec_proj.weight.dtype
+    features = {name: value.to(dtype) for name, value in (features or {}).items()}
+    model.generate(**inputs, **features, **kwargs, stopping_criteria=stopping)
     ids = last.ids
     _, mask = decoder.build_delay_pattern_mask(head, pad_token_id=start, max_length=ids.shape[-1])
     ids = decoder.apply_delay_pattern_mask(ids, mask)

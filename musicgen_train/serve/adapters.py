@@ -38,6 +38,17 @@ from musicgen_train.serve.settings import ModelSpec
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def active_adapter(peft_model: PeftModel, adapter: str | None):
+    """``adapter`` on for the block (None: the base, adapters off)."""
+    if adapter is None:
+        with peft_model.disable_adapter():
+            yield
+        return
+    peft_model.set_adapter(adapter)
+    yield
+
+
 class AdapterLoop(DecodeLoop):
     """A decode loop whose rows run with one adapter of a peft-wrapped decoder (None: the base,
     adapters off)."""
@@ -46,14 +57,8 @@ class AdapterLoop(DecodeLoop):
         super().__init__(*args, **kwargs)
         self.peft_model, self.adapter = peft_model, adapter
 
-    @contextlib.contextmanager
     def _active(self):
-        if self.adapter is None:
-            with self.peft_model.disable_adapter():
-                yield
-            return
-        self.peft_model.set_adapter(self.adapter)
-        yield
+        return active_adapter(self.peft_model, self.adapter)
 
     def add_row(self, *args, **kwargs):
         with self._active():  # the prefill's cross-attention K/V go through LoRA layers too
@@ -71,6 +76,11 @@ class AdapterEngine(GenerationEngine):
         # The base engine's state as it is (its decoder is the model's own); nothing is copied.
         self.__dict__.update(base.__dict__)
         self.peft_model, self.adapter = peft_model, adapter
+
+    def generate(self, *args, **kwargs):
+        # Melody models generate through transformers' generate, outside any AdapterLoop.
+        with active_adapter(self.peft_model, self.adapter):
+            return super().generate(*args, **kwargs)
 
     def new_loop(self) -> DecodeLoop:
         return AdapterLoop(
