@@ -67,7 +67,7 @@ def build_model():
         musicgen_small_decoder_config,
         t5_base_text_config,
     )
-    from musicgen_train.model.tiny import build_tiny_processor, init_codebooks
+    from musicgen_train.model.tiny import build_tiny_processor
 
     text = t5_base_text_config()
     config = MusicgenConfig(
@@ -75,13 +75,21 @@ def build_model():
         audio_encoder=encodec_32khz_config(),
         decoder=musicgen_small_decoder_config(),
     )
+    return random_weights(MusicgenForConditionalGeneration, config), build_tiny_processor()
+
+
+def random_weights(model_class, config):
+    """``model_class(config)`` with seeded random weights, in eval mode, its codec's codebooks
+    spread (``init_codebooks``) and MusicGen's start and pad id (2048)."""
+    from musicgen_train.model.tiny import init_codebooks
+
     config.decoder_start_token_id = config.pad_token_id = 2048
     torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     init_codebooks(model.audio_encoder)
     model.generation_config.decoder_start_token_id = 2048
     model.generation_config.pad_token_id = 2048
-    return model, build_tiny_processor()
+    return model
 
 
 # --- transformers -------------------------------------------------------------------------------

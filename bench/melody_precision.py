@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import GUIDANCE, PROMPT, TOP_K, cpu_flags  # noqa: E402
+from generate import GUIDANCE, PROMPT, TOP_K, cpu_flags, random_weights  # noqa: E402
 
 from musicgen_train.generation import GenerationEngine, GenerationParams  # noqa: E402
 from musicgen_train.model.loader import LoadedModel  # noqa: E402
@@ -47,7 +47,6 @@ def build_melody_model() -> LoadedModel:
         musicgen_small_decoder_config,
         t5_base_text_config,
     )
-    from musicgen_train.model.tiny import init_codebooks
     from musicgen_train.model.tiny_families import build_tiny_family_processor
 
     chroma = ChromaExtractor()
@@ -59,12 +58,7 @@ def build_melody_model() -> LoadedModel:
         num_chroma=chroma.num_chroma,
         chroma_length=chroma.frames(chroma.chunk_length * chroma.sampling_rate),
     )
-    config.decoder_start_token_id = config.pad_token_id = 2048
-    torch.manual_seed(0)
-    model = MusicgenMelodyForConditionalGeneration(config).eval()
-    init_codebooks(model.audio_encoder)
-    model.generation_config.decoder_start_token_id = 2048
-    model.generation_config.pad_token_id = 2048
+    model = random_weights(MusicgenMelodyForConditionalGeneration, config)
     processor = build_tiny_family_processor("tiny-melody")
     return LoadedModel(model=model, processor=processor, source="shape", path="shape")
 
