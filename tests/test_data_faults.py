@@ -142,6 +142,15 @@ def straight(tmp_path_factory):
     return source, cache_files(tmp / "cache")
 
 
+@pytest.fixture(scope="module")
+def straight_4(tmp_path_factory, straight):
+    """The cache of an uninterrupted prepare of the same source with data.shard_size=4."""
+    source, _ = straight
+    output = tmp_path_factory.mktemp("straight4") / "cache"
+    prepare(config(args(source, output, "data.shard_size=4")))
+    return cache_files(output)
+
+
 def committed(output: Path) -> int:
     """Segments a killed run left committed (journaled with their codes on disk)."""
     return len(TokenCache(output).known_entries())
@@ -166,7 +175,9 @@ POINTS = ("encode", "before-journal", "torn-journal", "pack", "manifest")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("first", POINTS)
-def test_kill9_at_seeded_random_points_resumes_to_the_same_cache(tmp_path, straight, first):
+def test_kill9_at_seeded_random_points_resumes_to_the_same_cache(
+    tmp_path, straight, straight_4, first
+):
     """Two kills in a row (the first at each kind of point, the second anywhere; where, drawn
     from a seeded generator), then a full run: the cache equals the uninterrupted run's, and the
     last run reused exactly the segments the killed ones committed."""
@@ -197,9 +208,7 @@ def test_kill9_at_seeded_random_points_resumes_to_the_same_cache(tmp_path, strai
     assert not TokenCache(output).parts_dir.exists() or not any(
         TokenCache(output).parts_dir.iterdir()
     )
-    straight_4 = tmp_path / "straight4"
-    prepare(config(args(source, straight_4, "data.shard_size=4")))
-    assert cache_files(output) == cache_files(straight_4)
+    assert cache_files(output) == straight_4
     manifest = [json.loads(line) for line in expected["manifest.jsonl"].decode().splitlines()]
     assert len(manifest) == SEGMENTS
 
