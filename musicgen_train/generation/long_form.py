@@ -104,7 +104,7 @@ def long_form_codes(
         while loop.rows:
             loop.step()
             if on_codes is not None:
-                final = _report_final(rows, stereo, offset, final, on_codes)
+                final = report_final_frames(rows, stereo, offset, final, on_codes)
         window_codes = [row.codes(stereo) for row in rows]
         result.windows.append(window_codes)
         codes = [
@@ -115,10 +115,12 @@ def long_form_codes(
     return result
 
 
-def _report_final(rows, stereo: bool, offset: int, final: int, on_codes) -> int:
-    """Hand ``on_codes`` the window's complete frames past the clip's ``final`` first ones
-    (window frame ``j`` is clip frame ``offset + j``); returns the new count of final frames.
-    The rows of a long-form batch step together, so they complete the same frames."""
+def report_final_frames(rows, stereo: bool, offset: int, final: int, on_codes) -> int:
+    """Hand ``on_codes(start, codes [rows, K, frames])`` the window's complete frames past the
+    clip's ``final`` first ones (window frame ``j`` is clip frame ``offset + j``: later windows
+    never rewrite a complete frame); returns the new count of final frames. The rows of a
+    long-form batch step together, so they complete the same frames. Also the service's long
+    job (one row per window in the running batch, ``serve/continuous.py``)."""
     window = [row.codes(stereo) for row in rows]
     complete = offset + min(codes.shape[-1] for codes in window)
     if complete > final:

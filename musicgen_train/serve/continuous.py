@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
-from musicgen_train.generation.long_form import plan
+from musicgen_train.generation.long_form import plan, report_final_frames
 from musicgen_train.generation.rows import frames_for
 from musicgen_train.generation.streaming import CodecStreamer, decode_due
 from musicgen_train.serve.batch import (
@@ -200,11 +200,9 @@ class _Job:
     def on_step(self, row) -> None:
         """The frames the step completed, to the streamer (a prompted row's first step: its
         prompt's frames too, so the deferred streamer marks one window due that holds them)."""
-        done = row.codes(self.stereo)
-        complete = self.offset + done.shape[-1]
-        if complete > self.final:
-            self.streamer.put_frames(self.final, done[None, :, self.final - self.offset :])
-            self.final = complete
+        self.final = report_final_frames(
+            [row], self.stereo, self.offset, self.final, self.streamer.put_frames
+        )
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_SECONDS:
             self.last_progress = now
