@@ -9,7 +9,15 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+# What libsndfile reads (the formats music comes in; it reads more, rarer ones).
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".snd", ".caf",
+    ".w64", ".rf64",
+)  # fmt: skip
+# Audio that libsndfile cannot read: reported where it is found, so nothing vanishes unsaid.
+UNSUPPORTED_AUDIO = (
+    ".m4a", ".aac", ".wma", ".mp4", ".ape", ".alac", ".webm", ".wv", ".mka", ".ac3", ".dsf",
+)  # fmt: skip
 
 
 def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:

@@ -53,6 +53,11 @@ def folder(tmp_path):
     (root / "rock" / "deep" / "c.txt").write_text("a quiet organ\n")
     write(root / "d.mp3", tone(rate=48000), 48000, format="MP3")
     write(root / "e.opus", tone(rate=48000), 48000, format="OGG", subtype="OPUS")
+    # what old samplers and Apple tools write (CPython's own test recordings are AU and AIFC)
+    write(root / "f.au", tone(rate=11025, channels=2), 11025, format="AU")
+    write(root / "g.aifc", tone(rate=11025), 11025, format="AIFF", subtype="ULAW")
+    write(root / "h.caf", tone(rate=44100), 44100, format="CAF")
+    (root / "i.wv").write_bytes(b"wvpk")
     (root / "notes.wav").write_bytes(b"%PDF-1.4 this is a pdf with an audio name")
     (root / "song.m4a").write_bytes(b"\x00\x00\x00 ftypM4A ")
     (root / "cover.jpg").write_bytes(b"\xff\xd8\xff")
@@ -64,7 +69,10 @@ def folder(tmp_path):
 
 def test_folder_finds_every_format_nested_and_takes_captions_in_order(folder, tmp_path):
     ok, skipped = collect(folder, tmp_path)
-    assert sorted(ok) == ["a.wav", "d.mp3", "e.opus", "notes.wav", "rock/b.flac", "rock/deep/c.ogg"]
+    assert sorted(ok) == [
+        "a.wav", "d.mp3", "e.opus", "f.au", "g.aifc", "h.caf", "notes.wav", "rock/b.flac",
+        "rock/deep/c.ogg",
+    ]  # fmt: skip
     # metadata.jsonl row > sidecar json > sidecar txt > default caption
     assert caption_of(ok["a.wav"]) == "Soft strings. classical"
     assert caption_of(ok["rock/b.flac"]) == "Loud guitars. rock, 140 bpm, E minor"
@@ -79,7 +87,8 @@ def test_folder_finds_every_format_nested_and_takes_captions_in_order(folder, tm
     assert ok["rock/deep/c.ogg"].metadata == {"description": "a quiet organ"}
     # every real audio file decodes at its own rate and channel count
     expected = {"a.wav": (44100, 2), "rock/b.flac": (22050, 1), "rock/deep/c.ogg": (32000, 1),
-                "d.mp3": (48000, 1), "e.opus": (48000, 1)}  # fmt: skip
+                "d.mp3": (48000, 1), "e.opus": (48000, 1), "f.au": (11025, 2),
+                "g.aifc": (11025, 1), "h.caf": (44100, 1)}  # fmt: skip
     for key, (rate, channels) in expected.items():
         audio, got_rate = read_audio(ok[key].path)
         assert (got_rate, audio.shape[0]) == (rate, channels), key
@@ -87,7 +96,8 @@ def test_folder_finds_every_format_nested_and_takes_captions_in_order(folder, tm
     # the pdf with an audio name is yielded for validation to report; m4a is reported here
     assert ok["notes.wav"].path.read_bytes().startswith(b"%PDF")
     assert [(Path(s.source).name, "libsndfile" in s.reason) for s in skipped] == [
-        ("song.m4a", True)
+        ("i.wv", True),
+        ("song.m4a", True),
     ]
 
 

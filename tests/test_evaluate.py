@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 from evaluation_models import save_tiny_clap, tone
 
 from musicgen_train.audio import read_audio, write_audio
@@ -277,6 +278,28 @@ def test_unreadable_reference_clip_is_skipped_with_a_note(tmp_path, reference_fo
     assert len(reference.notes) == 1 and str(broken) in reference.notes[0]
     with pytest.raises(ReferenceUnavailable, match="no reference clip"):
         Reference("test", [Clip(broken)]).statistics(LogMelEmbedder(), EmbeddingCache(None))
+
+
+def test_a_reference_folder_reads_every_libsndfile_format_and_notes_the_rest(tmp_path):
+    from musicgen_train.evaluation.reference import ReferenceUnavailable, _folder
+
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    wave = tone(1.0, 11025, 220.0)
+    sf.write(folder / "a.au", wave.T, 11025, format="AU")
+    sf.write(folder / "b.aifc", wave.T, 11025, format="AIFF", subtype="ULAW")
+    (folder / "c.m4a").write_bytes(b"\x00\x00\x00 ftypM4A ")
+    (folder / "notes.txt").write_text("not audio")
+    reference = _folder(folder, None)
+    assert [clip.name for clip in reference.clips] == ["a.au", "b.aifc"]
+    assert len(reference.notes) == 1 and "c.m4a skipped: .m4a cannot be read" in reference.notes[0]
+    assert reference.summary()["notes"] == reference.notes  # into the report
+    stats = reference.statistics(LogMelEmbedder(), EmbeddingCache(None))
+    assert stats.count > 0
+    (folder / "a.au").unlink()
+    (folder / "b.aifc").unlink()
+    with pytest.raises(ReferenceUnavailable, match=r"no audio files \(1 it cannot read"):
+        _folder(folder, None)
 
 
 def test_stats_action_writes_fadtk_npz(work_home, reference_folder, prompts_file):

@@ -14,15 +14,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from musicgen_train.audio import AUDIO_EXTENSIONS
+from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.metadata import _jsonl_rows, _sidecar_metadata, normalize_metadata
 from musicgen_train.data.paths import file_identity, file_problem
 
 Item = AudioItem | SkippedItem
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-# Audio that libsndfile cannot read: reported, so that nothing vanishes without a word.
-UNSUPPORTED_AUDIO = (".m4a", ".aac", ".wma", ".mp4", ".ape", ".alac", ".webm")
 
 
 def _is_audio_name(path: Path) -> bool:

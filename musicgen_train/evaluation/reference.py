@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_train.audio import AUDIO_EXTENSIONS
+from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
@@ -121,13 +121,29 @@ def build_reference(cfg, prompt_set: PromptSet) -> Reference:
             raise ReferenceUnavailable(f"reference statistics file {path} does not exist")
         return Reference(f"statistics file {path}", stats_file=path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-        if not files:
-            raise ReferenceUnavailable(f"reference folder {path} holds no audio files")
-        return Reference(f"audio files in {path}", [Clip(p, name=p.name) for p in files[:limit]])
+        return _folder(path, limit)
     raise ReferenceUnavailable(
         f"eval.reference={choice!r} is not valid, prompts, a folder of audio or a .npz file"
     )
+
+
+def _folder(path: Path, limit: int | None) -> Reference:
+    """The audio files below ``path``; those libsndfile cannot read (m4a, ...) become notes."""
+    names = sorted(p for p in path.rglob("*") if p.is_file())
+    files = [p for p in names if p.suffix.lower() in AUDIO_EXTENSIONS]
+    unreadable = [p for p in names if p.suffix.lower() in UNSUPPORTED_AUDIO]
+    notes = [
+        f"reference clip {p} skipped: {p.suffix} cannot be read with libsndfile: convert it to "
+        "flac or wav"
+        for p in unreadable
+    ]
+    for note in notes:
+        log.warning("reference: %s", note)
+    if not files:
+        also = f" ({len(unreadable)} it cannot read: convert them to flac or wav)" if notes else ""
+        raise ReferenceUnavailable(f"reference folder {path} holds no audio files{also}")
+    clips = [Clip(p, name=p.name) for p in files[:limit]]
+    return Reference(f"audio files in {path}", clips, notes=notes)
 
 
 def _valid_split(cfg, limit: int | None) -> Reference:
