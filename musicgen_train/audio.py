@@ -20,6 +20,27 @@ UNSUPPORTED_AUDIO = (
 )  # fmt: skip
 
 
+# Containers libsndfile cannot open, by their first bytes: what a phone or a streaming service
+# hands out (an upload has no file name to go by).
+_UNREADABLE_SIGNATURES = (
+    (4, b"ftyp", "an MP4/M4A file (AAC or ALAC)"),
+    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "a WMA/ASF file"),
+    (0, b"\x1a\x45\xdf\xa3", "a WebM/Matroska file"),
+    (0, b"MAC ", "a Monkey's Audio (APE) file"),
+    (0, b"wvpk", "a WavPack file"),
+    (0, b"\xff\xf1", "raw AAC (ADTS)"),
+    (0, b"\xff\xf9", "raw AAC (ADTS)"),
+)
+
+
+def unreadable_format(data: bytes) -> str | None:
+    """What ``data`` is, when its first bytes name a container libsndfile cannot open."""
+    for offset, magic, what in _UNREADABLE_SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return what
+    return None
+
+
 def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     """Decode a file (or its bytes) to float32 ``[channels, samples]`` and its sample rate."""
     handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source

@@ -222,6 +222,13 @@ def test_bad_audio_is_one_422_naming_the_field(idle):
 
     _one_error(idle.post("/v1/uploads", content=b""), ["body"], "empty")
     _one_error(idle.post("/v1/uploads", content=b"OggS not really"), ["body"], "cannot be read")
+    # what a phone records: an M4A (AAC) file, named as such, with what to send instead
+    m4a = b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(64)
+    _one_error(
+        idle.post("/v1/uploads", content=m4a),
+        ["body"],
+        "is an MP4/M4A file (AAC or ALAC), which cannot be read here: send wav, flac, ogg or mp3",
+    )
     big = idle.post("/v1/uploads", content=_wav(tone(4.0, RATE)))  # 256 KB > 200 KB
     assert big.status_code == 413 and "max_upload_bytes" in big.json()["detail"]
     assert idle.app.state.service.store.count("queued") == 0  # nothing was queued above

@@ -25,7 +25,7 @@ import numpy as np
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from musicgen_train.audio import read_audio
+from musicgen_train.audio import read_audio, unreadable_format
 from musicgen_train.serve.batch import AUDIO_FIELDS
 from musicgen_train.serve.jobs import new_job_id
 from musicgen_train.serve.schemas import Upload
@@ -53,6 +53,10 @@ def check_audio(data: bytes, loc: tuple) -> tuple[np.ndarray, int]:
     try:
         audio, rate = read_audio(bytes(data))
     except Exception as err:  # soundfile: LibsndfileError, RuntimeError, ...
+        what = unreadable_format(bytes(data[:16]))
+        if what:
+            message = f"is {what}, which cannot be read here: send wav, flac, ogg or mp3"
+            raise rejected(loc, message) from None
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise rejected(loc, f"cannot be read as audio ({why[:200]})") from None
     if audio.shape[-1] == 0:
