@@ -20,6 +20,11 @@ UNSUPPORTED_AUDIO = (
 )  # fmt: skip
 
 
+def unsupported_reason(suffix: str) -> str:
+    """The one line a file of an ``UNSUPPORTED_AUDIO`` suffix is reported with."""
+    return f"{suffix} cannot be read with libsndfile: convert it to flac or wav"
+
+
 # Containers libsndfile cannot open, by their first bytes: what a phone or a streaming service
 # hands out (an upload has no file name to go by).
 _UNREADABLE_SIGNATURES = (

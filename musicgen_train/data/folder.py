@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO
+from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO, unsupported_reason
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.metadata import _jsonl_rows, _sidecar_metadata, normalize_metadata
 from musicgen_train.data.paths import file_identity, file_problem
@@ -128,8 +128,7 @@ def iter_folder(root: Path) -> Iterator[Item]:
             continue
         row = table.pop(_resolve(path), None)
         if path.suffix.lower() in UNSUPPORTED_AUDIO:
-            reason = f"{path.suffix} cannot be read with libsndfile: convert it to flac or wav"
-            yield SkippedItem(source=str(path), reason=reason)
+            yield SkippedItem(source=str(path), reason=unsupported_reason(path.suffix))
             continue
         if not _is_audio_name(path):  # sidecars, metadata tables, cover art, notes
             if row:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO
+from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO, unsupported_reason
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
@@ -132,11 +132,7 @@ def _folder(path: Path, limit: int | None) -> Reference:
     names = sorted(p for p in path.rglob("*") if p.is_file())
     files = [p for p in names if p.suffix.lower() in AUDIO_EXTENSIONS]
     unreadable = [p for p in names if p.suffix.lower() in UNSUPPORTED_AUDIO]
-    notes = [
-        f"reference clip {p} skipped: {p.suffix} cannot be read with libsndfile: convert it to "
-        "flac or wav"
-        for p in unreadable
-    ]
+    notes = [f"reference clip {p} skipped: {unsupported_reason(p.suffix)}" for p in unreadable]
     for note in notes:
         log.warning("reference: %s", note)
     if not files:
