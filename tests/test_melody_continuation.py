@@ -1,5 +1,5 @@
-"""Melody models continue an audio prompt and go beyond the window (generation/melody_runs.py),
-through transformers' ``generate`` row by row; a melody and a prompt change what is made."""
+"""Melody models continue an audio prompt and go beyond the window in the engine's decode loop
+(their condition a prefix of the decoder's input); a melody and a prompt change what is made."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from musicgen_train.audio import write_audio
 from musicgen_train.cli import main
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.continuation import prompt_codes
-from musicgen_train.generation.melody import melody_conditioning, melody_window
-from musicgen_train.generation.melody_runs import melody_codes
+from musicgen_train.generation.long_form import long_form_codes
+from musicgen_train.generation.melody import melody_conditioning, melody_window, row_chroma
 from musicgen_train.sources import load_musicgen
 
 RATE, HOP = 32_000, 640
@@ -25,6 +25,23 @@ PROMPT = "a calm hum"
 @pytest.fixture(scope="module")
 def melody_loaded():
     return load_musicgen("tiny-melody")
+
+
+def melody_codes(engine, prompts, params, seeds, *, melody=None, audio_prompt=None):
+    """Each row's codes ``[K, frames]`` (the audio prompt's first), before decoding."""
+    chroma = row_chroma(engine.loaded, len(prompts), melody, {}, RATE, engine.window_seconds)
+    prefix = None if audio_prompt is None else engine.prompt_codes(audio_prompt)
+    made = long_form_codes(
+        engine,
+        prompts,
+        params,
+        seeds,
+        window=engine.window_seconds,
+        stride=engine.extend_stride,
+        prefixes=[prefix] * len(prompts),
+        chroma=chroma,
+    )
+    return made.codes
 
 
 def _noise(seconds: float, seed: int) -> np.ndarray:
@@ -51,7 +68,8 @@ def test_melody_continuation_is_transformers_generate_with_the_prompt_codes(melo
             decoder_input_ids=prompt_codes(model, start),
             **kwargs,
         )
-    # both sampled by transformers' generate; decoded by the engine's FastCodecDecoder vs the codec
+    # the engine's decode loop against transformers' generate: the same tokens; the audio up to
+    # the codec's rounding (the engine decodes with its FastCodecDecoder)
     assert_same_generation(ours, theirs.float().numpy()[..., : ours.shape[-1]])
 
 

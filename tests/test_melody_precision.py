@@ -1,6 +1,5 @@
-"""``generation.precision`` reaches melody models, which generate through transformers' ``generate``
-(``GenerationEngine.generation_model``): the decoder it runs is the engine's converted copy, the
-loaded model is never changed, and the seeded audio is what ``generate`` gives on that copy."""
+"""``generation.precision`` reaches melody models: their rows run in the engine's decode loop on
+the engine's converted decoder (the condition prefix too), and the loaded model is never changed."""
 
 from __future__ import annotations
 
@@ -28,19 +27,15 @@ def _reference() -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 261.6 * t)).astype(np.float32)[None]
 
 
-def _first_logits(model, loaded, features) -> torch.Tensor:
-    """The decoder's logits for the start token, after the melody and text prefix (fp32)."""
-    inputs = loaded.processor(text=["a calm hum"], padding=True, return_tensors="pt")
-    k = loaded.model.config.decoder.num_codebooks
-    start = int(loaded.model.generation_config.decoder_start_token_id)
-    dtype = model.audio_enc_to_dec_proj.weight.dtype
-    with torch.inference_mode():
-        out = model(
-            **inputs,
-            input_features=features["input_features"].to(dtype),
-            decoder_input_ids=torch.full((k, 1), start),
-        )
-    return out.logits.float()
+def _first_scores(engine, features) -> torch.Tensor:
+    """The first step's fp32 scores after CFG (the decode loop's observer), after the melody
+    and text prefix."""
+    loop, seen = engine.new_loop(), []
+    loop.observer = lambda row, scores: seen.append(scores.clone())
+    params = engine.sampling(GenerationParams(duration=0.1))
+    loop.add_row("a calm hum", params, seed=1, chroma=features[0])
+    loop.step()
+    return seen[0]
 
 
 def _linear_types(module: nn.Module) -> set[type]:
@@ -49,37 +44,31 @@ def _linear_types(module: nn.Module) -> set[type]:
 
 
 @pytest.mark.parametrize(
-    ("precision", "linear", "body", "tolerance"),
-    [  # tolerance: of the largest logit; int4 rounds the tiny model's weights coarsely
-        ("int8", RowInt8Linear, torch.float32, 0.05),
-        ("bf16", nn.Linear, torch.bfloat16, 0.05),
-        ("int4", Int4Linear, torch.bfloat16, 0.2),
+    ("precision", "linear", "tolerance"),
+    [  # tolerance: of the largest score; int4 rounds the tiny model's weights coarsely
+        ("int8", RowInt8Linear, 0.05),
+        ("bf16", nn.Linear, 0.05),
+        ("int4", Int4Linear, 0.2),
     ],
 )
-def test_melody_generation_runs_the_engines_converted_decoder(
-    melody_loaded, precision, linear, body, tolerance
-):
+def test_melody_rows_run_the_engines_converted_decoder(melody_loaded, precision, linear, tolerance):
     model = melody_loaded.model
     engine = GenerationEngine(melody_loaded, precision=precision)
-    view = engine.generation_model()
-    assert view is not model and view.decoder is engine.decoder
-    assert linear in _linear_types(view.decoder.model)  # the decoder layers' projections
-    assert next(view.text_encoder.parameters()).dtype == body
-    assert view.audio_encoder is model.audio_encoder  # the codec is shared, fp32
-    # The loaded model is untouched: fp32, plain Linears, its own modules.
+    assert engine.decoder is not model.decoder
+    assert linear in _linear_types(engine.decoder.model)  # the decoder layers' projections
+    # The loaded model is untouched: fp32, plain Linears.
     assert _linear_types(model.decoder) == {nn.Linear}
     assert next(model.text_encoder.parameters()).dtype == torch.float32
-    assert engine.generation_model().text_encoder is view.text_encoder  # cast once
 
-    # The converted decoder computes: logits near fp32's, not equal (its weights are rounded).
-    features = melody_conditioning(melody_loaded, _reference(), 1)
-    ours = _first_logits(view, melody_loaded, features)
-    exact = _first_logits(model, melody_loaded, features)
+    # The converted decoder computes: scores near fp32's, not equal (its weights are rounded).
+    features = melody_conditioning(melody_loaded, _reference(), 1)["input_features"]
+    ours = _first_scores(engine, features)
+    exact = _first_scores(GenerationEngine(melody_loaded, precision="fp32"), features)
     error = (ours - exact).abs().max().item()
     assert 0 < error < tolerance * exact.abs().max().item()
 
 
-def test_a_seeded_melody_row_at_int8_is_generate_on_the_converted_model(melody_loaded):
+def test_a_seeded_melody_row_at_int8_runs_only_the_int8_decoder(melody_loaded):
     engine = GenerationEngine(melody_loaded, precision="int8")
     params = GenerationParams(duration=0.3, seed=3, top_k=20)
     extra = melody_conditioning(melody_loaded, _reference(), 1)
@@ -103,18 +92,17 @@ def test_a_seeded_melody_row_at_int8_is_generate_on_the_converted_model(melody_l
         for hook in hooks:
             hook.remove()
     steps = params.generate_kwargs(melody_loaded.frame_rate, engine.num_codebooks)
-    # Every step ran the int8 decoder (the first with the whole prefix); the fp32 one never ran.
-    assert calls == {"int8": steps["max_new_tokens"], "loaded": 0}
-    np.testing.assert_array_equal(ours, engine.generate(["a calm hum"], params, **extra))
+    # The prefix in one forward, then one per step (CFG's rows in the same batch); the fp32
+    # decoder never ran.
+    assert calls == {"int8": 1 + steps["max_new_tokens"], "loaded": 0}
+    again = engine.generate(["a calm hum"], params, **extra)
+    np.testing.assert_array_equal(ours, again)
+    fp32 = GenerationEngine(melody_loaded, precision="fp32").generate(
+        ["a calm hum"], params, **extra
+    )
+    assert ours.shape == fp32.shape
 
-    inputs = melody_loaded.processor(text=["a calm hum"], padding=True, return_tensors="pt")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        theirs = engine.generation_model().generate(**inputs, **extra, **steps)
-    # the same codes; the audio up to float rounding (the engine decodes with its fast codec)
-    np.testing.assert_allclose(ours, theirs.float().numpy()[..., : ours.shape[-1]], atol=1e-5)
 
-
-def test_fp32_melody_generation_uses_the_loaded_model_itself(melody_loaded):
+def test_fp32_melody_generation_uses_the_loaded_decoder_itself(melody_loaded):
     engine = GenerationEngine(melody_loaded, precision="fp32")
-    assert engine.generation_model() is melody_loaded.model
+    assert engine.decoder is melody_loaded.model.decoder

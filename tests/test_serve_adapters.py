@@ -194,8 +194,8 @@ def test_an_adapter_without_its_base_is_one_clear_error(tiny_model_dir, exports)
 
 
 def test_a_melody_models_adapters_are_on_while_it_generates(tmp_path):
-    """Melody models generate through transformers' generate, outside the adapter-aware decode
-    loop: each adapter engine switches its own adapter on (the base: all off) for the call."""
+    """A melody base's adapters: each engine's rows (the condition prefix's prefill included)
+    run with its own adapter on (the base: all off)."""
     from musicgen_train.model.tiny_families import ensure_tiny_family
 
     base_dir = ensure_tiny_family("tiny-melody")

@@ -1,6 +1,7 @@
 """Service jobs with a melody reference and/or an audio prompt (serve/uploads.py): uploads,
 inline base64, one 422 per bad field, under both schedulers (a text model's prompted job in the
-continuous decode batch, next to plain jobs; a melody model's on the per-job path), and a seeded
+continuous decode batch, next to plain jobs; a melody model's too, its condition a prefix of its
+row), and a seeded
 job that equals ``musicgen-train generate``'s audio for the same inputs."""
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ def test_seeded_conditioned_jobs_equal_the_cli(client, tmp_path, tiny_model_dir)
     )
     assert job.shape == (15 * HOP + int(0.2 * RATE),)
     np.testing.assert_array_equal(job, cli)
-    # A melody model's job went the per-job path (transformers' generate): no batch step.
-    assert sum(g.scheduler.steps for g in generators) == (sampled if continuous else 0)
+    # Under continuous batching the melody model's job ran in its decode batch too (the melody
+    # and text prefix and the prompt's frames prefilled at its first step).
+    melody_sampled = service.engines["melody"].sampling(GenerationParams(duration=0.2))
+    assert melody_sampled.max_new_tokens == sampled
+    assert sum(g.scheduler.steps for g in generators) == (2 * sampled if continuous else 0)
 
     # A melody model's plain job (no reference: the null chroma) runs too, next to a text job.
     plain = client.post("/v1/generations", json={**body, "model": "melody", "seed": 4})

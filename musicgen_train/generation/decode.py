@@ -19,6 +19,13 @@ projections, attention function, feed-forward and the LM heads) differently:
 
 Rows join (``add_row``) and leave (finished, stopped) a running batch between steps; each row has
 its own sampling parameters, length, generator and hooks.
+
+Melody models (``MusicgenMelodyForConditionalGeneration``) have no cross-attention: their
+condition (chroma frames, then the text) is a prefix of the decoder's input
+(``condition_prefix.py``). A melody row's prefix goes through the decoder once when it joins
+(``prefill.prefill_row``) and fills the first ``P`` positions of its cache slots; its tokens then
+sit at positions ``P, P + 1, ...``, so rows with prompts of different lengths are at different
+positions and attend in groups (``attention.py``), never padded.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from musicgen_train.generation.attention import (
     position_runs,
     self_attention,
 )
+from musicgen_train.generation.condition_prefix import prefix_states
 from musicgen_train.generation.prefill import prefill_row, project_qkv
 from musicgen_train.generation.rows import (  # noqa: F401 (the loop's public names)
     GenerationInputError,
@@ -73,6 +81,8 @@ class DecodeLoop:
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.max_positions = int(config.max_position_embeddings)
+        # Melody decoders' layers have no cross-attention: the condition is an input prefix.
+        self.cross_attends = hasattr(self.decoder.layers[0], "encoder_attn")
         implementation = config._attn_implementation or "sdpa"
         self.eager = implementation == "eager"
         self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -102,9 +112,10 @@ class DecodeLoop:
     def dtype(self) -> torch.dtype:
         return self.decoder.layer_norm.weight.dtype
 
-    def max_new_tokens_limit(self) -> int:
-        """Steps a row may take: one position per step, the start token included."""
-        return self.max_positions - 1
+    def max_new_tokens_limit(self, offset: int = 0) -> int:
+        """Steps a row may take after a condition prefix of ``offset`` positions: one position
+        per step, the start token included."""
+        return self.max_positions - 1 - offset
 
     # --- joining ------------------------------------------------------------------------------
 
@@ -120,21 +131,29 @@ class DecodeLoop:
         should_stop: Callable[[], str | None] | None = None,
         tag: object = None,
         prefix: torch.Tensor | None = None,
+        chroma: torch.Tensor | None = None,
     ) -> Row:
         """Prefill one request and put it into the running batch (it advances at the next
         ``step``). Without ``generator`` or ``seed`` the row's seed is drawn from torch's global
         generator, so ``torch.manual_seed`` still makes a run repeatable. ``prefix``: codec codes
         ``[K, F]`` the row continues (an audio prompt), forced as ``generate`` forces the codes
-        of ``input_values``; ``max_new_tokens`` steps are sampled after them."""
+        of ``input_values``; ``max_new_tokens`` steps are sampled after them. ``chroma``: a
+        melody model's melody, ``[frames, 12]`` (``generate``'s ``input_features`` of one row;
+        None: no melody, the null chroma)."""
         if not isinstance(prompt, str):
             raise GenerationInputError(f"prompt must be text, not {type(prompt).__name__}")
+        if chroma is not None and self.cross_attends:
+            raise GenerationInputError("a melody (chroma) needs a melody model")
+        condition = None if self.cross_attends else prefix_states(self, prompt, chroma)
+        offset = 0 if condition is None else int(condition[0].shape[0])
         steps = int(params.max_new_tokens)
         forced = 0 if prefix is None else int(prefix.shape[-1])
-        if not 1 <= steps <= self.max_new_tokens_limit() - forced:
+        limit = self.max_new_tokens_limit(offset) - forced
+        if not 1 <= steps <= limit:
             after = f" after a prompt of {forced} frames" if forced else ""
+            after += f" and a condition of {offset} positions" if offset else ""
             raise GenerationInputError(
-                f"max_new_tokens={steps} is outside 1..{self.max_new_tokens_limit() - forced} "
-                f"(the model's position table{after})"
+                f"max_new_tokens={steps} is outside 1..{limit} (the model's position table{after})"
             )
         if generator is None:
             # On the model's device, as generate draws: the same seed, the same stream.
@@ -158,7 +177,8 @@ class DecodeLoop:
             generator=generator,
             tokens=tokens,
             pattern=pattern.cpu(),
-            cross=self._cross_kv(prompt),
+            cross=self._cross_kv(prompt) if condition is None else None,
+            prefix=condition,
             on_step=on_step,
             should_stop=should_stop,
             tag=tag,
@@ -169,9 +189,9 @@ class DecodeLoop:
         self._layout_dirty = True
         return row
 
-    def _cross_kv(self, prompt: str) -> list:
-        """The prompt's encoder states, as ``MusicgenForConditionalGeneration.forward`` makes
-        them, turned into each layer's cross-attention K and V."""
+    def text_states(self, prompt: str) -> torch.Tensor:
+        """The prompt's encoder states ``[1, T, D]`` in the decoder's dtype, as
+        ``MusicgenForConditionalGeneration.forward`` makes them (T5, ``enc_to_dec_proj``)."""
         inputs = self.processor(text=[prompt], padding=True, return_tensors="pt")
         encoder = self.model.text_encoder
         device = next(encoder.parameters()).device
@@ -180,7 +200,7 @@ class DecodeLoop:
         states = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         if (
             self.model.text_encoder.config.hidden_size != self.config.hidden_size
-            and self.config.cross_attention_hidden_size is None
+            and getattr(self.config, "cross_attention_hidden_size", None) is None
         ):
             states = self.model.enc_to_dec_proj(states)
         states = (states * mask[..., None]).to(device=self.device, dtype=self.dtype)
@@ -188,6 +208,11 @@ class DecodeLoop:
             # "" is the null condition, as training blanks captions: zero states (cross-attention
             # then adds exactly nothing), not T5's encoding of a lone end-of-sequence token.
             states = torch.zeros_like(states)
+        return states
+
+    def _cross_kv(self, prompt: str) -> list:
+        """The prompt's encoder states turned into each layer's cross-attention K and V."""
+        states = self.text_states(prompt)
         out = []
         for layer in self.decoder.layers:
             attn = layer.encoder_attn
@@ -204,11 +229,11 @@ class DecodeLoop:
         null rows of those that use CFG; keep what cached rows already wrote."""
         slots = [(row.id, 0) for row in self.rows]
         slots += [(row.id, 1) for row in self.rows if row.params.cfg]
-        capacity = max(row.total_steps for row in self.rows)
+        capacity = max(row.offset + row.total_steps for row in self.rows)
         old = {slot: i for i, slot in enumerate(self._slots)}
         keep_new = [i for i, slot in enumerate(slots) if slot in old]
         keep_old = [old[slots[i]] for i in keep_new]
-        used = max((row.step for row in self.rows), default=0)
+        used = max((row.position for row in self.rows), default=0)
         shape = (len(slots), self.num_heads, capacity, self.head_dim)
         new_k, new_v = [], []
         for layer in range(len(self.decoder.layers)):
@@ -222,7 +247,12 @@ class DecodeLoop:
             new_k.append(k)
             new_v.append(v)
         self._k, self._v, self._slots = new_k, new_v, slots
-        # Cross-attention K/V for the conditional rows, padded to the longest prompt.
+        if self.cross_attends:
+            self._relayout_cross()
+        self._layout_dirty = False
+
+    def _relayout_cross(self) -> None:
+        """Cross-attention K/V for the conditional rows, padded to the longest prompt."""
         longest = max(row.cross[0][0].shape[2] for row in self.rows)
         padded = any(row.cross[0][0].shape[2] != longest for row in self.rows)
         self._cross_k, self._cross_v = [], []
@@ -241,7 +271,6 @@ class DecodeLoop:
             visible = torch.arange(longest)[None, :] < lengths[:, None]
             self._cross_mask = self._mask(visible.to(self.device))
         self._cross_groups = cross_groups(self.rows, len(self.decoder.layers), self.device)
-        self._layout_dirty = False
 
     def _mask(self, visible: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` bool (True = attend) -> the attention function's ``[B, 1, 1, L]`` mask."""
@@ -283,14 +312,14 @@ class DecodeLoop:
         if self._layout_dirty:
             self._relayout()
         for row in self.rows:
-            if row.step == 0 and row.forced > 0:  # an audio prompt: its columns in one forward
-                prefill_row(self, row)
+            if not row.prefilled and (row.forced > 0 or row.prefix is not None):
+                prefill_row(self, row)  # a condition prefix, an audio prompt: in one forward
         rows = self.rows
         cond = len(rows)
         columns = torch.stack([row.delayed_ids()[:, -1] for row in rows])  # [R, K]
         cfg_index = [i for i, row in enumerate(rows) if row.params.cfg]
         ids = torch.cat([columns, columns[cfg_index]]) if cfg_index else columns
-        positions = [row.step for row in rows] + [rows[i].step for i in cfg_index]
+        positions = [row.position for row in rows] + [rows[i].position for i in cfg_index]
         logits = self._forward(ids.to(self.device), positions, cond)  # [S, K, V] fp32
         null_of = {i: cond + j for j, i in enumerate(cfg_index)}
         for i, row in enumerate(rows):
@@ -366,13 +395,15 @@ class DecodeLoop:
                 self, attn, q.to(self.cache_dtype), cache_k, cache_v, length, self_mask, runs
             )
             hidden = hidden + attn.out_proj(out.reshape(slots, 1, -1).to(hidden.dtype))
-            # cross-attention, conditional rows only (the null rows' output is exactly zero)
-            attn = layer.encoder_attn
-            x = layer.encoder_attn_layer_norm(hidden[:cond])
-            q = attn.q_proj(x).view(cond, 1, self.num_heads, self.head_dim).transpose(1, 2)
-            out = cross_attention(self, attn, q.to(self.cache_dtype), layer_index, grouped)
-            attended = hidden[:cond] + attn.out_proj(out.reshape(cond, 1, -1).to(hidden.dtype))
-            hidden = torch.cat([attended, hidden[cond:]]) if cond < slots else attended
+            if self.cross_attends:
+                # cross-attention, conditional rows only (the null rows' output is exactly zero)
+                attn = layer.encoder_attn
+                x = layer.encoder_attn_layer_norm(hidden[:cond])
+                q = attn.q_proj(x).view(cond, 1, self.num_heads, self.head_dim).transpose(1, 2)
+                out = cross_attention(self, attn, q.to(self.cache_dtype), layer_index, grouped)
+                out = attn.out_proj(out.reshape(cond, 1, -1).to(hidden.dtype))
+                attended = hidden[:cond] + out
+                hidden = torch.cat([attended, hidden[cond:]]) if cond < slots else attended
             # feed-forward
             x = layer.final_layer_norm(hidden)
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))

@@ -30,14 +30,9 @@ from musicgen_train.generation.decode import (
     SamplingParams,
     frames_for,
 )
-from musicgen_train.generation.precision import (
-    cache_dtype,
-    model_with_decoder,
-    prepare_decoder,
-    resolve_precision,
-)
+from musicgen_train.generation.melody import row_chroma
+from musicgen_train.generation.precision import cache_dtype, prepare_decoder, resolve_precision
 from musicgen_train.generation.threads import configure_threads
-from musicgen_train.model.families import is_melody
 from musicgen_train.model.loader import LoadedModel
 
 
@@ -105,10 +100,7 @@ class GenerationEngine:
         self.processor = loaded.processor
         self.precision = resolve_precision(precision or env_precision(), self.device)
         self.threads = configure_threads(threads if threads is not None else env_threads())
-        # Melody models generate through transformers' ``forward``: an unfused copy.
-        melody = is_melody(self.model)
-        self.decoder = prepare_decoder(self.model.decoder, self.precision, fuse=not melody)
-        self._casts: dict = {}  # model_with_decoder's 16-bit copies of the text encoder
+        self.decoder = prepare_decoder(self.model.decoder, self.precision)
         self.cache_dtype = cache_dtype(self.precision, self.device)
         self.cuda_graphs = env_cuda_graphs() if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs:
@@ -120,11 +112,6 @@ class GenerationEngine:
         self.window_seconds = min(float(window), self.max_duration)
         stride = extend_stride if extend_stride is not None else env_extend_stride()
         self.extend_stride = float(stride)
-
-    def generation_model(self):
-        """The model for transformers' ``generate`` (melody models) at this engine's
-        precision: the loaded one with this engine's decoder (``model_with_decoder``)."""
-        return model_with_decoder(self.model, self.decoder, self._casts)
 
     @property
     def sample_rate(self) -> int:
@@ -178,13 +165,17 @@ class GenerationEngine:
         should_stop: Callable[[], str | None] | None = None,
         tag: object = None,
         audio_prompt=None,
+        melody=None,
     ) -> Row:
         """Put one request into ``loop``; its seed is ``seed``, else ``params.seed``.
         ``audio_prompt``: float audio ``[channels, samples]`` at ``sample_rate`` that the row
         continues (``params.duration`` seconds are generated after it; ``decode`` gives the
-        prompt's frames, as the codec re-synthesises them, then the continuation)."""
+        prompt's frames, as the codec re-synthesises them, then the continuation).
+        ``melody``: a melody model's reference (a file, its bytes, or float audio ``[C, S]`` at
+        ``sample_rate``)."""
         seed = params.seed if seed is None else seed
         prefix = None if audio_prompt is None else self.prompt_codes(audio_prompt, params)
+        chroma = row_chroma(self.loaded, 1, melody, {}, self.sample_rate, self.window_seconds)
         return loop.add_row(
             prompt,
             self.sampling(params),
@@ -193,6 +184,7 @@ class GenerationEngine:
             should_stop=should_stop,
             tag=tag,
             prefix=prefix,
+            chroma=chroma.at(0)[0],
         )
 
     def prompt_codes(self, audio, params: GenerationParams | None = None) -> torch.Tensor:
@@ -269,11 +261,11 @@ class GenerationEngine:
         """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``.
 
         ``melody``: a melody model's reference (a file, or float audio ``[C, S]`` at
-        ``sample_rate``); ``conditioning``: more inputs of the model's own ``generate`` (a
-        melody model's ``input_features``, see ``generation.melody``). Melody models, whose
-        condition is a prefix of the decoder's input rather than cross-attention, run through
-        transformers' ``generate`` one seeded row at a time (same seeds, same audio as alone),
-        with an audio prompt and long form too (``melody_runs.py``).
+        ``sample_rate``), for every row; ``conditioning``: a melody model's
+        ``input_features`` ``[batch, frames, 12]`` as its own ``generate`` takes them (see
+        ``generation.melody``), one chroma per row. Beyond the window, each window reads the
+        reference from its own start (``melody.RowChroma``); ``input_features`` serve every
+        window as they are.
 
         Row ``i`` is seeded with ``seeds[i]``, else ``params.seed + i`` (so the first prompt of
         a batch sounds as it does alone with ``params.seed``), else from torch's global RNG.
@@ -294,19 +286,9 @@ class GenerationEngine:
         params = params or GenerationParams()
         if seeds is None:
             seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
-        if conditioning or melody is not None or is_melody(self.model):
-            from musicgen_train.generation.melody_runs import generate_melody
-
-            return generate_melody(
-                self,
-                list(prompts),
-                params,
-                list(seeds),
-                melody=melody,
-                features=conditioning,
-                audio_prompt=audio_prompt,
-                stopping_criteria=stopping_criteria,
-            )
+        chroma = row_chroma(
+            self.loaded, len(prompts), melody, conditioning, self.sample_rate, self.window_seconds
+        )
         prefix = None if audio_prompt is None else self.prompt_codes(audio_prompt, params)
         hop = int(round(self.sample_rate / self.loaded.frame_rate))
         wanted = int(round(params.duration * self.sample_rate))
@@ -326,13 +308,17 @@ class GenerationEngine:
                 prefixes=[prefix] * len(prompts),
                 on_step=on_step,
                 on_codes=on_codes,
+                chroma=chroma,
             )
             audio = self.decode_codes(torch.stack(made.codes))
             return np.ascontiguousarray(audio[..., :wanted])
         loop = self.new_loop()
+        sampling = self.sampling(params)
         rows = [
-            loop.add_row(prompt, self.sampling(params), seed=seed, on_step=on_step, prefix=prefix)
-            for prompt, seed in zip(prompts, seeds, strict=True)
+            loop.add_row(
+                prompt, sampling, seed=seed, on_step=on_step, prefix=prefix, chroma=melody_row
+            )
+            for prompt, seed, melody_row in zip(prompts, seeds, chroma.at(0), strict=True)
         ]
         while loop.rows:
             loop.step()

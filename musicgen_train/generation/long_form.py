@@ -63,6 +63,7 @@ def long_form_codes(
     prefixes: list[torch.Tensor | None] | None = None,
     on_step=None,
     on_codes=None,
+    chroma=None,
 ) -> LongForm:
     """Generate ``params.duration`` seconds per prompt in windows of ``window`` seconds that
     advance by ``stride`` seconds; ``prefixes``: per row, audio-prompt codes ``[K, F]``.
@@ -70,7 +71,10 @@ def long_form_codes(
     ``on_codes(start, codes)``: after every step, the frames of the whole clip that became final
     (``codes`` ``[rows, K, n]``, frames ``start .. start + n`` of the clip, the audio prompt's
     first), so a listener can hear the clip while later windows are still to come: a frame is
-    final once complete, since no later window rewrites it."""
+    final once complete, since no later window rewrites it.
+
+    ``chroma``: a melody model's ``melody.RowChroma`` (each row's melody for a window that
+    starts at a given frame of the clip)."""
     rate = engine.loaded.frame_rate
     window_frames, stride_frames = frames_for(window, rate), frames_for(stride, rate)
     if window > engine.max_duration + 1e-9:
@@ -95,11 +99,17 @@ def long_form_codes(
         sampling = engine.sampling(replace(params, duration=new / rate))
         loop = engine.new_loop()
         rows = []
-        for prompt, generator, made in zip(prompts, generators, codes, strict=True):
+        melodies = [None] * len(prompts) if chroma is None else chroma.at(offset)
+        for prompt, generator, made, melody in zip(
+            prompts, generators, codes, melodies, strict=True
+        ):
             prefix = None if made is None or context == 0 else made[:, -context:]
             rows.append(
-                loop.add_row(prompt, sampling, generator=generator, prefix=prefix, on_step=on_step)
-            )
+                loop.add_row(
+                    prompt, sampling, generator=generator, prefix=prefix, on_step=on_step,
+                    chroma=melody,
+                )
+            )  # fmt: skip
         stereo = engine.model.config.decoder.audio_channels == 2
         while loop.rows:
             loop.step()

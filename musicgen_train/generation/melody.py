@@ -1,19 +1,18 @@
-"""Conditioning for the melody family: a reference melody -> the chroma ``generate`` takes.
+"""Conditioning for the melody family: a reference melody -> the chroma its decoder starts from.
 
-The engine passes extra keywords to transformers' ``generate``, so a melody model generates
-with a reference by::
+A melody model generates with a reference by::
 
     engine.generate(prompts, params, melody="ref.wav")            # or float audio [C, S]
     engine.generate(prompts, params, **melody_conditioning(engine.loaded, "ref.wav", len(prompts)))
 
 The chroma is computed exactly as for training segments (``model.chroma.ChromaExtractor``, the
 model folder's own settings): from the reference's first ``chunk_length`` (30) seconds, channels
-averaged; ``generate`` repeats it when shorter than the model's ``chroma_length`` and adds the
-null chroma itself for classifier-free guidance. Stereo models need nothing here: their
-``generate`` already returns ``[batch, 2, samples]``.
+averaged; shorter than the model's ``chroma_length``, it is repeated, and the null chroma for
+classifier-free guidance is added, as transformers' ``generate`` does
+(``condition_prefix.py``). Stereo models need nothing here: their rows decode to two channels.
 
-Long form (``melody_runs.py``) reads the melody periodically from each window's start
-(``melody_window``), as audiocraft's ``_generate_tokens`` does.
+Long form reads the melody periodically from each window's start (``melody_window``), as
+audiocraft's ``_generate_tokens`` does (``RowChroma``).
 """
 
 from __future__ import annotations
@@ -21,8 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from musicgen_train.errors import UserError
+from musicgen_train.generation.rows import GenerationInputError
 
 
 def _extractor(loaded):
@@ -54,9 +55,14 @@ def read_melody(loaded, melody, sample_rate: int | None = None) -> np.ndarray:
     return audio
 
 
+def chroma_frames(loaded, audio: np.ndarray) -> torch.Tensor:
+    """The chroma ``[frames, 12]`` (float32, CPU) of audio at the extractor's rate."""
+    return _extractor(loaded)(np.atleast_2d(audio)[None])[0].float().cpu()
+
+
 def chroma_features(loaded, audio: np.ndarray, batch: int = 1) -> dict:
     """``{"input_features": [batch, frames, 12]}`` from audio at the extractor's rate."""
-    chroma = _extractor(loaded)(np.atleast_2d(audio)[None])  # [1, frames, 12]
+    chroma = chroma_frames(loaded, audio)[None]
     device = next(loaded.model.parameters()).device
     features = chroma.repeat(int(batch), 1, 1).to(device, dtype=loaded.model.dtype)
     return {"input_features": features}
@@ -66,6 +72,57 @@ def melody_conditioning(loaded, melody, batch: int, sample_rate: int | None = No
     """``{"input_features": [batch, frames, 12]}`` for ``loaded`` (a melody model) from
     ``melody`` (see ``read_melody``)."""
     return chroma_features(loaded, read_melody(loaded, melody, sample_rate), batch)
+
+
+class RowChroma:
+    """Each row's melody for a window that starts at clip frame ``begins`` (``at(begins)``, a
+    list of ``[frames, 12]`` or None per row): the reference's chroma from its start for the
+    first window, from the window's start, read periodically, for the later ones; given
+    ``input_features`` for every window as they are; None without a melody."""
+
+    def __init__(self, loaded, rows: int, reference=None, features=None, window_seconds=30.0):
+        self.loaded, self.rows = loaded, rows
+        self.reference, self.features = reference, features
+        self.window_seconds = float(window_seconds)
+
+    def at(self, begins: int) -> list:
+        if self.features is not None:
+            return [self.features[i] for i in range(self.rows)]
+        if self.reference is None:
+            return [None] * self.rows
+        audio = self.reference
+        if begins > 0:
+            rate = _extractor(self.loaded).sampling_rate
+            start = int(round(begins / self.loaded.frame_rate * rate))
+            audio = melody_window(audio, start, int(round(self.window_seconds * rate)))
+        return [chroma_frames(self.loaded, audio)] * self.rows
+
+
+def row_chroma(
+    loaded, rows: int, melody, conditioning: dict, sample_rate: int, window_seconds: float
+) -> RowChroma:
+    """The rows' melodies from ``generate``'s arguments: ``melody`` (a file, its bytes, or
+    float audio ``[C, S]`` at ``sample_rate``) for every row, or ``conditioning``'s
+    ``input_features`` ``[rows, frames, 12]``. One clear line for anything else."""
+    unknown = sorted(set(conditioning) - {"input_features"})
+    if unknown:
+        raise GenerationInputError(
+            f"unknown generation input {', '.join(unknown)}: the engine takes input_features "
+            "(a melody model's chroma) or melody="
+        )
+    features = conditioning.get("input_features")
+    if features is not None and melody is not None:
+        raise GenerationInputError("give melody= or input_features, not both")
+    if features is not None:
+        _extractor(loaded)  # a text model: one line
+        features = torch.as_tensor(features).float().cpu()
+        if features.dim() != 3 or features.shape[0] != rows:
+            raise GenerationInputError(
+                f"input_features must be [{rows}, frames, 12] (one chroma per prompt), "
+                f"not {list(features.shape)}"
+            )
+    reference = None if melody is None else read_melody(loaded, melody, sample_rate)
+    return RowChroma(loaded, rows, reference, features, window_seconds)
 
 
 def melody_window(audio: np.ndarray, start: int, length: int) -> np.ndarray:

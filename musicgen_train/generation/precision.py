@@ -105,36 +105,6 @@ def prepare_decoder(
     return copied
 
 
-def model_with_decoder(model: nn.Module, decoder: nn.Module, casts: dict) -> nn.Module:
-    """``model`` as transformers' ``generate`` should run it with ``decoder`` (a converted copy,
-    unfused: transformers' ``forward`` runs it), for melody models (their condition is a prefix
-    of the decoder's input, which the decode loop does not run). The model itself when
-    ``decoder`` is its own, else a shallow copy sharing every module of the model as it is now
-    (training swaps the codec in and out) but:
-
-    - the decoder;
-    - for a 16-bit decoder body (bf16, fp16, int4's bf16), the text encoder and the projections
-      cast to that dtype (kept in ``casts``, made once): the decoder concatenates their output
-      with its own embeddings.
-
-    Cheap (no weights copied but the casts); the loaded model is never changed."""
-    if decoder is model.decoder:
-        return model
-    view = copy.copy(model)
-    view._modules = dict(model._modules)  # its own table: assigning below leaves `model` alone
-    view._modules["decoder"] = decoder
-    body = next(p.dtype for p in decoder.parameters() if p.is_floating_point())
-    for name in ("text_encoder", "enc_to_dec_proj", "audio_enc_to_dec_proj"):
-        module = model._modules.get(name)
-        if module is None or next(module.parameters()).dtype == body:
-            continue
-        key = (name, id(module), body)
-        if key not in casts:
-            casts[key] = copy.deepcopy(module).to(body)
-        view._modules[name] = casts[key]
-    return view
-
-
 def _plain_copy(decoder: nn.Module) -> nn.Module:
     """A copy of the decoder; LoRA adapters (a peft model) merged into the copy's weights."""
     copied = copy.deepcopy(decoder)

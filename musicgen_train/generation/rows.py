@@ -60,7 +60,12 @@ class Row:
     column, then the prompt's codes under the delay pattern) and the first ``forced = F`` steps
     only run the model over them (as ``generate``'s prefill does), drawing nothing.
     ``on_step(row)`` runs after each of its steps; ``should_stop()`` before each step, and a
-    non-None answer ends the row with that ``stop_reason``."""
+    non-None answer ends the row with that ``stop_reason``.
+
+    A text model's row attends to its prompt through cross-attention (``cross``: each layer's
+    K/V). A melody model's row has its condition as a prefix of the decoder's input instead
+    (``prefix``: the conditional and the null rows' states ``[P, D]``, chroma frames then text):
+    its step ``s`` sits at position ``offset + s``, ``offset = P``."""
 
     id: int
     prompt: str
@@ -68,7 +73,7 @@ class Row:
     generator: torch.Generator
     tokens: torch.Tensor  # [K, max_new_tokens + 1], long, on CPU
     pattern: torch.Tensor  # [K, max_new_tokens + 1]
-    cross: list  # per layer (k, v), each [1, H, T, D]
+    cross: list | None  # per layer (k, v), each [1, H, T, D]; None for a melody model's row
     on_step: Callable[[Row], None] | None = None
     should_stop: Callable[[], str | None] | None = None
     tag: object = None  # the caller's, handed back untouched
@@ -76,6 +81,18 @@ class Row:
     stop_reason: str | None = None
     warpers: list = field(default_factory=list)
     forced: int = 0  # steps whose next ids are known (an audio prompt's frames): no sampling
+    prefix: tuple | None = None  # a melody model's condition: (conditional, null) [P, D]
+    prefilled: bool = False  # the prefix and the audio prompt's columns are in the cache
+
+    @property
+    def offset(self) -> int:
+        """Positions before the start token: the condition prefix's length (0: text models)."""
+        return 0 if self.prefix is None else int(self.prefix[0].shape[0])
+
+    @property
+    def position(self) -> int:
+        """The position (and cache slot) of the token this row feeds at its next step."""
+        return self.offset + self.step
 
     @property
     def total_steps(self) -> int:

@@ -77,11 +77,6 @@ class AdapterEngine(GenerationEngine):
         self.__dict__.update(base.__dict__)
         self.peft_model, self.adapter = peft_model, adapter
 
-    def generate(self, *args, **kwargs):
-        # Melody models generate through transformers' generate, outside any AdapterLoop.
-        with active_adapter(self.peft_model, self.adapter):
-            return super().generate(*args, **kwargs)
-
     def new_loop(self) -> DecodeLoop:
         return AdapterLoop(
             self.model,

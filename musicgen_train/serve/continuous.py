@@ -24,14 +24,15 @@ codes as a prefix (``engine.add(audio_prompt=...)``; its first step writes the p
 into the cache in one forward, then it samples as any row). Its streamer and progress count the
 prompt's frames too, and its file holds them re-synthesised by the codec, then ``duration``
 seconds: what the static path and ``musicgen-train generate audio_prompt=...`` give. A melody
-model's jobs never come here (their condition is a decoder prefix that transformers' ``generate``
-builds; the worker runs them on the per-job path).
+model's job joins the same way: its row's condition (the uploaded melody's chroma, or the null
+chroma, then the text) is a prefix of its decoder input, prefilled at its first step.
 
 A job longer than the model's window (long form, ``generation/long_form.py``) is a row per
 window: when its row has made a window, the next joins the same loop, continuing the last
 ``window - extend_stride`` seconds of codes on the same random generator, as
-``long_form_codes`` runs it alone; its companions step on meanwhile. One streamer follows the
-whole clip: a frame is final once complete, since no later window rewrites it.
+``long_form_codes`` runs it alone; its companions step on meanwhile (a melody model's window
+reads the melody from the window's start, ``melody.RowChroma``). One streamer follows the whole
+clip: a frame is final once complete, since no later window rewrites it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.generation.long_form import plan, report_final_frames
+from musicgen_train.generation.melody import row_chroma
 from musicgen_train.generation.rows import frames_for
 from musicgen_train.generation.streaming import CodecStreamer, decode_due
 from musicgen_train.serve.batch import (
@@ -75,6 +77,7 @@ class JobSpec:
     format: str  # wav or flac
     streamed: bool  # someone listens to its PCM
     audio_prompt: bytes | None = None  # the uploaded audio prompt's file, when it has one
+    melody: bytes | None = None  # the uploaded melody's file (melody models)
 
 
 class _Job:
@@ -103,6 +106,7 @@ class _Job:
         self.steps_done = 0  # steps of the windows made
         self.steps_total = 0
         self.base = 0  # the row's step when it starts counting: its context's frames
+        self.chroma = None  # a melody model's melody per window (melody.RowChroma)
 
     def join(self, loop, audio_prompt) -> None:
         """The job's first row joins ``loop`` (long form: its first window's); the streamer is
@@ -119,6 +123,7 @@ class _Job:
                 should_stop=self.should_stop,
                 tag=self.spec.id,
                 audio_prompt=audio_prompt,
+                melody=self.spec.melody,
             )
             forced = self.row.forced
             self.steps_total = self.row.total_steps
@@ -133,6 +138,9 @@ class _Job:
             )
             self.steps_total = forced + sum(new + delay for _, new in self.windows)
             _, new = self.windows.pop(0)
+            self.chroma = row_chroma(
+                engine.loaded, 1, self.spec.melody, {}, engine.sample_rate, engine.window_seconds
+            )
             self.row = loop.add_row(
                 self.spec.prompt,
                 engine.sampling(replace(params, duration=new / rate)),
@@ -141,6 +149,7 @@ class _Job:
                 should_stop=self.should_stop,
                 tag=self.spec.id,
                 prefix=prefix,
+                chroma=self.chroma.at(0)[0],
             )
         self.num_samples += forced * int(round(engine.sample_rate / rate))
         self.streamer = self._streamer(forced + frames_for(params.duration, rate) + delay)
@@ -187,6 +196,7 @@ class _Job:
             should_stop=self.should_stop,
             tag=self.spec.id,
             prefix=self.codes[:, -context:],
+            chroma=self.chroma.at(self.offset)[0],
         )
         return True
 

@@ -214,25 +214,12 @@ class Worker(ContinuousLoop):
         return batch
 
     def conditioned(self, job: Job) -> bool:
-        """A melody model's job, one with a melody or an audio prompt, or one longer than the
-        model's window (long form): under static batching a batch of its own (its audio is its
-        own; a ``Batch`` carries one job's uploads)."""
+        """A job with a melody or an audio prompt, or one longer than the model's window (long
+        form): under static batching a batch of its own (its audio is its own; a ``Batch``
+        carries one job's uploads)."""
         served = self.models.get(job.model)
         long = served is not None and served.is_long(float(job.params.get("duration", 0.0)))
-        return long or self.per_job(job) or any(job.params.get(f) for f in AUDIO_FIELDS)
-
-    def per_job(self, job: Job) -> bool:
-        """A melody model's job (transformers' ``generate`` builds its condition, a decoder
-        prefix): under continuous batching it runs alone through ``run_batch`` once the batch
-        has drained. A text model's job joins the batch, with an audio prompt or longer than the
-        window too (long form: a row per window, ``continuous._Job``)."""
-        served = self.models.get(job.model)
-        return bool(served is not None and served.facts.melody) or bool(job.params.get("melody"))
-
-    def run_conditioned(self, job: Job, generator) -> None:
-        """Under continuous batching, once the batch has drained: ``job`` (``per_job``) alone."""
-        if self.store.claim(job.id, self.id):
-            self.run_batch([job], generator)
+        return long or any(job.params.get(f) for f in AUDIO_FIELDS)
 
     def _uploads(self, job: Job) -> dict:
         """The bytes of the job's uploaded audio (``serve/uploads.py``)."""

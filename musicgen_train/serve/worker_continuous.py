@@ -30,8 +30,7 @@ RECOVERY_SECONDS = 5.0
 
 class ContinuousLoop:
     """Methods of ``Worker`` (its store, metrics, broker, models, settings, ``_save``,
-    ``_finish``, ``_abort``, ``_restart``, ``recover``, ``per_job``, ``run_conditioned``,
-    ``_uploads``)."""
+    ``_finish``, ``_abort``, ``_restart``, ``recover``, ``_uploads``)."""
 
     def _continuous(self, generator) -> None:
         """Keep the generator's batch full: claim jobs into free rows, pass events on, abort
@@ -86,13 +85,9 @@ class ContinuousLoop:
                 if self.store.claim(job.id, self.id):
                     self.store.fail(job.id, f"model {job.model!r} is not served by this server")
                 continue
-            if self.per_job(job):  # a melody model's: alone, once the batch has drained
-                if not running and not joined:
-                    self.run_conditioned(job, generator)
-                return  # queue order: nothing joins ahead of it
             if not self.store.claim(job.id, self.id):
                 continue  # another worker took it
-            try:  # an audio prompt's file goes with the job; its row decodes it
+            try:  # a melody's and an audio prompt's files go with the job; its row reads them
                 uploads = self._uploads(job)
             except GenerationFailed as err:
                 self._finish(job, "failed", lambda j, r=err.reason: self.store.fail(j.id, r))
@@ -106,6 +101,7 @@ class ContinuousLoop:
                 job.format,
                 live is not None,
                 audio_prompt=uploads.get("audio_prompt"),
+                melody=uploads.get("melody"),
             )
             duration = float(job.params.get("duration", 0.0))
             running[job.id] = _Running(
