@@ -16,6 +16,7 @@ import math
 import torch
 
 from musicgen_train.generation.rows import GenerationInputError
+from musicgen_train.generation.text_condition import text_states
 
 
 def null_chroma(frames: int, bins: int) -> torch.Tensor:
@@ -54,7 +55,7 @@ def chroma_states(model, chroma: torch.Tensor | None) -> tuple[torch.Tensor, tor
 def prefix_states(loop, prompt: str, chroma: torch.Tensor | None) -> tuple:
     """``(conditional, null)``, each ``[P, D]`` in the decoder's dtype: melody states, then the
     prompt's text states (the null row's are zero)."""
-    text = loop.text_states(prompt)[0]  # [T, D]
+    text = text_states(loop, prompt)[0]  # [T, D]
     melody, null_melody = chroma_states(loop.model, chroma)
     melody = melody.to(device=text.device, dtype=text.dtype)
     null_melody = null_melody.to(device=text.device, dtype=text.dtype)

@@ -51,6 +51,7 @@ from musicgen_train.generation.rows import (  # noqa: F401 (the loop's public na
     SamplingParams,
     frames_for,
 )
+from musicgen_train.generation.text_condition import cross_kv
 
 
 class DecodeLoop:
@@ -177,7 +178,7 @@ class DecodeLoop:
             generator=generator,
             tokens=tokens,
             pattern=pattern.cpu(),
-            cross=self._cross_kv(prompt) if condition is None else None,
+            cross=cross_kv(self, prompt) if condition is None else None,
             prefix=condition,
             on_step=on_step,
             should_stop=should_stop,
@@ -188,39 +189,6 @@ class DecodeLoop:
         self.rows.append(row)
         self._layout_dirty = True
         return row
-
-    def text_states(self, prompt: str) -> torch.Tensor:
-        """The prompt's encoder states ``[1, T, D]`` in the decoder's dtype, as
-        ``MusicgenForConditionalGeneration.forward`` makes them (T5, ``enc_to_dec_proj``)."""
-        inputs = self.processor(text=[prompt], padding=True, return_tensors="pt")
-        encoder = self.model.text_encoder
-        device = next(encoder.parameters()).device
-        input_ids = inputs["input_ids"].to(device)
-        mask = inputs["attention_mask"].to(device)
-        states = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        if (
-            self.model.text_encoder.config.hidden_size != self.config.hidden_size
-            and getattr(self.config, "cross_attention_hidden_size", None) is None
-        ):
-            states = self.model.enc_to_dec_proj(states)
-        states = (states * mask[..., None]).to(device=self.device, dtype=self.dtype)
-        if not prompt.strip():
-            # "" is the null condition, as training blanks captions: zero states (cross-attention
-            # then adds exactly nothing), not T5's encoding of a lone end-of-sequence token.
-            states = torch.zeros_like(states)
-        return states
-
-    def _cross_kv(self, prompt: str) -> list:
-        """The prompt's encoder states turned into each layer's cross-attention K and V."""
-        states = self.text_states(prompt)
-        out = []
-        for layer in self.decoder.layers:
-            attn = layer.encoder_attn
-            shape = (1, states.shape[1], self.num_heads, self.head_dim)
-            k = attn.k_proj(states).view(shape).transpose(1, 2)
-            v = attn.v_proj(states).view(shape).transpose(1, 2)
-            out.append((k.to(self.cache_dtype), v.to(self.cache_dtype)))
-        return out
 
     # --- the batch layout ---------------------------------------------------------------------
 
