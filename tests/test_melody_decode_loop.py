@@ -80,6 +80,14 @@ def test_melody_rows_in_a_batch_are_what_they_are_alone(melody_loaded, engine):
         # the same tokens; the audio up to the codec's rounding (a batch of 3 vs 1)
         rows = record.ids[i * k : (i + 1) * k]
         assert_same_generation(batch[i : i + 1], alone, rows, alone_record.ids)
+    # melody= as a list, one reference per row (None: the null chroma), is the same request
+    listed = engine.generate(prompts, params, melody=melodies)
+    np.testing.assert_array_equal(listed, batch)
+    mixed = engine.generate(prompts, params, melody=[melodies[0], None, melodies[2]])
+    np.testing.assert_array_equal(mixed[[0, 2]], batch[[0, 2]])
+    assert not np.array_equal(mixed[1], batch[1])  # the null chroma: another row
+    with pytest.raises(GenerationInputError, match="melody= has 2 entries: give one per prompt"):
+        engine.generate(prompts, params, melody=melodies[:2])
 
 
 def test_a_melody_row_joining_a_running_batch_is_what_it_is_alone(melody_loaded, engine):

@@ -227,8 +227,9 @@ def generate_clips(
     """Write each prompt's generations as wav files; ``clips[i]`` are those of prompt ``i``.
 
     Prompt ``i`` of sample round ``s`` uses seed ``seed + 1000 * s + i`` whatever the batch size:
-    every model sees the same seeds, so two models are compared on equal terms. A prompt with a
-    melody or an audio prompt (``conditioning``) generates alone, with the same seed.
+    every model sees the same seeds, so two models are compared on equal terms. Melodies
+    (``conditioning``) go with their rows; a prompt with an audio prompt generates alone, with the
+    same seed.
     """
     engine = GenerationEngine(loaded)
     prompts = prompt_set.prompts
@@ -251,18 +252,29 @@ def generate_clips(
 
 
 def _conditioned(engine, batch, start: int, params, seed, conditioning) -> list:
-    """One prompt at a time, seeded as in a batch; continuations without their prompt."""
+    """Seeded as in a batch (prompt ``i``: ``seed + i``). Prompts with melodies only share one
+    call (one melody per row); a prompt with an audio prompt generates alone (one prompt's
+    codes per call), and its continuation is kept without the prompt."""
     channels = int(engine.model.config.decoder.audio_channels)
     wanted = int(round(params.duration * engine.sample_rate))
+
+    def read(i: int, field: str):
+        given = getattr(conditioning, field)[start + i]
+        return None if given is None else load_for(given, engine.sample_rate, channels)
+
+    prompted = [conditioning.audio_prompt[start + i] is not None for i in range(len(batch))]
+    if not any(prompted):
+        melodies = [read(i, "melody") for i in range(len(batch))]
+        return list(
+            engine.generate([p.text for p in batch], _with_seed(params, seed), melody=melodies)
+        )
     out = []
     for i, prompt in enumerate(batch):
-        melody = conditioning.melody[start + i]
-        given = conditioning.audio_prompt[start + i]
         audio = engine.generate(
             [prompt.text],
             _with_seed(params, None if seed is None else seed + i),
-            melody=None if melody is None else load_for(melody, engine.sample_rate, channels),
-            audio_prompt=None if given is None else load_for(given, engine.sample_rate, channels),
+            melody=read(i, "melody"),
+            audio_prompt=read(i, "audio_prompt"),
         )[0]
         out.append(audio[..., audio.shape[-1] - wanted :])  # the continuation
     return out

@@ -261,7 +261,8 @@ class GenerationEngine:
         """Audio for each prompt as float32 ``[batch, channels, samples]`` at ``sample_rate``.
 
         ``melody``: a melody model's reference (a file, or float audio ``[C, S]`` at
-        ``sample_rate``), for every row; ``conditioning``: a melody model's
+        ``sample_rate``), for every row, or a list of them (None: no melody), one per row;
+        ``conditioning``: a melody model's
         ``input_features`` ``[batch, frames, 12]`` as its own ``generate`` takes them (see
         ``generation.melody``), one chroma per row. Beyond the window, each window reads the
         reference from its own start (``melody.RowChroma``); ``input_features`` serve every

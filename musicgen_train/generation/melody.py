@@ -76,34 +76,43 @@ def melody_conditioning(loaded, melody, batch: int, sample_rate: int | None = No
 
 class RowChroma:
     """Each row's melody for a window that starts at clip frame ``begins`` (``at(begins)``, a
-    list of ``[frames, 12]`` or None per row): the reference's chroma from its start for the
+    list of ``[frames, 12]`` or None per row): a reference's chroma from its start for the
     first window, from the window's start, read periodically, for the later ones; given
-    ``input_features`` for every window as they are; None without a melody."""
+    ``input_features`` for every window as they are; None for a row without a melody.
+    ``references``: per row, audio at the extractor's rate or None."""
 
-    def __init__(self, loaded, rows: int, reference=None, features=None, window_seconds=30.0):
-        self.loaded, self.rows = loaded, rows
-        self.reference, self.features = reference, features
+    def __init__(self, loaded, references: list, features=None, window_seconds=30.0):
+        self.loaded, self.references, self.features = loaded, references, features
         self.window_seconds = float(window_seconds)
+        self._first: dict[int, torch.Tensor] = {}  # a reference's whole chroma, made once
 
     def at(self, begins: int) -> list:
         if self.features is not None:
-            return [self.features[i] for i in range(self.rows)]
-        if self.reference is None:
-            return [None] * self.rows
-        audio = self.reference
-        if begins > 0:
-            rate = _extractor(self.loaded).sampling_rate
-            start = int(round(begins / self.loaded.frame_rate * rate))
-            audio = melody_window(audio, start, int(round(self.window_seconds * rate)))
-        return [chroma_frames(self.loaded, audio)] * self.rows
+            return [self.features[i] for i in range(len(self.references))]
+        return [self._chroma(i, begins) for i in range(len(self.references))]
+
+    def _chroma(self, row: int, begins: int) -> torch.Tensor | None:
+        audio = self.references[row]
+        if audio is None:
+            return None
+        if begins == 0:
+            key = id(audio)  # rows given the same reference share its chroma
+            if key not in self._first:
+                self._first[key] = chroma_frames(self.loaded, audio)
+            return self._first[key]
+        rate = _extractor(self.loaded).sampling_rate
+        start = int(round(begins / self.loaded.frame_rate * rate))
+        window = melody_window(audio, start, int(round(self.window_seconds * rate)))
+        return chroma_frames(self.loaded, window)
 
 
 def row_chroma(
     loaded, rows: int, melody, conditioning: dict, sample_rate: int, window_seconds: float
 ) -> RowChroma:
     """The rows' melodies from ``generate``'s arguments: ``melody`` (a file, its bytes, or
-    float audio ``[C, S]`` at ``sample_rate``) for every row, or ``conditioning``'s
-    ``input_features`` ``[rows, frames, 12]``. One clear line for anything else."""
+    float audio ``[C, S]`` at ``sample_rate``) for every row, or a list of those (or None),
+    one per row; or ``conditioning``'s ``input_features`` ``[rows, frames, 12]``. One clear
+    line for anything else."""
     unknown = sorted(set(conditioning) - {"input_features"})
     if unknown:
         raise GenerationInputError(
@@ -121,8 +130,17 @@ def row_chroma(
                 f"input_features must be [{rows}, frames, 12] (one chroma per prompt), "
                 f"not {list(features.shape)}"
             )
-    reference = None if melody is None else read_melody(loaded, melody, sample_rate)
-    return RowChroma(loaded, rows, reference, features, window_seconds)
+    per_row = melody if isinstance(melody, list | tuple) else [melody] * rows
+    if len(per_row) != rows:
+        raise GenerationInputError(
+            f"melody= has {len(per_row)} entries: give one per prompt ({rows}), or one for all"
+        )
+    read = {}  # one reading per distinct reference
+    for item in per_row:
+        if item is not None and id(item) not in read:
+            read[id(item)] = read_melody(loaded, item, sample_rate)
+    references = [None if item is None else read[id(item)] for item in per_row]
+    return RowChroma(loaded, references, features, window_seconds)
 
 
 def melody_window(audio: np.ndarray, start: int, length: int) -> np.ndarray:
