@@ -186,7 +186,6 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     )
     long_form = duration > engine.window_seconds + 1e-9
     prompt_audio = _audio_prompt(gen.get("audio_prompt"), engine)
-    conditioned = is_melody(loaded.model) or bool(gen.get("melody"))
     if gen.get("melody") and not is_melody(loaded.model):
         raise GenerateInputError(
             f"melody={gen.melody}: {source} is conditioned on text only; give a melody model "
@@ -214,30 +213,24 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
             seeds = [
                 None if params.seed is None else params.seed + start + i for i in range(len(batch))
             ]
-            lead: dict = {}  # the bar counts the batch's steps through its first row
+            lead: dict = {}  # the bar counts the batch's steps through one row per window
 
             def on_step(row, lead=lead):
-                if row is lead.get("row"):
+                current = lead.get("row")
+                if current is None or (current.finished and not row.finished):
+                    lead["row"] = current = row  # the first row of the (next) window
+                if row is current:
                     bar.update(1)
 
             bar.set_postfix_str(f"clips {start + 1}-{start + len(batch)} of {len(prompts)}")
-            if long_form or prompt_audio is not None or conditioned:
-                # windows of continuation, a prompt, or a melody model (transformers' generate
-                # with the chroma, row by row): one call per batch
-                audio = engine.generate(
-                    batch, params, seeds=seeds, audio_prompt=prompt_audio, melody=melody
-                )
-                bar.update(steps_per_clip)
-            else:
-                loop = engine.new_loop()
-                rows = [
-                    engine.add(loop, prompt, params, seed=s, on_step=on_step)
-                    for prompt, s in zip(batch, seeds, strict=True)
-                ]
-                lead["row"] = rows[0]
-                while loop.rows:
-                    loop.step()
-                audio = engine.decode(rows)
+            audio = engine.generate(
+                batch,
+                params,
+                seeds=seeds,
+                audio_prompt=prompt_audio,
+                melody=melody,
+                on_step=on_step,
+            )
             if prompt_audio is None:
                 audio = audio[..., : int(round(duration * engine.sample_rate))]
             for offset, clip in enumerate(audio):

@@ -145,7 +145,22 @@ def test_melody_long_form_windows(melody_loaded):
     np.testing.assert_array_equal(window[0, melody.shape[-1] - 19_200], melody[0, 0])
 
 
-def test_cli_continues_and_extends_on_a_melody_model(tmp_path):
+def test_cli_continues_and_extends_on_a_melody_model(tmp_path, monkeypatch):
+    import tqdm
+
+    bars = []
+
+    class CountingBar(tqdm.tqdm):  # the progress bar counts every sampled step, as they come
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.counted = 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.counted += n
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm, "tqdm", CountingBar)  # generate imports it when it runs
     start, ref = tmp_path / "start.wav", tmp_path / "ref.wav"
     write_audio(start, tone(0.2, RATE, 220.0), RATE)
     write_audio(ref, tone(1.0, RATE, 330.0), RATE)
@@ -160,3 +175,6 @@ def test_cli_continues_and_extends_on_a_melody_model(tmp_path):
     assert main([*args[:4], "seed=1", *long, f"melody={ref}", f"output={out}"]) == 0
     audio, rate = sf.read(out)
     assert len(audio) == RATE
+    # one step at a time: 0.3 s after a prompt = 15 + 3 steps; 1.0 s in windows of 0.6 s
+    # advancing by 0.4 s = (30 + 3) + (20 + 3) steps
+    assert [(bar.counted, bar.total) for bar in bars] == [(18, 18), (56, 56)]
