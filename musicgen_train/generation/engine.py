@@ -262,11 +262,10 @@ class GenerationEngine:
 
         ``melody``: a melody model's reference (a file, or float audio ``[C, S]`` at
         ``sample_rate``), for every row, or a list of them (None: no melody), one per row;
-        ``conditioning``: a melody model's
-        ``input_features`` ``[batch, frames, 12]`` as its own ``generate`` takes them (see
-        ``generation.melody``), one chroma per row. Beyond the window, each window reads the
-        reference from its own start (``melody.RowChroma``); ``input_features`` serve every
-        window as they are.
+        ``conditioning``: a melody model's ``input_features`` ``[batch, frames, 12]`` as its own
+        ``generate`` takes them (see ``generation.melody``), one chroma per row. Beyond the
+        window, each window reads the reference from its own start (``melody.RowChroma``);
+        ``input_features`` serve every window as they are.
 
         Row ``i`` is seeded with ``seeds[i]``, else ``params.seed + i`` (so the first prompt of
         a batch sounds as it does alone with ``params.seed``), else from torch's global RNG.
