@@ -33,9 +33,13 @@ _UNREADABLE_SIGNATURES = (
     (0, b"\x1a\x45\xdf\xa3", "a WebM/Matroska file"),
     (0, b"MAC ", "a Monkey's Audio (APE) file"),
     (0, b"wvpk", "a WavPack file"),
-    (0, b"\xff\xf1", "raw AAC (ADTS)"),
-    (0, b"\xff\xf9", "raw AAC (ADTS)"),
 )
+
+
+def _is_adts(data: bytes) -> bool:
+    """Raw AAC: ADTS's 12-bit sync word and layer 0 (MPEG-2 or -4, with or without CRC); an MP3
+    frame has the same sync word but layer 1-3, and libsndfile reads MP3."""
+    return len(data) >= 2 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0
 
 
 def unreadable_format(data: bytes) -> str | None:
@@ -43,7 +47,7 @@ def unreadable_format(data: bytes) -> str | None:
     for offset, magic, what in _UNREADABLE_SIGNATURES:
         if data[offset : offset + len(magic)] == magic:
             return what
-    return None
+    return "raw AAC (ADTS)" if _is_adts(data) else None
 
 
 def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:

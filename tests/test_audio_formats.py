@@ -20,7 +20,10 @@ from musicgen_train.audio import read_audio, unreadable_format
         (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81", "WebM/Matroska"),
         (b"MAC \x96\x0f\x00\x00", "Monkey's Audio"),
         (b"wvpk\x2c\x00\x00\x00", "WavPack"),
-        (b"\xff\xf1\x50\x80\x02\x1f", "AAC"),
+        (b"\xff\xf1\x50\x80\x02\x1f", "AAC"),  # ADTS: MPEG-4, no CRC
+        (b"\xff\xf9\x50\x80\x02\x1f", "AAC"),  # MPEG-2, no CRC
+        (b"\xff\xf0\x50\x80\x02\x1f", "AAC"),  # MPEG-4 with CRC
+        (b"\xff\xf8\x50\x80\x02\x1f", "AAC"),  # MPEG-2 with CRC
     ],
 )
 def test_containers_libsndfile_cannot_open_are_named(head, words):
@@ -28,6 +31,12 @@ def test_containers_libsndfile_cannot_open_are_named(head, words):
     assert words in unreadable_format(data)
     with pytest.raises(Exception):  # noqa: B017 (what soundfile raises varies by version)
         read_audio(data)  # and libsndfile indeed cannot open them
+
+
+@pytest.mark.parametrize("head", [b"\xff\xfb\x90\x64", b"\xff\xf3\x40\xc4", b"\xff\xfd\x00"])
+def test_mp3_frame_headers_are_not_taken_for_aac(head):
+    # MP3 shares ADTS's sync word; its layer bits (1-3) tell it apart, and libsndfile reads it.
+    assert unreadable_format(head + bytes(64)) is None
 
 
 READABLE = [("WAV", "PCM_16"), ("FLAC", None), ("OGG", None), ("MP3", None), ("AIFF", "PCM_16")]

@@ -127,3 +127,13 @@ def test_bad_melody_inputs_are_one_clear_line(melody_loaded, engine, tiny_loaded
     text = GenerationEngine(tiny_loaded, precision="fp32")
     with pytest.raises(Exception, match="needs a melody model"):
         text.generate(["a"], params, **features)
+
+
+def test_a_melody_models_limit_leaves_room_for_its_chroma(melody_loaded, engine):
+    # 2047 positions after the start token: the chroma's 235 first, then the 4-codebook delay.
+    config = melody_loaded.model.config
+    assert engine.condition_positions == config.chroma_length == 235
+    assert engine.max_duration == pytest.approx((2047 - 235 - 4 + 1) / 50)
+    # A longer clip is made window by window, and no window may pass the limit.
+    wide = GenerationEngine(melody_loaded, precision="fp32", window_seconds=60)
+    assert wide.window_seconds == pytest.approx(engine.max_duration)

@@ -33,6 +33,7 @@ from musicgen_train.generation.decode import (
 from musicgen_train.generation.melody import row_chroma
 from musicgen_train.generation.precision import cache_dtype, prepare_decoder, resolve_precision
 from musicgen_train.generation.threads import configure_threads
+from musicgen_train.model.families import is_melody
 from musicgen_train.model.loader import LoadedModel
 
 
@@ -126,9 +127,17 @@ class GenerationEngine:
         return int(self.model.config.decoder.num_codebooks)
 
     @property
+    def condition_positions(self) -> int:
+        """Positions a melody model's chroma takes before the tokens (its prompt's text takes
+        as many more as it has tokens); 0 for a model that cross-attends to its condition."""
+        return int(self.model.config.chroma_length) if is_melody(self.model) else 0
+
+    @property
     def max_duration(self) -> float:
-        """The longest clip the model's position table allows, in seconds."""
+        """The longest clip the model's position table allows, in seconds (for a melody model,
+        after its chroma; a long prompt text may leave a little less)."""
         steps = int(self.model.config.decoder.max_position_embeddings) - 1
+        steps -= self.condition_positions
         return (steps - self.num_codebooks + 1) / self.loaded.frame_rate
 
     def _generate_kwargs(self, params: GenerationParams) -> dict:
