@@ -1,94 +1,27 @@
 """Fault injection for prepare: kill -9 at seeded random points, then the recovery docs/data.md
-promises (a re-run reuses every committed batch and ends with the same cache, byte for byte)."""
+promises (a re-run reuses every committed batch and ends with the same cache, byte for byte).
+The killed processes are forked from a fork server that imported the project once
+(tests/forked.py); what they run and where they die: tests/prepare_killer.py."""
 
 import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
+import forked
 import numpy as np
 import pytest
 import soundfile as sf
+from prepare_killer import PRELOAD, prepare_and_die
 
 from musicgen_train.data.cache import TokenCache
 from musicgen_train.data.prepare import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 SR = 32000
 FILES = (3.2, 4.6, 2.3, 5.1, 3.9)  # seconds: 3 + 4 + 2 + 5 + 4 segments (a 0.9 s tail)
 SEGMENTS = 18
-
-# The child: a real `prepare` process that kills itself with SIGKILL (no handler, no cleanup can
-# run) at the chosen point: during the n-th codec call, after the n-th part is written but before
-# its journal lines, half-way through the n-th journal write, after the n-th shard of the final
-# packing, or once the manifest is written but before the journal and parts are removed.
-CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    from musicgen_train.config import load_config
-    from musicgen_train.data import cache as cache_module
-    from musicgen_train.data.encode import CodecEncoder
-    from musicgen_train.data.prepare import prepare
-
-    point, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    calls = {"n": 0}
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def nth():
-        calls["n"] += 1
-        return calls["n"] == n
-
-    Cache = cache_module.TokenCache
-    if point == "encode":
-        encode = CodecEncoder.encode
-        def patched(self, audio):
-            if nth():
-                die()
-            return encode(self, audio)
-        CodecEncoder.encode = patched
-    elif point == "before-journal":
-        append = Cache.append_journal
-        def patched(self, entries):
-            if nth():
-                die()
-            return append(self, entries)
-        Cache.append_journal = patched
-    elif point == "torn-journal":
-        import json
-        append = Cache.append_journal
-        def patched(self, entries):
-            if nth():
-                text = "".join(json.dumps(e, sort_keys=True) + "\\n" for e in entries)
-                with open(self.journal_path, "a") as handle:
-                    handle.write(text[: len(text) // 2])
-                die()
-            return append(self, entries)
-        Cache.append_journal = patched
-    elif point == "pack":
-        write_shard = Cache.write_shard
-        def patched(self, number, codes):
-            name = write_shard(self, number, codes)
-            if nth():
-                die()
-            return name
-        Cache.write_shard = patched
-    elif point == "manifest":
-        write = cache_module.atomic_write_bytes
-        def patched(path, data):
-            write(path, data)
-            if path.name == "manifest.jsonl":
-                die()
-        cache_module.atomic_write_bytes = patched
-    prepare(load_config(args))
-    """
-)
 
 
 def make_source(root: Path) -> Path:
@@ -108,14 +41,9 @@ def args(source: Path, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_child(tmp_path: Path, point: str, n: int, argv: list[str]) -> subprocess.CompletedProcess:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(script), point, str(n), *argv],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+def run_child(tmp_path: Path, point: str, n: int, argv: list[str]) -> forked.Finished:
+    """A real prepare process that kills itself at ``point`` (tests/prepare_killer.py)."""
+    return forked.run(prepare_and_die, (point, n, argv), tmp_path / "child.log", PRELOAD)
 
 
 def config(argv: list[str]):
@@ -163,7 +91,7 @@ def test_kill9_at_the_default_shard_size_keeps_every_committed_batch(tmp_path, s
     source, expected = straight
     output = tmp_path / "cache"
     child = run_child(tmp_path, "encode", 5, args(source, output))
-    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert child.returncode == -signal.SIGKILL, child.output[-2000:]
     assert committed(output) == 8
     report = prepare(config(args(source, output)))
     assert report["segments_reused"] == 8 and report["segments_encoded"] == SEGMENTS - 8
@@ -193,7 +121,7 @@ def test_kill9_at_seeded_random_points_resumes_to_the_same_cache(
         if child.returncode == 0:  # fewer batches were left than n: it finished
             assert committed(output) == SEGMENTS
             continue
-        assert child.returncode == -signal.SIGKILL, (point, n, child.stderr[-2000:])
+        assert child.returncode == -signal.SIGKILL, (point, n, child.output[-2000:])
         after = committed(output)
         if point in ("pack", "manifest") or before == SEGMENTS:
             assert after == SEGMENTS, (point, n)  # everything was encoded before packing
@@ -221,21 +149,17 @@ def test_kill9_from_outside_while_encoding(tmp_path, straight):
     output = tmp_path / "cache"
     journal = output / "journal.jsonl"
     target = random.Random(7).randint(2, 12)  # journal lines (segments) to wait for
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen(
-        [sys.executable, str(script), "none", "0", *args(source, output, "data.encode_threads=1")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    argv = args(source, output, "data.encode_threads=1")
+    child = forked.start(prepare_and_die, ("none", 0, argv), tmp_path / "child.log", PRELOAD)
     try:
-        while child.poll() is None:
+        while child.is_alive():
             if journal.exists() and journal.read_text().count("\n") >= target:
-                child.send_signal(signal.SIGKILL)
+                os.kill(child.pid, signal.SIGKILL)
                 break
             time.sleep(0.002)
     finally:
-        child.wait(timeout=600)
+        child.join(timeout=600)
+    assert child.exitcode == -signal.SIGKILL, "the child ended before it was killed"
     kept = committed(output)
     report = prepare(config(args(source, output)))
     assert report["segments_reused"] == kept and report["segments_encoded"] == SEGMENTS - kept
