@@ -3,14 +3,18 @@
 A test that kills a stage with SIGKILL needs a process of its own (no handler, no ``finally``
 runs), but a fresh interpreter spends ~10 s importing the project before it does anything. The
 children here are forked from multiprocessing's fork server, which imports the modules named in
-``preload`` once: it runs no torch op, so no OpenMP pool exists to be broken by the fork. Each
+``PRELOAD`` once: it runs no torch op, so no OpenMP pool exists to be broken by the fork. Each
 child is then a real process that dies like any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +28,31 @@ class Finished:
     output: str  # the child's stdout and stderr
 
 
-def start(target: Callable, args: Sequence, log: Path, preload: Sequence[str] = ()):
-    """``target(*args)`` in a forked child (one thread), its output appended to ``log``."""
-    # Only the first call's preload reaches the server; later ones run it already started.
-    _CONTEXT.set_forkserver_preload(list(preload))
-    process = _CONTEXT.Process(target=_child, args=(target, tuple(args), str(log)))
+# What the children import before they do anything: the stages (``cli`` below, the children of
+# tests/prepare_killer.py) and the model classes transformers imports lazily. One list for all
+# tests: the first child starts the one fork server of the pytest process.
+PRELOAD = [
+    "musicgen_train.cli", "musicgen_train.config", "musicgen_train.sources.resolve",
+    "musicgen_train.model.codec", "musicgen_train.registry.export",
+    "musicgen_train.training.train", "transformers.models.musicgen.modeling_musicgen",
+    "transformers.models.encodec.modeling_encodec", "prepare_killer",
+]  # fmt: skip
+
+
+def start(target: Callable, args: Sequence, log: Path, threads: int = 1, env: dict | None = None):
+    """``target(*args)`` in a forked child with ``threads`` torch threads, its output appended
+    to ``log``. The child has the fork server's environment (the test process's when the server
+    started) unless ``env`` gives its own."""
+    _CONTEXT.set_forkserver_preload(PRELOAD)
+    options = (str(log), threads, env)
+    process = _CONTEXT.Process(target=_child, args=(target, tuple(args), *options))
     process.start()
     return process
 
 
-def run(target: Callable, args: Sequence, log: Path, preload=(), timeout: float = 600):
+def run(target: Callable, args: Sequence, log: Path, timeout: float = 600):
     """``start``, then wait for the child to end (it is killed past ``timeout``)."""
-    process = start(target, args, log, preload)
+    process = start(target, args, log)
     process.join(timeout)
     if process.exitcode is None:
         process.kill()
@@ -44,10 +61,39 @@ def run(target: Callable, args: Sequence, log: Path, preload=(), timeout: float 
     return Finished(process.exitcode, log.read_text() if log.exists() else "")
 
 
-def _child(target: Callable, args: tuple, log: str) -> None:
+def kill(process) -> bool:
+    """SIGKILL ``process`` if it still runs (its exit code is then -9); False if it had ended."""
+    with contextlib.suppress(ProcessLookupError):  # ended, and the fork server reaped it
+        os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    return process.exitcode == -signal.SIGKILL
+
+
+def warm() -> None:
+    """Start the fork server (its imports take a while), so that what is timed next is not."""
+    process = _CONTEXT.Process(target=time.sleep, args=(0,))
+    _CONTEXT.set_forkserver_preload(PRELOAD)
+    process.start()
+    process.join()
+
+
+def cli(*argv: str) -> None:
+    """``musicgen-train *argv``, as the console script runs it."""
+    from musicgen_train.cli import main
+
+    sys.exit(main(list(argv)))
+
+
+def _child(target: Callable, args: tuple, log: str, threads: int, env: dict | None) -> None:
+    import tempfile
+
     import torch
 
-    torch.set_num_threads(1)  # the children of the subprocess version ran OMP_NUM_THREADS=1
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+        tempfile.tempdir = None  # found again from TMPDIR
+    torch.set_num_threads(threads)
     handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(handle, 1)
     os.dup2(handle, 2)

@@ -15,12 +15,6 @@ from musicgen_train.data import cache as cache_module
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.prepare import prepare
 
-# The fork server imports this module, and with it what a prepare loads on its first call (the
-# model classes transformers imports lazily), so the children start where a warm process is.
-PRELOAD = ["prepare_killer", "musicgen_train.sources.resolve", "musicgen_train.model.codec",
-           "transformers.models.musicgen.modeling_musicgen",
-           "transformers.models.encodec.modeling_encodec"]  # fmt: skip
-
 
 def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)

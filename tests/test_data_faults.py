@@ -14,7 +14,7 @@ import forked
 import numpy as np
 import pytest
 import soundfile as sf
-from prepare_killer import PRELOAD, prepare_and_die
+from prepare_killer import prepare_and_die
 
 from musicgen_train.data.cache import TokenCache
 from musicgen_train.data.prepare import prepare
@@ -43,7 +43,7 @@ def args(source: Path, output: Path, *extra: str) -> list[str]:
 
 def run_child(tmp_path: Path, point: str, n: int, argv: list[str]) -> forked.Finished:
     """A real prepare process that kills itself at ``point`` (tests/prepare_killer.py)."""
-    return forked.run(prepare_and_die, (point, n, argv), tmp_path / "child.log", PRELOAD)
+    return forked.run(prepare_and_die, (point, n, argv), tmp_path / "child.log")
 
 
 def config(argv: list[str]):
@@ -150,7 +150,7 @@ def test_kill9_from_outside_while_encoding(tmp_path, straight):
     journal = output / "journal.jsonl"
     target = random.Random(7).randint(2, 12)  # journal lines (segments) to wait for
     argv = args(source, output, "data.encode_threads=1")
-    child = forked.start(prepare_and_die, ("none", 0, argv), tmp_path / "child.log", PRELOAD)
+    child = forked.start(prepare_and_die, ("none", 0, argv), tmp_path / "child.log")
     try:
         while child.is_alive():
             if journal.exists() and journal.read_text().count("\n") >= target:
