@@ -5,16 +5,16 @@ with one ``last.ckpt`` and no unfinished file left anywhere (checkpoint folder o
 
 The first kill lands inside a checkpoint save (the process kills itself when the finished bytes
 are about to be renamed into place, found with an audit hook, so it works whatever writes the
-file); the others come from outside after a seeded random delay, wherever the process is.
+file); the others come from outside after a seeded random delay, wherever the process is. The
+processes fork from a fork server that imported the project once (tests/forked.py).
 """
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import forked
 import numpy as np
 import pytest
 import torch
@@ -39,22 +39,6 @@ ARGS = [
     "callbacks.checkpoint.every_n_train_steps=1",  # a save every step: kills often land in one
 ]
 
-# Run in the child before the CLI: SIGKILL itself when the n-th checkpoint is about to be renamed
-# into place (the temporary file is complete, the rename not yet done).
-KILL_IN_SAVE = """
-import os, signal, sys
-remaining = [int(sys.argv[1])]
-def hook(event, args):
-    if event == "os.rename" and str(args[1]).endswith(".ckpt"):
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(hook)
-from musicgen_train.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-PLAIN = "import sys\nfrom musicgen_train.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
@@ -66,19 +50,19 @@ def home(tmp_path_factory):
 
 def child_env(temp: Path) -> dict:
     env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     env["TMPDIR"] = str(temp)  # where Python's and fsspec's temporary files go
-    # The same number of threads as the reference run in this process: same float sums.
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     return env
 
 
-def start(code: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", code, *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+def start(target, args: list[str], env: dict, log: Path):
+    """A real training process (tests/forked.py), with as many threads as the reference run in
+    this process: the same float sums."""
+    return forked.start(target, args, log, threads=torch.get_num_threads(), env=env)
+
+
+def wait(process, timeout: float = 300) -> int:
+    process.join(timeout)
+    return process.exitcode
 
 
 def saves_seen(last: Path) -> tuple:
@@ -90,16 +74,15 @@ def saves_seen(last: Path) -> tuple:
     return (stat.st_ino, stat.st_mtime_ns)
 
 
-def kill_after(process: subprocess.Popen, last: Path, delay: float, limit: float = 120) -> int:
+def kill_after(process, last: Path, delay: float, limit: float = 120) -> int:
     """Once the process has written a checkpoint, wait ``delay`` s, then kill -9 it."""
     before, deadline = saves_seen(last), time.monotonic() + limit
-    while process.poll() is None and saves_seen(last) == before:
+    while process.is_alive() and saves_seen(last) == before:
         assert time.monotonic() < deadline, "the training process wrote no checkpoint"
         time.sleep(0.02)
     time.sleep(delay)
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    return process.wait(limit)
+    forked.kill(process)
+    return process.exitcode
 
 
 def states(path: Path) -> dict:
@@ -136,7 +119,7 @@ def test_kill_9_during_training_then_resume_ends_like_an_uninterrupted_run(home,
 
     # 1. killed inside a checkpoint save: the n-th one, n seeded
     nth_save = int(rng.integers(2, 6))
-    code = start(KILL_IN_SAVE, [str(nth_save), *command], env, log).wait(300)
+    code = wait(start(forked.cli_killed_at_rename, [".ckpt", nth_save, *command], env, log))
     assert code == -signal.SIGKILL, log.read_text()[-3000:]
     assert torch.load(last, weights_only=False)["global_step"] == nth_save - 1  # whole, older
     # The unfinished file lies beside last.ckpt (the next start removes it), none in TMPDIR.
@@ -145,9 +128,9 @@ def test_kill_9_during_training_then_resume_ends_like_an_uninterrupted_run(home,
     # 2. killed from outside at seeded random moments, resuming each time
     kills = []
     for delay in rng.uniform(0.0, 1.5, size=2):
-        kills.append(kill_after(start(PLAIN, command, env, log), last, float(delay)))
+        kills.append(kill_after(start(forked.cli, command, env, log), last, float(delay)))
     # 3. resumed to the end
-    assert start(PLAIN, command, env, log).wait(300) == 0, log.read_text()[-3000:]
+    assert wait(start(forked.cli, command, env, log)) == 0, log.read_text()[-3000:]
 
     a, b = states(reference.last_checkpoint), states(last)
     assert max_abs_diff(a, b) == 0.0, f"kills: {kills}"
