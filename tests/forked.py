@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from musicgen_train.serve.process_start import PRELOAD as SERVICE_PRELOAD
+
 _CONTEXT = multiprocessing.get_context("forkserver")
 
 
@@ -29,13 +31,14 @@ class Finished:
 
 
 # What the children import before they do anything: the stages (``cli`` below, the children of
-# tests/prepare_killer.py) and the model classes transformers imports lazily. One list for all
-# tests: the first child starts the one fork server of the pytest process.
+# tests/prepare_killer.py), the service's generation processes and the model classes
+# transformers imports lazily. One list for all: the first child of any test starts the one fork
+# server of the pytest process (the service's own list serves if a service test comes first).
 PRELOAD = [
+    *SERVICE_PRELOAD,
     "musicgen_train.cli", "musicgen_train.config", "musicgen_train.sources.resolve",
     "musicgen_train.model.codec", "musicgen_train.registry.export",
-    "musicgen_train.training.train", "transformers.models.musicgen.modeling_musicgen",
-    "transformers.models.encodec.modeling_encodec", "prepare_killer",
+    "musicgen_train.training.train", "prepare_killer",
 ]  # fmt: skip
 
 

@@ -1,15 +1,21 @@
 """Generation in a child process (``serve.worker.isolation=process``, the default).
 
-Each app here starts a real generation process (spawn: a fresh interpreter that loads the model
-from disk), so the app is shared by the tests of the module where it can be.
+Each app here starts a real generation process (forked from the fork server, which imported
+torch and transformers once; it loads the model from disk), so the app is shared by the tests of
+the module where it can be.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing.forkserver
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +60,39 @@ def test_the_model_lives_in_another_process_and_gives_the_same_audio(client, tin
     )[0, 0]
     assert rate == 32000 and samples.shape == expected.shape
     np.testing.assert_allclose(samples, expected, atol=1.5 / 32767)
+
+
+def parent_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+
+
+def test_generation_processes_fork_from_the_fork_server(client):
+    # Not spawned (a fresh interpreter each) and not forked from the threaded service itself.
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert server is not None and server != os.getpid()
+    assert parent_of(child_of(client).pid) == server
+
+
+FORK_SERVER_IGNORES_SIGTERM = """
+import multiprocessing.forkserver, re, signal
+from musicgen_train.serve.process_start import start_fork_server
+def handler(*_): pass
+signal.signal(signal.SIGTERM, handler)
+start_fork_server()
+pid = multiprocessing.forkserver._forkserver._forkserver_pid
+ignored = int(re.search(r"SigIgn:\\s+(\\w+)", open(f"/proc/{pid}/status").read()).group(1), 16)
+print(bool(ignored & (1 << (signal.SIGTERM - 1))), signal.getsignal(signal.SIGTERM) is handler)
+"""
+
+
+def test_the_fork_server_outlives_a_sigterm_to_the_process_group():
+    # Started from the main thread (the lifespan's), it ignores SIGTERM, and the service gets
+    # its own handler back; tests/test_serve_signals.py sends the group SIGTERM for real.
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER_IGNORES_SIGTERM], capture_output=True, text=True
+    )
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
 
 
 def test_audio_streams_across_the_process_boundary(client):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import time
@@ -42,6 +41,7 @@ from musicgen_train.serve.batch import (
 )
 from musicgen_train.serve.continuous import JobSpec, Scheduler, collect
 from musicgen_train.serve.models import ModelFacts
+from musicgen_train.serve.process_start import start_context
 from musicgen_train.serve.settings import ModelSpec, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,7 @@ class ProcessGenerator:
         ``GenerationFailed`` with the child's reason when it cannot."""
         self.stop()
         self.loaded = False
-        # spawn, not fork: the service has threads (uvicorn, torch's pool) that fork would copy
-        # in whatever state they are, and CUDA cannot be used in a forked child at all.
-        context = multiprocessing.get_context("spawn")
+        context = start_context()
         self.conn, child_end = context.Pipe()
         self.process = context.Process(
             target=child_main,
