@@ -113,6 +113,21 @@ def test_no_estimate_behind_a_model_without_history_and_none_needed_with_nothing
     store.close()
 
 
+def test_a_job_claimed_after_its_snapshot_is_not_ahead_of_itself(database_url):
+    # The response to a new job reads it (queued), then the queue; a worker may claim it between
+    # the two reads (seen in CI: 0.5 s "ahead" of a lone 0.5 s job). It is not its own work ahead.
+    store = JobStore(database_url)
+    snapshot = store.get(put(store, 0.5))
+    store.claim(snapshot.id, "w")
+    queue = QueueEstimator(store).of(snapshot)
+    assert queue["position"] == 1 and queue["audio_ahead_seconds"] == 0.0
+    # Another running job is still ahead of it.
+    other = put(store, 2.0, created_at=1.0)
+    store.claim(other, "w")
+    assert QueueEstimator(store).of(snapshot)["audio_ahead_seconds"] == pytest.approx(2.0)
+    store.close()
+
+
 @pytest.fixture
 def idle_app(tmp_path, tiny_model_dir, tiny_loaded):
     """An app whose lifespan never ran: no worker, so jobs stay where the test puts them."""

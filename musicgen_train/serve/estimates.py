@@ -72,7 +72,8 @@ class QueueEstimator:
             return None
         ahead = self.store.ahead_of(job)
         audio = defaultdict(float)
-        for work in ahead + self.store.running():
+        # ``job`` is a snapshot: a worker may have claimed it since, and it is not ahead of itself
+        for work in ahead + self.store.running(excluding=job.id):
             audio[work.model] += work.audio_seconds
         wait: float | None = 0.0
         for model, seconds in audio.items():

@@ -264,10 +264,13 @@ class JobStore:
         with self.engine.connect() as conn:
             return [Work.of(row) for row in conn.execute(query)]
 
-    def running(self) -> list[Work]:
-        """The running jobs, with the part of their audio still to generate."""
+    def running(self, excluding: str | None = None) -> list[Work]:
+        """The running jobs (but ``excluding``), with the part of their audio still to
+        generate."""
         c = jobs_table.c
         query = select(c.model, c.params, c.progress).where(c.status == RUNNING)
+        if excluding is not None:
+            query = query.where(c.id != excluding)
         with self.engine.connect() as conn:
             return [Work.of(row) for row in conn.execute(query)]
 
