@@ -265,8 +265,7 @@ class JobStore:
             return [Work.of(row) for row in conn.execute(query)]
 
     def running(self, excluding: str | None = None) -> list[Work]:
-        """The running jobs (but ``excluding``), with the part of their audio still to
-        generate."""
+        """The running jobs (but ``excluding``), with the audio each has left to generate."""
         c = jobs_table.c
         query = select(c.model, c.params, c.progress).where(c.status == RUNNING)
         if excluding is not None:
