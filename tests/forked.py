@@ -74,8 +74,8 @@ def kill(process) -> bool:
 
 def warm() -> None:
     """Start the fork server (its imports take a while), so that what is timed next is not."""
-    process = _CONTEXT.Process(target=time.sleep, args=(0,))
     _CONTEXT.set_forkserver_preload(PRELOAD)
+    process = _CONTEXT.Process(target=time.sleep, args=(0,))
     process.start()
     process.join()
 

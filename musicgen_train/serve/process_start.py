@@ -45,7 +45,7 @@ def start_fork_server() -> None:
     if start_context().get_start_method() != "forkserver":
         return
     if threading.current_thread() is not threading.main_thread():
-        multiprocessing.forkserver.ensure_running()  # tests' threads: no handler to change
+        multiprocessing.forkserver.ensure_running()  # e.g. TestClient's lifespan thread
         return
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
