@@ -53,9 +53,10 @@ def start(target: Callable, args: Sequence, log: Path, threads: int = 1, env: di
     return process
 
 
-def run(target: Callable, args: Sequence, log: Path, timeout: float = 600):
-    """``start``, then wait for the child to end (it is killed past ``timeout``)."""
-    process = start(target, args, log)
+def run(target: Callable, args: Sequence, log: Path, timeout: float = 600, **options):
+    """``start`` (``options``: its ``threads`` and ``env``), then wait for the child to end (it
+    is killed past ``timeout``)."""
+    process = start(target, args, log, **options)
     process.join(timeout)
     if process.exitcode is None:
         process.kill()

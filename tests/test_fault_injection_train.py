@@ -54,15 +54,10 @@ def child_env(temp: Path) -> dict:
     return env
 
 
-def start(target, args: list[str], env: dict, log: Path):
-    """A real training process (tests/forked.py), with as many threads as the reference run in
-    this process: the same float sums."""
-    return forked.start(target, args, log, threads=torch.get_num_threads(), env=env)
-
-
-def wait(process, timeout: float = 300) -> int:
-    process.join(timeout)
-    return process.exitcode
+def options(env: dict) -> dict:
+    """A real training process's (tests/forked.py): as many threads as the reference run in this
+    process (the same float sums), and the test's environment."""
+    return {"threads": torch.get_num_threads(), "env": env}
 
 
 def saves_seen(last: Path) -> tuple:
@@ -119,7 +114,8 @@ def test_kill_9_during_training_then_resume_ends_like_an_uninterrupted_run(home,
 
     # 1. killed inside a checkpoint save: the n-th one, n seeded
     nth_save = int(rng.integers(2, 6))
-    code = wait(start(forked.cli_killed_at_rename, [".ckpt", nth_save, *command], env, log))
+    killer = [".ckpt", nth_save, *command]
+    code = forked.run(forked.cli_killed_at_rename, killer, log, 300, **options(env)).returncode
     assert code == -signal.SIGKILL, log.read_text()[-3000:]
     assert torch.load(last, weights_only=False)["global_step"] == nth_save - 1  # whole, older
     # The unfinished file lies beside last.ckpt (the next start removes it), none in TMPDIR.
@@ -128,9 +124,11 @@ def test_kill_9_during_training_then_resume_ends_like_an_uninterrupted_run(home,
     # 2. killed from outside at seeded random moments, resuming each time
     kills = []
     for delay in rng.uniform(0.0, 1.5, size=2):
-        kills.append(kill_after(start(forked.cli, command, env, log), last, float(delay)))
+        child = forked.start(forked.cli, command, log, **options(env))
+        kills.append(kill_after(child, last, float(delay)))
     # 3. resumed to the end
-    assert wait(start(forked.cli, command, env, log)) == 0, log.read_text()[-3000:]
+    resumed = forked.run(forked.cli, command, log, 300, **options(env))
+    assert resumed.returncode == 0, log.read_text()[-3000:]
 
     a, b = states(reference.last_checkpoint), states(last)
     assert max_abs_diff(a, b) == 0.0, f"kills: {kills}"
