@@ -143,6 +143,8 @@ def _one_line(err: Exception) -> str:
 def validate_config(cfg: DictConfig) -> None:
     for key in PATH_KEYS:
         check_path(cfg, key)
+    # One seed for splits, training, sampling and generate: numpy and Lightning take 0..2^32-1.
+    check_range(cfg, "seed", 0, 2**32 - 1, allow_none=True, integer=True)
     for package in STAGE_PACKAGES:
         name = f"musicgen_train.{package}.config"
         if importlib.util.find_spec(name) is not None:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,8 +67,7 @@ def _output(value, folder: bool) -> Path:
             raise GenerateInputError(
                 f"output={out}: cannot create the folder ({err.strerror})"
             ) from err
-        if not os.access(out, os.W_OK):
-            raise GenerateInputError(f"output={out}: the folder is not writable")
+        _probe_writable(out, out)
         return out
     if out.suffix.lower() not in (".wav", ".flac"):
         raise GenerateInputError(f"output={out}: give a .wav or .flac file name")
@@ -83,9 +83,36 @@ def _output(value, folder: bool) -> Path:
             raise GenerateInputError(
                 f"output={out}: cannot create {parent} ({err.strerror})"
             ) from err
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+    if out.exists() and not os.access(out, os.W_OK):
         raise GenerateInputError(f"output={out}: not writable")
+    _probe_writable(parent, out)
     return out
+
+
+def _probe_writable(folder: Path, out: Path) -> None:
+    """Create and remove a file in ``folder`` before minutes of generation: ``os.access`` says
+    yes to root on a read-only mount or in /proc, where only a real write tells."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".musicgen-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise GenerateInputError(f"output={out}: cannot write into {folder} ({reason})") from err
+
+
+def _write_clip(path: Path, clip, rate: int) -> Path:
+    """Write beside ``path`` and rename, so a kill or a full disk never leaves half a file
+    under the name asked for; a failed write is one line naming the file."""
+    from musicgen_train.audio import write_audio
+
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write_audio(partial, clip, rate)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as err:  # soundfile's LibsndfileError is a RuntimeError
+        partial.unlink(missing_ok=True)
+        raise GenerateInputError(f"output={path}: the write failed ({err})") from err
+    return path
 
 
 def clip_seconds(path: Path, rate: int) -> float:
@@ -161,7 +188,6 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
         raise GenerateInputError(f"generate takes no action, got {' '.join(actions)!r}")
     from tqdm import tqdm
 
-    from musicgen_train.audio import write_audio
     from musicgen_train.generation import GenerationEngine, GenerationParams
     from musicgen_train.model.families import is_melody
     from musicgen_train.sources import load_musicgen, load_options
@@ -169,7 +195,7 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     gen = cfg.generation
     prompts, to_folder = _prompts(gen)
     duration = float(gen.duration)
-    if duration <= 0:
+    if not duration > 0:  # also nan
         raise GenerateInputError(f"duration={duration:g} must be more than 0 seconds")
     out = _output(cfg.get("output") or gen.get("output"), to_folder)
     seed = OmegaConf.select(cfg, "seed")
@@ -185,6 +211,10 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
         extend_stride=float(gen.get("extend_stride", 18.0)),
     )
     long_form = duration > engine.window_seconds + 1e-9
+    if long_form:
+        from musicgen_train.generation.long_form import check_duration
+
+        check_duration(duration)
     prompt_audio = _audio_prompt(gen.get("audio_prompt"), engine)
     if gen.get("melody") and not is_melody(loaded.model):
         raise GenerateInputError(
@@ -236,7 +266,7 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
             for offset, clip in enumerate(audio):
                 index = start + offset
                 path = out / f"{index + 1:03d}-{_slug(prompts[index])}.wav" if to_folder else out
-                written.append(write_audio(path, clip, engine.sample_rate))
+                written.append(_write_clip(path, clip, engine.sample_rate))
     finally:
         bar.close()
     wall = time.perf_counter() - started

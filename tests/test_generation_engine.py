@@ -181,6 +181,11 @@ def test_bad_requests_are_one_clear_line(tiny_loaded):
     # (tests/test_long_form.py), made window by window.
     with pytest.raises(GenerationInputError, match="beyond this model's limit of 40.88 s"):
         engine.sampling(GenerationParams(duration=41))
+    # Reached by the service and the pyfunc model as well as the CLI: before any planning.
+    with pytest.raises(GenerationInputError, match="long form makes up to 3600 s"):
+        engine.generate(["x"], GenerationParams(duration=1e9))
+    with pytest.raises(GenerationInputError, match="outside torch's range"):
+        engine.generate(["x"], GenerationParams(duration=0.2, seed=2**64))
 
 
 # --- precision -------------------------------------------------------------------------------
@@ -422,6 +427,16 @@ def test_generate_command_prompts_file_writes_a_folder(tmp_path, capsys):
         (["prompt=x", "output={blocker}/a.wav"], "is a file, not a folder"),
         (["prompt=x", "output={tmp}/a.mp4"], ".wav or .flac"),
         (["prompts={tmp}/missing.txt"], "cannot read it"),
+        # nan compares False with everything: it used to pass "<= 0" and generate 8 s.
+        (["prompt=x", "duration=nan"], "duration=nan is not allowed"),
+        (["prompt=x", "generation.window_seconds=nan"], "window_seconds=nan"),
+        # Long form planned 1e9 s window by window and filled memory before the first step.
+        (["prompt=x", "duration=1e9"], "long form makes up to 3600 s"),
+        (["prompt=x", "duration=inf"], "long form makes up to 3600 s"),
+        (["prompt=x", "duration=0.1", "seed=99999999999999999999"], "between 0 and 4294967295"),
+        (["prompt=x", "seed=abc"], "seed='abc' is not allowed"),
+        # os.access says yes to root in /proc; only a real write tells.
+        (["prompt=x", "output=/proc/a.wav"], "cannot write into /proc"),
     ],
 )
 def test_generate_command_bad_input_is_one_error_line(tmp_path, capsys, args, message):

@@ -39,12 +39,13 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(OmegaConf.select(gen, "cuda_graphs", default=False), bool):
         raise ConfigError("generation.cuda_graphs must be true or false")
     duration = OmegaConf.select(gen, "duration")
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or not duration > 0:
         raise ConfigError(f"duration={duration!r} is not allowed: a number of seconds above 0")
     window = OmegaConf.select(gen, "window_seconds", default=30.0)
     stride = OmegaConf.select(gen, "extend_stride", default=18.0)
     for key, value in (("window_seconds", window), ("extend_stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        finite = isinstance(value, int | float) and 0 < value < float("inf")  # nan fails too
+        if isinstance(value, bool) or not finite:
             raise ConfigError(f"generation.{key}={value!r} is not allowed: seconds above 0")
     if stride >= window:
         raise ConfigError(

@@ -50,6 +50,7 @@ from musicgen_train.generation.rows import (  # noqa: F401 (the loop's public na
     Row,
     SamplingParams,
     frames_for,
+    seeded_generator,
 )
 from musicgen_train.generation.text_condition import cross_kv
 
@@ -157,11 +158,7 @@ class DecodeLoop:
                 f"max_new_tokens={steps} is outside 1..{limit} (the model's position table{after})"
             )
         if generator is None:
-            # On the model's device, as generate draws: the same seed, the same stream.
-            generator = torch.Generator(device=self.device)
-            if seed is None:
-                seed = int(torch.randint(0, 2**62, (1,)).item())
-            generator.manual_seed(int(seed))
+            generator = seeded_generator(self.device, seed)
         length = forced + steps + 1
         tokens = torch.full((self.num_codebooks, length), self.pad_token_id, dtype=torch.long)
         start = torch.full((self.num_codebooks, 1), self.start_token_id, dtype=torch.long)

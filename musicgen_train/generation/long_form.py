@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from musicgen_train.generation.rows import GenerationInputError, frames_for
+from musicgen_train.generation.rows import GenerationInputError, frames_for, seeded_generator
 
 
 @dataclass
@@ -29,6 +29,22 @@ class LongForm:
     codes: list[torch.Tensor]
     windows: list[list[torch.Tensor]] = field(default_factory=list)
     context_frames: int = 0
+
+
+# The longest clip long form makes. Without a bound a mistyped duration (1e9) plans millions of
+# windows and fills memory before the first step; an hour is ~0.9 GB of float32 stereo audio at
+# 32 kHz and far beyond what anyone renders in one call. A longer piece is several calls, each
+# continuing the last with audio_prompt=.
+MAX_LONG_FORM_SECONDS = 3600.0
+
+
+def check_duration(seconds: float) -> None:
+    """A long-form ``duration`` must be a finite number of seconds up to an hour."""
+    if not 0 < seconds <= MAX_LONG_FORM_SECONDS:  # also False for nan
+        raise GenerationInputError(
+            f"duration={seconds:g} is not allowed: long form makes up to "
+            f"{MAX_LONG_FORM_SECONDS:g} s a clip; continue a longer piece with audio_prompt="
+        )
 
 
 def plan(total: int, window: int, stride: int, prompt: int = 0) -> list[tuple[int, int]]:
@@ -81,16 +97,13 @@ def long_form_codes(
         raise GenerationInputError(
             f"window_seconds={window:g} is beyond this model's limit of {engine.max_duration:.2f} s"
         )
+    check_duration(params.duration)
     prefixes = prefixes or [None] * len(prompts)
     prompt_frames = {0 if p is None else int(p.shape[-1]) for p in prefixes}
     if len(prompt_frames) != 1:
         raise GenerationInputError("rows of one long-form batch need prompts of one length")
     steps = plan(frames_for(params.duration, rate), window_frames, stride_frames, *prompt_frames)
-    generators = []
-    for seed in seeds:
-        generator = torch.Generator(device=engine.device)
-        generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
-        generators.append(generator)
+    generators = [seeded_generator(engine.device, seed) for seed in seeds]
     codes = [p.clone() if p is not None else None for p in prefixes]
     result = LongForm(codes=[], context_frames=window_frames - stride_frames)
     final = 0  # frames of the clip handed to on_codes

@@ -128,3 +128,15 @@ def codebook_delays(num_codebooks: int, stereo: bool = False) -> list[int]:
 def frames_for(duration: float, frame_rate: float) -> int:
     """Frames for ``duration`` seconds, rounded up (0.25 s at 50 frames/s is 13 frames)."""
     return max(1, math.ceil(duration * frame_rate - 1e-9))
+
+
+def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
+    """A row's random generator on the model's device (as ``generate`` draws: the same seed,
+    the same stream); ``seed=None``: a random one."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if not -(2**63) <= int(seed) < 2**64:  # what torch.Generator.manual_seed takes
+        raise GenerationInputError(f"seed={seed} is outside torch's range -2^63..2^64-1")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
