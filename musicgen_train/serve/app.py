@@ -18,27 +18,41 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
 from musicgen_train.serve.auth import api_key_header, bearer, presented_key
-from musicgen_train.serve.errors import http_error, invalid_request
+from musicgen_train.serve.errors import (
+    database_unavailable,
+    http_error,
+    internal_error,
+    invalid_request,
+)
 from musicgen_train.serve.jobs import Job
-from musicgen_train.serve.middleware import BodySizeLimit, RequestMetrics
+from musicgen_train.serve.middleware import (
+    BodySizeLimit,
+    HeadAsGet,
+    JsonByDefault,
+    RequestMetrics,
+)
 from musicgen_train.serve.responses import (
     describe,
     events,
     job_or_404,
+    ranged,
     require_audio,
     visible,
     wav_stream,
 )
 from musicgen_train.serve.schemas import (
+    AUTH_ERRORS,
     GenerationRequest,
     GenerationStatus,
     Health,
     ModelList,
+    error_responses,
 )
 from musicgen_train.serve.service import Service, service
 from musicgen_train.serve.settings import ServeSettings
@@ -51,6 +65,9 @@ INDEX_HTML = Path(__file__).parent / "static" / "index.html"
 DOCS_ASSETS = "/static/docs"  # Swagger UI's and ReDoc's files
 EVENTS_POLL_SECONDS = 0.25
 STORED_CHUNK_SECONDS = 0.5
+AUTH = AUTH_ERRORS  # every /v1 route: 401, 403, 429
+SUBMIT = (*AUTH, 413, 415, 503)
+JOB = (*AUTH, 404)
 
 
 def _caller(kind: str):
@@ -108,6 +125,8 @@ def create_app(
     app.state.service = svc
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(Exception, internal_error)
     if settings.cors.allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -121,6 +140,8 @@ def create_app(
         max_bytes=settings.limits.max_body_bytes,
         paths={"/v1/uploads": settings.limits.max_upload_bytes},
     )
+    app.add_middleware(JsonByDefault, paths={"/v1/generations", "/v1/generations/stream"})
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     _add_routes(app)
     add_upload_routes(app, request_caller)
@@ -137,7 +158,12 @@ def _add_routes(app: FastAPI) -> None:
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @app.get("/health/ready", response_model=Health, tags=["health"])
+    @app.get(
+        "/health/ready",
+        response_model=Health,
+        tags=["health"],
+        responses={503: {"model": Health, "description": "Not ready (detail says why)"}},
+    )
     async def ready(response: Response, svc: Service = Depends(service)) -> Health:
         """Readiness: models loaded, worker alive, database reachable."""
         detail = {
@@ -156,7 +182,9 @@ def _add_routes(app: FastAPI) -> None:
         body, content_type = svc.metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/models", response_model=ModelList, tags=["models"])
+    @app.get(
+        "/v1/models", response_model=ModelList, tags=["models"], responses=error_responses(*AUTH)
+    )
     def list_models(
         svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
@@ -173,7 +201,7 @@ def _add_routes(app: FastAPI) -> None:
         status_code=202,
         response_model=GenerationStatus,
         tags=["generations"],
-        responses={422: {"description": "Invalid input"}, 503: {"description": "Queue full"}},
+        responses={422: {"description": "Invalid input"}, **error_responses(*SUBMIT)},
     )
     def create_generation(
         body: GenerationRequest,
@@ -196,7 +224,11 @@ def _add_routes(app: FastAPI) -> None:
         "/v1/generations/stream",
         tags=["generations"],
         response_class=StreamingResponse,
-        responses={200: {"content": {"audio/wav": {}}, "description": "WAV stream"}},
+        responses={
+            200: {"content": {"audio/wav": {}}, "description": "WAV stream"},
+            422: {"description": "Invalid input"},
+            **error_responses(*SUBMIT),
+        },
     )
     def create_streamed_generation(
         body: GenerationRequest,
@@ -208,7 +240,12 @@ def _add_routes(app: FastAPI) -> None:
         job = _submit(svc, body, stream=True, caller=_caller)
         return wav_stream(svc, job)
 
-    @app.get("/v1/generations/{job_id}", response_model=GenerationStatus, tags=["generations"])
+    @app.get(
+        "/v1/generations/{job_id}",
+        response_model=GenerationStatus,
+        tags=["generations"],
+        responses=error_responses(*JOB),
+    )
     async def get_generation(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
@@ -222,26 +259,33 @@ def _add_routes(app: FastAPI) -> None:
         tags=["generations"],
         responses={
             200: {"content": {"audio/wav": {}, "audio/flac": {}}},
-            409: {"description": "Not ready"},
-            410: {"description": "Expired"},
+            206: {"content": {"audio/wav": {}, "audio/flac": {}}, "description": "A Range"},
+            **error_responses(*JOB, 409, 410, 416, e409="Not ready (queued, running, failed)"),
         },
     )
     def get_audio(
-        job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
+        job_id: UUID,
+        request: Request,
+        svc: Service = Depends(service),
+        _caller: str = Depends(request_caller),
     ) -> Response:
         job = job_or_404(svc, job_id, _caller)
         require_audio(job)
-        return Response(
-            svc.audio.get(job.audio_key),
-            media_type=CONTENT_TYPES[job.format],
-            headers={"Content-Disposition": f'attachment; filename="{job.id}.{job.format}"'},
-        )
+        try:
+            data = svc.audio.get(job.audio_key)
+        except FileNotFoundError:  # removed behind the job store's back (not by retention)
+            raise HTTPException(410, f"the audio of generation {job.id} is gone") from None
+        disposition = {"Content-Disposition": f'attachment; filename="{job.id}.{job.format}"'}
+        return ranged(data, request.headers.get("range"), CONTENT_TYPES[job.format], disposition)
 
     @app.get(
         "/v1/generations/{job_id}/stream",
         tags=["generations"],
         response_class=StreamingResponse,
-        responses={200: {"content": {"audio/wav": {}}}},
+        responses={
+            200: {"content": {"audio/wav": {}}, "description": "WAV stream"},
+            **error_responses(*JOB, 409, 410, 503, e409="The generation failed or was canceled"),
+        },
     )
     def stream_generation(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
@@ -252,9 +296,19 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(409, f"generation {job.id} is {job.status}: {job.error}")
         if job.status == states.SUCCEEDED:
             require_audio(job)
+            if not svc.audio.exists(job.audio_key):  # checked before the 200 is sent
+                raise HTTPException(410, f"the audio of generation {job.id} is gone")
         return wav_stream(svc, job)
 
-    @app.get("/v1/generations/{job_id}/events", tags=["generations"])
+    @app.get(
+        "/v1/generations/{job_id}/events",
+        tags=["generations"],
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
+            **error_responses(*JOB),
+        },
+    )
     def generation_events(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> StreamingResponse:
@@ -266,7 +320,7 @@ def _add_routes(app: FastAPI) -> None:
         "/v1/generations/{job_id}/cancel",
         response_model=GenerationStatus,
         tags=["generations"],
-        responses={409: {"description": "Already finished"}},
+        responses=error_responses(*JOB, 409, e409="Already finished"),
     )
     def cancel_generation(
         job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
@@ -296,6 +350,13 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool, caller: str)
         raise validation_error(
             "duration",
             f"duration {body.duration:g} s is longer than model {name!r} allows ({limit:g} s)",
+            body.duration,
+        )
+    if served is not None and round(body.duration * served.sample_rate) < 1:  # empty audio
+        raise validation_error(
+            "duration",
+            f"duration {body.duration:g} s is shorter than one sample of model {name!r} "
+            f"(1/{served.sample_rate} s): the audio would be empty",
             body.duration,
         )
     queue = svc.settings.queue

@@ -8,6 +8,7 @@ text. A body the JSON parser refuses for other reasons (an integer of 5000 digit
 
 from __future__ import annotations
 
+import logging
 import math
 
 from fastapi import Request
@@ -15,6 +16,8 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 80
 MESSAGE_CHARS = 300
@@ -48,8 +51,28 @@ def _error(item: dict) -> dict:
     return out
 
 
+def _not_json(request: Request, errors: list) -> str | None:
+    """The request's content type when a JSON body came with another one: FastAPI then reads
+    the body as raw bytes and refuses it as "not a valid dictionary", quoting bytes back (what
+    ``curl -d`` without ``-H 'content-type: application/json'`` got). None otherwise."""
+    given = request.headers.get("content-type")
+    media = (given or "").split(";")[0].strip().lower()
+    if not given or media == "application/json" or media.endswith("+json"):
+        return None
+    if any(
+        e.get("type") == "model_attributes_type" and tuple(e.get("loc", ())) == ("body",)
+        for e in errors
+    ):
+        return given
+    return None
+
+
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
+    given = _not_json(request, errors)
+    if given is not None:
+        msg = f"the body must be JSON sent as 'Content-Type: application/json', not {given!r}"
+        return JSONResponse({"detail": excerpt(msg, 200)}, status_code=415)
     detail = [_error(item) for item in errors[:MAX_ERRORS]]
     if len(errors) > MAX_ERRORS:
         detail.append({"type": "too_many_errors", "loc": [], "msg": f"{len(errors)} errors"})
@@ -63,3 +86,24 @@ async def http_error(request: Request, exc: HTTPException):
         detail = [{"type": "json_invalid", "loc": ["body"], "msg": f"invalid JSON body: {why}"}]
         return JSONResponse({"detail": detail}, status_code=422)
     return await http_exception_handler(request, exc)
+
+
+DATABASE_RETRY_SECONDS = 5
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The job database cannot be reached or used (down, locked, restarting): 503 with
+    Retry-After, as readiness says, rather than a 500 that tells a client nothing."""
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    why = excerpt(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
+    return JSONResponse(
+        {"detail": f"the job database is unavailable: {why}"},
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_SECONDS)},
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any other unexpected error: a JSON body like every other answer, not plain text (the
+    traceback goes to the log, as before)."""
+    return JSONResponse({"detail": "internal server error"}, status_code=500)

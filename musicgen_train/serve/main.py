@@ -44,7 +44,8 @@ def run(cfg: DictConfig) -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=30,
     )
-    GracefulServer(config).run(sockets=[listener])  # the socket bound above: no race for it
+    server = GracefulServer(config, on_exit=app.state.service.drain)
+    server.run(sockets=[listener])  # the socket bound above: no race for it
 
 
 def freeze_heap() -> None:
@@ -61,7 +62,18 @@ def freeze_heap() -> None:
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, but a stop by SIGTERM or SIGINT that shut down gracefully (running jobs
     re-queued, the generation process gone) exits with status 0: uvicorn raises the signal
-    again after its shutdown, which a supervisor reads as a crash ("exited (143)")."""
+    again after its shutdown, which a supervisor reads as a crash ("exited (143)"). At the
+    signal, ``on_exit`` drains the service at once (``Service.drain``): uvicorn first waits
+    for open connections (a stream, an event stream) before the app's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, on_exit=None):
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        if self.on_exit is not None:
+            self.on_exit()
 
     @contextlib.contextmanager
     def capture_signals(self):

@@ -1,8 +1,9 @@
-"""Pure ASGI middleware (so streamed responses pass straight through): request metrics, and a
-limit on the size of request bodies."""
+"""Pure ASGI middleware (so streamed responses pass straight through): request metrics, a limit
+on the size of request bodies, and HEAD for every GET route."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -71,3 +72,64 @@ class BodySizeLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """``HEAD`` answers as ``GET`` would, without the body (RFC 9110: every server supports HEAD
+    where it supports GET). FastAPI routes declare GET only, so uptime monitors that probe with
+    HEAD, and clients asking for an audio file's size first, got 405. The request runs as GET
+    (same auth, limits and status); the first body message ends the response, and a streamed
+    body (a WAV stream, events) is then told that the client left, so it stops."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        ended = asyncio.Event()
+
+        async def head_send(message):
+            if ended.is_set():
+                return
+            if message["type"] == "http.response.body":
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+                ended.set()
+            await send(message)
+
+        async def head_receive():
+            if ended.is_set():
+                return {"type": "http.disconnect"}
+            waiting = asyncio.ensure_future(receive())
+            stop = asyncio.ensure_future(ended.wait())
+            await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if waiting.done():
+                return waiting.result()
+            waiting.cancel()
+            return {"type": "http.disconnect"}
+
+        inner = {**scope, "method": "GET"}  # a copy: the server still knows it is a HEAD
+        try:
+            await self.app(inner, head_receive, head_send)
+        finally:
+            if "route" in inner:  # for RequestMetrics' route label
+                scope["route"] = inner["route"]
+
+
+class JsonByDefault:
+    """A request to a JSON route that names no Content-Type is read as JSON. FastAPI reads such
+    a body as raw bytes and answered "Input should be a valid dictionary" with the bytes quoted
+    back: what ``requests.post(url, data=json.dumps(body))`` and raw HTTP clients sent. (A body
+    that names another type is a 415: ``errors.invalid_request``.)"""
+
+    def __init__(self, app, paths: set[str]):
+        self.app, self.paths = app, set(paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path") in self.paths:
+            headers = scope["headers"]
+            if not any(name == b"content-type" for name, _ in headers):
+                # In place, not a copy: the router's "route" must reach RequestMetrics' scope.
+                scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        return await self.app(scope, receive, send)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 from uuid import UUID
 
+import soundfile as sf
 from fastapi import HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from musicgen_train.audio import read_audio
 from musicgen_train.serve import jobs as states
@@ -76,12 +79,30 @@ def describe(job: Job, queue: dict | None = None) -> dict:
     }
 
 
+def _stream_format(svc: Service, job: Job) -> tuple[int, int]:
+    """The stream's sample rate and channels: the served model's, else (models still loading
+    at start-up, or the job's model no longer served) a finished job's own file's; a job still
+    to generate waits for its model: 503 with Retry-After, never a 500."""
+    served = svc.models.get(job.model)
+    if served is not None:
+        return served.sample_rate, served.channels
+    if job.status == states.SUCCEEDED and job.audio_key:
+        info = sf.info(io.BytesIO(svc.audio.get(job.audio_key)))
+        return int(info.samplerate), int(info.channels)
+    if svc.load_error or job.model in {spec.name for spec in svc.settings.models}:
+        reason = svc.not_ready_reason
+        raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "10"})
+    raise HTTPException(409, f"model {job.model!r} of generation {job.id} is not served here")
+
+
 def wav_stream(svc: Service, job: Job) -> StreamingResponse:
-    served = svc.models[job.model]
-    header = wav_stream_header(served.sample_rate, served.channels)
+    sample_rate, channels = _stream_format(svc, job)
+    header = wav_stream_header(sample_rate, channels)
     live = svc.broker.open(job.id) if job.status == states.QUEUED else svc.broker.get(job.id)
 
     async def finished() -> bool:
+        if svc.stopping.is_set():  # the server is stopping: its job goes back to the queue
+            return True
         job_now = await svc.read(svc.store.get, job.id)
         return job_now.status in states.FINISHED
 
@@ -96,9 +117,9 @@ def wav_stream(svc: Service, job: Job) -> StreamingResponse:
             return
         # Not streamed live (finished already, or running without a live stream): the file.
         final = await wait_finished(svc, job.id)
-        if final.status == states.SUCCEEDED and final.audio_key:
+        if final is not None and final.status == states.SUCCEEDED and final.audio_key:
             audio, _ = read_audio(await asyncio.to_thread(svc.audio.get, final.audio_key))
-            step = int(STORED_CHUNK_SECONDS * served.sample_rate)
+            step = int(STORED_CHUNK_SECONDS * sample_rate)
             for start in range(0, audio.shape[-1], step):
                 yield to_pcm16(audio[:, start : start + step])
 
@@ -112,11 +133,14 @@ def wav_stream(svc: Service, job: Job) -> StreamingResponse:
     return StreamingResponse(body(), media_type="audio/wav", headers=headers)
 
 
-async def wait_finished(svc: Service, job_id: str) -> Job:
+async def wait_finished(svc: Service, job_id: str) -> Job | None:
+    """The job once finished; None if the server stops first (it is re-queued, not run)."""
     while True:
         job = await asyncio.to_thread(svc.store.get, job_id)
         if job.status in states.FINISHED:
             return job
+        if svc.stopping.is_set():
+            return None
         await asyncio.sleep(EVENTS_POLL_SECONDS)
 
 
@@ -149,6 +173,39 @@ async def events(svc: Service, job_id: str):
             yield f"event: {'progress' if job.status == states.RUNNING else 'status'}\n"
             yield f"data: {json.dumps(event)}\n\n"
             last = event
-        if job.status in states.FINISHED:
-            return
+        if job.status in states.FINISHED or svc.stopping.is_set():
+            return  # finished, or the server is stopping (the client reconnects elsewhere)
         await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def ranged(data: bytes, range_header: str | None, media_type: str, headers: dict) -> Response:
+    """A stored file, whole (200) or the one byte range asked for (206, RFC 9110 14): media
+    players seek with ``Range`` and Safari plays audio only from servers that answer it. A
+    range past the end is 416; several ranges, or a malformed one, get the whole file (a server
+    may ignore Range)."""
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    size = len(data)
+    match = _RANGE.fullmatch((range_header or "").strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return Response(data, media_type=media_type, headers=headers)
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        start, end = max(0, size - int(last)), size - 1
+        if int(last) == 0:
+            start = size  # nothing: unsatisfiable
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:  # not a valid range: ignored
+            return Response(data, media_type=media_type, headers=headers)
+    if start >= size:
+        return JSONResponse(
+            {"detail": f"range {range_header!r} is outside the file's {size} bytes"},
+            status_code=416,
+            headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
+        )
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Response(data[start : end + 1], status_code=206, media_type=media_type, headers=headers)

@@ -73,6 +73,9 @@ class GenerationRequest(BaseModel):
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+            # PostgreSQL's text cannot hold NUL: refused here (422), not by the database (500).
+            if "\x00" in value:
+                raise ValueError("text must not contain NUL characters (\\u0000)")
         return value
 
     @field_validator("prompt")
@@ -179,3 +182,33 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict = {}
+
+
+class Error(BaseModel):
+    """Every error but a 422 (whose ``detail`` lists the invalid fields)."""
+
+    detail: str = Field(description="What went wrong, and what to do about it")
+
+
+ERROR_MEANINGS = {
+    401: "No API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+    403: "Wrong API key",
+    404: "No generation with this id (or it belongs to another key)",
+    409: "Not possible in the generation's state (not finished, failed, canceled)",
+    410: "The audio was deleted after serve.retention_hours",
+    413: "Request body larger than serve.limits.max_body_bytes",
+    415: "The body is not sent as 'Content-Type: application/json'",
+    416: "The Range asked for is outside the file",
+    429: "Rate limit exceeded; wait Retry-After seconds",
+    503: "Not ready, queue full or database unavailable; retry after Retry-After seconds",
+}
+AUTH_ERRORS = (401, 403, 429)
+
+
+def error_responses(*codes: int, **descriptions: str) -> dict:
+    """OpenAPI ``responses`` for these status codes, each with the ``Error`` body; a keyword
+    ``e409="..."`` gives a route's own description of a code."""
+    return {
+        code: {"model": Error, "description": descriptions.get(f"e{code}", ERROR_MEANINGS[code])}
+        for code in codes
+    }

@@ -122,6 +122,16 @@ class Service:
             except Exception:
                 log.exception("audio retention sweep failed")
 
+    def drain(self) -> None:
+        """The server was told to stop (SIGTERM, Ctrl-C): claim no more jobs, re-queue the
+        running ones now, and let streams and event streams end. uvicorn waits up to 30 s for
+        open connections before the lifespan's ``stop``; until this, a listener's stream kept
+        it waiting while the worker went on claiming and generating queued jobs. Returns at
+        once (the signal handler runs on the event loop); the worker threads do the rest."""
+        self.stopping.set()
+        self.worker.stopping.set()
+        self.worker.wake.set()
+
     def stop(self) -> None:
         self.stopping.set()
         self.worker.stop()

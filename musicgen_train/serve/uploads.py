@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 
 import numpy as np
 from fastapi import Depends, Request
@@ -28,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from musicgen_train.audio import read_audio, unreadable_format
 from musicgen_train.serve.batch import AUDIO_FIELDS
 from musicgen_train.serve.jobs import new_job_id
-from musicgen_train.serve.schemas import Upload
+from musicgen_train.serve.schemas import Upload, error_responses
 from musicgen_train.serve.service import Service, service
 
 UPLOAD_BODY = {
@@ -58,6 +59,9 @@ def check_audio(data: bytes, loc: tuple) -> tuple[np.ndarray, int]:
             message = f"is {what}, which cannot be read here: send wav, flac, ogg or mp3"
             raise rejected(loc, message) from None
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # libsndfile names the object it read from ("Error opening <_io.BytesIO object at
+        # 0x7f...>: Format not recognised."): the client needs the reason, not our address.
+        why = re.sub(r"^Error opening <[^>]*>: ", "", why)
         raise rejected(loc, f"cannot be read as audio ({why[:200]})") from None
     if audio.shape[-1] == 0:
         raise rejected(loc, "holds no audio (0 samples)")
@@ -134,7 +138,10 @@ def add_upload_routes(app, caller) -> None:
         response_model=Upload,
         tags=["uploads"],
         openapi_extra=UPLOAD_BODY,
-        responses={413: {"description": "Larger than serve.limits.max_upload_bytes"}},
+        responses={
+            422: {"description": "Not audio this service can read"},
+            **error_responses(401, 403, 413, 429, e413="Larger than serve.limits.max_upload_bytes"),
+        },
     )
     async def upload_audio(
         request: Request, svc: Service = Depends(service), _caller: str = Depends(caller)
