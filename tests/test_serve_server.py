@@ -82,6 +82,18 @@ def test_real_server_stays_responsive_while_generating(tmp_path, tiny_model_dir)
         assert audio.status_code == 200 and len(audio.content) == 44 + 3 * 32000 * 2
         metrics = httpx.get(f"{base}/metrics").text
         assert 'route="/health",status="200"' in metrics
+        # A streaming client that leaves (Ctrl-C on curl) cancels its job: nobody listens.
+        body = {"prompt": "left early", "duration": 30.0}
+        with httpx.stream("POST", f"{base}/v1/generations/stream", json=body, timeout=60) as r:
+            left = r.headers["x-generation-id"]
+            next(r.iter_bytes())  # the WAV header: the job is queued or running
+        status = httpx.get(f"{base}/v1/generations/{left}").json()
+        deadline = time.monotonic() + 30
+        while status["status"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = httpx.get(f"{base}/v1/generations/{left}").json()
+        assert status["status"] == "canceled", status
+        assert "client of its stream disconnected" in status["error"]
     finally:
         process.terminate()
         try:

@@ -238,7 +238,7 @@ def _add_routes(app: FastAPI) -> None:
         """Queue a generation and stream its audio while it is generated: a WAV header with
         unknown sizes, then 16-bit PCM. Progress: the job's events link (X-Generation-Id)."""
         job = _submit(svc, body, stream=True, caller=_caller)
-        return wav_stream(svc, job)
+        return wav_stream(svc, job, cancel_on_disconnect=svc.settings.stream.cancel_on_disconnect)
 
     @app.get(
         "/v1/generations/{job_id}",

@@ -332,13 +332,13 @@ class JobStore:
     def fail(self, job_id: str, reason: str, expected: tuple[str, ...] = (RUNNING,)) -> bool:
         return self._update(job_id, expected, status=FAILED, error=reason, finished_at=time.time())
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, reason: str = "canceled by the client") -> bool:
         return self._update(
             job_id,
             (QUEUED, RUNNING),
             status=CANCELED,
             finished_at=time.time(),
-            error="canceled by the client",
+            error=reason,
         )
 
     def requeue(self, job_id: str, reason: str) -> bool:

@@ -95,7 +95,10 @@ def _stream_format(svc: Service, job: Job) -> tuple[int, int]:
     raise HTTPException(409, f"model {job.model!r} of generation {job.id} is not served here")
 
 
-def wav_stream(svc: Service, job: Job) -> StreamingResponse:
+def wav_stream(svc: Service, job: Job, cancel_on_disconnect: bool = False) -> StreamingResponse:
+    """``job``'s audio as a WAV stream; ``cancel_on_disconnect``: the client that asked for the
+    job by streaming it leaves before its end (Ctrl-C on curl, a closed player): the job is
+    canceled, so the worker stops generating for nobody (``serve.stream.cancel_on_disconnect``)."""
     sample_rate, channels = _stream_format(svc, job)
     header = wav_stream_header(sample_rate, channels)
     live = svc.broker.open(job.id) if job.status == states.QUEUED else svc.broker.get(job.id)
@@ -123,6 +126,16 @@ def wav_stream(svc: Service, job: Job) -> StreamingResponse:
             for start in range(0, audio.shape[-1], step):
                 yield to_pcm16(audio[:, start : start + step])
 
+    async def body_or_cancel():
+        ended = False
+        try:
+            async for chunk in body():
+                yield chunk
+            ended = True
+        finally:  # the client left: Starlette cancels this, or closes it after a failed write
+            if not ended and cancel_on_disconnect and not svc.stopping.is_set():
+                cancel_abandoned(svc, job)
+
     links = f'</v1/generations/{job.id}/events>; rel="events"'
     headers = {
         "X-Generation-Id": job.id,
@@ -130,7 +143,15 @@ def wav_stream(svc: Service, job: Job) -> StreamingResponse:
         "Link": links,
         "Cache-Control": "no-store",
     }
-    return StreamingResponse(body(), media_type="audio/wav", headers=headers)
+    return StreamingResponse(body_or_cancel(), media_type="audio/wav", headers=headers)
+
+
+def cancel_abandoned(svc: Service, job: Job) -> None:
+    """Cancel a job whose streaming client left; a no-op once it has finished. Synchronous: it
+    runs in a cancelled task, where an ``await`` would be cancelled again."""
+    if svc.store.cancel(job.id, reason="canceled: the client of its stream disconnected"):
+        svc.metrics.jobs.labels(job.model, states.CANCELED).inc()
+        svc.broker.close(job.id)
 
 
 async def wait_finished(svc: Service, job_id: str) -> Job | None:

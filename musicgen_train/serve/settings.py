@@ -87,6 +87,8 @@ class StreamSettings(_Section):
     context_seconds: float = Field(default=0.5, ge=0)
     # Frames held back and crossfaded: the decoder looks 4 frames ahead.
     lookahead_frames: int = Field(default=5, ge=1)
+    # POST /v1/generations/stream: a client that leaves before the end cancels its job.
+    cancel_on_disconnect: bool = True
 
 
 class AuthSettings(_Section):
