@@ -182,6 +182,9 @@ def test_a_broken_job_database_is_503_with_retry_after(settings, tiny_loaded, tm
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "5"
         assert answer.json()["detail"].startswith("the job database is unavailable: ")
+    metrics = client.get("/metrics")  # still scraped: the queue depth is unknown, not an error
+    assert metrics.status_code == 200
+    assert "musicgen_queue_depth NaN" in metrics.text
 
 
 # --- the schema says what the routes answer ---------------------------------------------------

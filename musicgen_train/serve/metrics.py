@@ -3,6 +3,8 @@ several apps in one process)."""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -16,6 +18,23 @@ from prometheus_client import (
 
 # Generations take from a fraction of a second (tiny models) to minutes (large ones on CPU).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+
+
+log = logging.getLogger(__name__)
+
+
+def nan_on_error(read: Callable[[], float]) -> Callable[[], float]:
+    """A gauge's reading, NaN when it fails: with the job database down, /metrics must still
+    answer (a failed scrape hides every other figure; readiness says what is wrong)."""
+
+    def value() -> float:
+        try:
+            return float(read())
+        except Exception as err:  # any backend's error: the database is unreachable or broken
+            log.debug("metrics: a gauge could not be read: %s", err)
+            return math.nan
+
+    return value
 
 
 class ServiceMetrics:
@@ -48,7 +67,7 @@ class ServiceMetrics:
         self.queue = Gauge(
             "musicgen_queue_depth", "Jobs waiting in the queue", registry=self.registry
         )
-        self.queue.set_function(queue_depth)
+        self.queue.set_function(nan_on_error(queue_depth))
         self.audio_seconds = Counter(
             "musicgen_audio_generated_seconds",
             "Seconds of audio generated",
