@@ -29,6 +29,7 @@ from musicgen_train.training.callbacks import (
 )
 from musicgen_train.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from musicgen_train.training.loggers import build_loggers
+from musicgen_train.training.run_lock import run_lock
 from musicgen_train.training.strategy import build_strategy
 
 log = logging.getLogger(__name__)
@@ -109,16 +110,22 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     route_lightning_logs()
-    from musicgen_train.data.datamodule import TokenDataModule
-    from musicgen_train.data.prepare import ensure_token_cache
-    from musicgen_train.training.module import MusicgenLightningModule
-
     started = time.perf_counter()
     # Settings that cannot work here (DeepSpeed or fp16 without CUDA) fail before any work.
     check_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     strategy = build_strategy(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
+    with run_lock(run_dir, first_process=_is_first_process()):
+        return _train_locked(cfg, run_dir, strategy, callbacks, started)
+
+
+def _train_locked(cfg, run_dir: Path, strategy, callbacks, started: float) -> TrainResult:
+    """``train`` once this process holds the run folder (``run_lock``)."""
+    from musicgen_train.data.datamodule import TokenDataModule
+    from musicgen_train.data.prepare import ensure_token_cache
+    from musicgen_train.training.module import MusicgenLightningModule
+
     if _is_first_process():
         remove_stale_temporaries(checkpoint_dir(run_dir))  # left by a kill during a save
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
