@@ -10,18 +10,24 @@ import soundfile as sf
 import soxr
 
 # What libsndfile reads (the formats music comes in; it reads more, rarer ones).
+# (.oga is Ogg's own audio suffix, Wikimedia Commons' music among others; .wave and .bwf,
+# broadcast wave, are WAV files.)
 AUDIO_EXTENSIONS = (
     ".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".snd", ".caf",
-    ".w64", ".rf64",
+    ".w64", ".rf64", ".oga", ".wave", ".bwf",
 )  # fmt: skip
-# Audio that libsndfile cannot read: reported where it is found, so nothing vanishes unsaid.
+# Audio that libsndfile cannot read: reported where it is found, so nothing vanishes unsaid
+# (phones' .amr/.3gp memos, .m4b audiobooks; MIDI files hold notes, not sound).
 UNSUPPORTED_AUDIO = (
     ".m4a", ".aac", ".wma", ".mp4", ".ape", ".alac", ".webm", ".wv", ".mka", ".ac3", ".dsf",
+    ".m4b", ".amr", ".3gp", ".mid", ".midi",
 )  # fmt: skip
 
 
 def unsupported_reason(suffix: str) -> str:
     """The one line a file of an ``UNSUPPORTED_AUDIO`` suffix is reported with."""
+    if suffix.lower() in (".mid", ".midi"):
+        return f"{suffix} is MIDI (notes, not sound): render it to flac or wav to train on it"
     return f"{suffix} cannot be read with libsndfile: convert it to flac or wav"
 
 

@@ -16,7 +16,12 @@ from pathlib import Path
 
 from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO, unsupported_reason
 from musicgen_train.data.items import AudioItem, SkippedItem
-from musicgen_train.data.metadata import _jsonl_rows, _sidecar_metadata, normalize_metadata
+from musicgen_train.data.metadata import (
+    _jsonl_rows,
+    _sidecar_metadata,
+    normalize_metadata,
+    read_text,
+)
 from musicgen_train.data.paths import file_identity, file_problem
 
 Item = AudioItem | SkippedItem
@@ -165,6 +170,8 @@ def _read_metadata_table(
             yield SkippedItem(source=where, reason="the row has no file_name")
             continue
         audio = _resolve(metadata_file.parent / name.strip())
+        if not os.path.lexists(audio) and "\\" in name:  # written on Windows: audio\\a.wav
+            audio = _resolve(metadata_file.parent / name.strip().replace("\\", "/"))
         if not os.path.lexists(audio):  # other problems are reported with the file itself
             yield SkippedItem(source=where, reason=f"file_name {name!r} does not exist")
             continue
@@ -177,12 +184,12 @@ def _read_metadata_table(
 def _metadata_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line number, row) for each data line; a str row is why the line is unusable."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path)
     except (OSError, UnicodeDecodeError) as err:
         yield 0, f"cannot read {path.name}: {err}"
         return
     if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may span lines
+        reader = _csv_reader(text)
         if not reader.fieldnames or "file_name" not in reader.fieldnames:
             yield 1, f"{path.name} has no file_name column (columns: {reader.fieldnames})"
             return
@@ -193,3 +200,20 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
                 yield reader.line_num, {k: v for k, v in row.items() if k}
         return
     yield from _jsonl_rows(text.splitlines())
+
+
+def _csv_reader(text: str) -> csv.DictReader:
+    """Rows of a metadata.csv. Excel writes ``;`` between cells where the decimal mark is a
+    comma (most of Europe), and tab-separated tables are common too: the separator is the one
+    that finds a file_name column in the header. Header cells are stripped (``file_name,
+    genre`` has a genre column)."""
+    first = text.split("\n", 1)[0]
+    delimiter = next(
+        (d for d in (",", ";", "\t") if "file_name" in (c.strip(' "') for c in first.split(d))),
+        ",",
+    )
+    # newline="": quoted cells may span lines
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if reader.fieldnames:
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    return reader

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -35,10 +37,37 @@ def _present(value) -> bool:
     return isinstance(value, int | float | bool)
 
 
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+
+
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]+")  # "é" in UTF-8 reads "Ã©" in cp1252
+
+
+def read_text(path: Path) -> str:
+    """A caption file's text, in the encodings people's tools write: UTF-8 with or without the
+    byte order mark Windows editors put first, UTF-16 with its BOM (Notepad's "Unicode"), else
+    Windows-1252 (Latin-1 and what Excel's plain CSV and older Notepad save), so that "café"
+    is not lost to an encoding. Raises UnicodeDecodeError (a ValueError) when the bytes are
+    none of these, or decode to control characters (binary data, not text); OSError as read."""
+    raw = path.read_bytes()
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), None)
+    if encoding:
+        return raw.decode(encoding)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        text = raw.decode("cp1252", errors="replace")
+        unsure = _UTF8_SEQUENCE.search(raw)  # UTF-8 with a broken byte: cp1252 would garble it
+        if unsure or any(c == "\ufffd" or (ord(c) < 32 and c not in "\t\r\n") for c in text):
+            raise err from None  # not text in any encoding we can be sure of
+        return text
+
+
 def _read_json_object(path: Path) -> dict:
     """A sidecar json; raises ValueError with the file and the reason."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(read_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"sidecar {path.name} is not valid JSON ({err})") from err
     if not isinstance(value, dict):
@@ -46,15 +75,25 @@ def _read_json_object(path: Path) -> dict:
     return value
 
 
+def _sidecar(audio: Path, suffix: str) -> Path | None:
+    """``<name>.json`` / ``<name>.txt`` next to the audio, or ``<name>.JSON`` / ``.TXT`` as
+    Windows and older cameras and recorders name them (their file systems ignore case)."""
+    for name in (suffix, suffix.upper()):
+        path = audio.with_suffix(name)
+        if path.is_file():
+            return path
+    return None
+
+
 def _sidecar_metadata(audio: Path, info_path: Path | None = None) -> dict | None:
     """Metadata from ``<name>.json`` (music info) or ``<name>.txt`` (the description)."""
-    json_path = info_path or audio.with_suffix(".json")
-    if json_path.is_file():
+    json_path = info_path or _sidecar(audio, ".json")
+    if json_path is not None and json_path.is_file():
         return normalize_metadata(_read_json_object(json_path))
-    txt_path = audio.with_suffix(".txt")
-    if txt_path.is_file():
+    txt_path = _sidecar(audio, ".txt")
+    if txt_path is not None:
         try:
-            text = txt_path.read_text(encoding="utf-8").strip()
+            text = read_text(txt_path).strip()
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"sidecar {txt_path.name} is not readable text ({err})") from err
         return {"description": text} if text else {}

@@ -17,7 +17,6 @@ import json
 import logging
 import signal
 import threading
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,11 @@ from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_wri
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.paths import NotReadable
+from musicgen_train.data.reuse import KnownSegments, complete
 from musicgen_train.data.segment import SegmentPlan, frames_for
 from musicgen_train.data.splits import assign_splits, build_report, final_entries, log_summary
 from musicgen_train.data.stream import (
+    FileChanged,
     conformed_blocks,
     hash_item,
     open_item,
@@ -41,7 +42,7 @@ from musicgen_train.data.stream import (
     resampled_length,
     stream_segments,
 )
-from musicgen_train.data.validate import validate_stream
+from musicgen_train.data.validate import judge_level, validate_stream
 from musicgen_train.data.writer import SegmentWriter
 from musicgen_train.errors import UserError
 
@@ -98,18 +99,16 @@ def prepare_items(
     cache.open_for(encoder.identity(), overwrite=overwrite)
     known = cache.recover()  # what an earlier run finished, killed or not
     previous_keys = {e["key"]: e["source"] for e in cache.manifest()}
-    by_key: dict[str, list[dict]] = defaultdict(list)
-    for entry in known:
-        by_key[entry["key"]].append(entry)
-
     plan = SegmentPlan.from_config(data)
     settings = settings_hash(plan, encoder)
+    by_key = KnownSegments(known, settings)
     writer = SegmentWriter(cache, encoder, data)
     caption_cfg = data.get("caption")
     caption_cfg = OmegaConf.to_container(caption_cfg, resolve=True) if caption_cfg else {}
     files: list[_FileResult] = []
     skipped: list[dict] = []
     counts = {"encoded": 0, "reused": 0}
+    firsts: dict[str, str] = {}  # content hash -> the item that brought it first
 
     bar = tqdm(items, desc="prepare", unit="file", disable=not data.get("progress", True))
     previous_sigterm = _sigterm_as_interrupt()
@@ -118,7 +117,9 @@ def prepare_items(
         torch.set_num_threads(int(data.encode_threads))
     try:
         for item in bar:
-            result = _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data)
+            result = _process_item(
+                item, by_key, firsts, settings, plan, encoder, writer, caption_cfg, data
+            )
             if isinstance(result, SkippedItem):
                 skipped.append({"path": result.source, "reason": result.reason})
                 continue
@@ -141,11 +142,13 @@ def prepare_items(
         torch.set_num_threads(previous_threads)
 
     entries = final_entries(files, cfg)
-    cache.commit(entries, int(data.get("shard_size", 256)))
+    if files:  # else (an empty folder, a drive not mounted) the cache stays as it was
+        cache.commit(entries, int(data.get("shard_size", 256)))
     counts["segments_encoded"] = writer.segments
     if overwrite:
         _REBUILT.add(str(cache.root))
     kept = {f.key for f in files}
+    kept_sources = {e["source"] for e in entries}  # a manifest's new keys for the same files
     now_skipped = {s["path"] for s in skipped}
     removed = [
         {
@@ -155,17 +158,23 @@ def prepare_items(
             else "no longer in the source: dropped from the manifest",
         }
         for key, source in sorted(previous_keys.items())
-        if key not in kept
+        if files and key not in kept and source not in kept_sources
     ]
     report = build_report(cfg, cache, encoder, files, skipped, removed, entries, counts)
     atomic_write_json(cache.report_path, report)
     log_summary(report)
     if not files:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        kept_note = f"; the token cache keeps its {len(previous_keys)} earlier file(s)"
         raise UserError(
-            f"no usable audio in data.source={data.source}: {len(skipped)} file(s) skipped"
-            + (f" ({reasons}{', ...' if len(skipped) > 3 else ''})" if skipped else "")
+            f"no usable audio in data.source={data.source}: "
+            + (
+                f"{len(skipped)} file(s) skipped ({reasons}{', ...' if len(skipped) > 3 else ''})"
+                if skipped
+                else "it holds no audio file (an empty folder or manifest? a drive not mounted?)"
+            )
             + f"; see {cache.report_path}"
+            + (kept_note if previous_keys else "")
         )
     return report
 
@@ -186,49 +195,71 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _process_item(item, by_key, settings, plan, encoder, writer, caption_cfg, data):
+def _process_item(item, by_key, firsts, settings, plan, encoder, writer, caption_cfg, data):
     """Reuse, or validate + segment + queue for encoding, reading the file in blocks (memory
-    does not grow with its length). Returns a SkippedItem or ``(_FileResult, reused)``."""
+    does not grow with its length). Returns a SkippedItem or ``(_FileResult, reused)``. A copy
+    of a file already read (the same bytes: a song in two folders) is skipped, so that it is
+    neither trained on twice nor both in train and in valid."""
     if isinstance(item, SkippedItem):
         return item
     stat = _file_stat(item)
-    previous = [e for e in by_key.get(item.key, []) if e["settings"] == settings]
+    previous = by_key.previous(item.key)
     if stat is not None and previous and all(e.get("file_stat") == stat for e in previous):
         digest = previous[0]["content_hash"]  # same size and mtime: not read again
     else:
         digest = _hash(item)
         if isinstance(digest, SkippedItem):
             return digest
-    done = sorted((e for e in previous if e["content_hash"] == digest), key=lambda e: e["segment"])
-    if done and len(done) == done[0]["file_segments"]:
+    first = firsts.setdefault(digest, item.source)
+    if first != item.source:
+        return SkippedItem(item.source, f"the same audio as {first} (identical bytes): read once")
+    done = by_key.done(item.key, digest, previous)
+    limits = {"min_duration": float(data.min_duration), "silence_db": float(data.silence_db)}
+    if complete(done):
+        peak = done[0].get("file_peak")
+        if peak is None:  # a cache made before peaks were kept: the file is scanned once
+            info = validate_stream(item, **limits)
+            if isinstance(info, SkippedItem):
+                return info
+            peak = info.peak
+        reason = judge_level(done[0]["file_duration"], peak, **limits)
+        if reason:  # data.min_duration or data.silence_db is stricter than when it was encoded
+            return SkippedItem(item.source, reason)
         metadata = _jsonable({**done[0].get("estimated", {}), **item.metadata})
         result = _FileResult(item.key, item.source, done[0]["file_duration"])
         source = _source_of(item) if item.path is not None else done[0]["source"]
         for entry in done:
-            entry = {**entry, "metadata": metadata, "source": source, "file_stat": stat}
+            entry = {**entry, "metadata": metadata, "source": source, "file_stat": stat,
+                     "file_peak": peak}  # fmt: skip
+            if entry["key"] != item.key:  # moved or renamed: the same codes under its new name
+                segment_id = _segment_id(item.key, digest, settings, entry["segment"])
+                entry.update(key=item.key, id=segment_id, origin=item.source)
             result.entries.append(entry)
         writer.caption(result.entries, metadata, caption_cfg)
         return result, True
 
-    info = validate_stream(
-        item, min_duration=float(data.min_duration), silence_db=float(data.silence_db)
-    )
+    info = validate_stream(item, **limits)
     if isinstance(info, SkippedItem):
         return info
+    entries: list[dict] = []  # the file's lines, so that a failed file leaves none waiting
     try:
         return _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer,
-                            caption_cfg), False  # fmt: skip
+                            caption_cfg, entries), False  # fmt: skip
     except (OSError, sf.LibsndfileError) as err:  # changed or removed since it was validated
-        return SkippedItem(item.source, f"cannot be read: {err}")
+        writer.discard(entries)
+        reason = str(err) if isinstance(err, FileChanged) else f"cannot be read: {err}"
+        return SkippedItem(item.source, reason)
 
 
-def _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer, caption_cfg):
+def _encode_file(
+    item, info, digest, done, stat, settings, plan, encoder, writer, caption_cfg, entries
+):
     metadata, estimated = _metadata(item, caption_cfg)
     source = _source_of(item) if item.path is not None else _keep_bytes(writer.cache, item, digest)
     rate = encoder.sample_rate
     total = resampled_length(info.frames, info.sample_rate, rate)
     count = len(plan.windows(total, rate))
-    result = _FileResult(item.key, item.source, info.duration)
+    result = _FileResult(item.key, item.source, info.duration, entries)
     have = {e["segment"]: e for e in done}
     with open_item(item) as handle:
         blocks = conformed_blocks(handle, rate, encoder.channels)
@@ -246,6 +277,7 @@ def _encode_file(item, info, digest, done, stat, settings, plan, encoder, writer
                 "segment": segment.index,
                 "file_segments": count,
                 "file_duration": round(info.duration, 6),
+                "file_peak": info.peak,  # with the duration: the limits of later runs apply
                 "content_hash": digest,
                 "file_stat": stat,
                 "settings": settings,

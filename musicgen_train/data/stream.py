@@ -25,6 +25,12 @@ from musicgen_train.data.items import AudioItem
 from musicgen_train.data.paths import open_regular
 from musicgen_train.data.segment import Segment, SegmentPlan
 
+
+class FileChanged(OSError):
+    """A file decoded to another length than it had when it was checked: it is still being
+    copied, downloaded or saved. ``str()`` is the report's reason."""
+
+
 BLOCK_FRAMES = 1 << 16  # frames decoded at a time (~0.5 MB for stereo float32)
 HASH_BLOCK = 1 << 20
 
@@ -61,12 +67,24 @@ class AudioScan:
         return self.frames / self.sample_rate
 
 
+def _blocks(audio: sf.SoundFile) -> Iterator[np.ndarray]:
+    """``[n, channels]`` float32 blocks until the decoder runs dry. Not ``SoundFile.blocks``:
+    it counts on the header's frame count, and where a file holds fewer frames (a truncated MP3
+    whose Xing header promises the whole song) it yields its buffer's stale samples again and
+    again up to the promised length; here a file is as long as what actually decodes."""
+    while True:
+        block = audio.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if not block.shape[0]:
+            return
+        yield block
+
+
 def scan(handle) -> AudioScan:
     """Decode ``handle`` block by block, keeping only counts (raises what soundfile raises)."""
     frames, peak, finite = 0, 0.0, True
     with sf.SoundFile(handle) as audio:
         rate, channels = int(audio.samplerate), int(audio.channels)
-        for block in audio.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
+        for block in _blocks(audio):
             frames += block.shape[0]
             if not np.isfinite(block).all():
                 finite = False
@@ -94,7 +112,7 @@ def conformed_blocks(handle, rate_out: int, channels: int) -> Iterator[np.ndarra
         stream = None
         if rate_in != rate_out:
             stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
-        blocks = audio.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        blocks = _blocks(audio)
         block = next(blocks, None)
         while block is not None:
             following = next(blocks, None)
@@ -128,4 +146,7 @@ def stream_segments(
         keep = min(max(keep, 0), buffer.shape[-1])
         buffer, buffer_start = buffer[:, keep:], buffer_start + keep
     if index != len(windows) or seen != total:
-        raise RuntimeError(f"expected {total} samples, decoded {seen}: the file changed while read")
+        raise FileChanged(
+            f"changed while it was read (expected {total / sample_rate:.2f} s of audio, decoded "
+            f"{seen / sample_rate:.2f} s): re-run prepare once it is complete"
+        )

@@ -64,12 +64,40 @@ def _judge(info: AudioScan, *, min_duration: float, silence_db: float) -> str | 
         return "empty: no audio samples"
     if not info.finite:
         return "holds NaN/Inf samples"
-    if info.duration < min_duration:
-        return f"too short: {info.duration:.2f} s < data.min_duration={min_duration} s"
-    level = 20.0 * np.log10(info.peak) if info.peak > 0 else float("-inf")
+    return judge_level(info.duration, info.peak, min_duration=min_duration, silence_db=silence_db)
+
+
+def judge_level(
+    duration: float, peak: float, *, min_duration: float, silence_db: float
+) -> str | None:
+    """The reason a signal of this length and peak is not kept (too short, silent), or None;
+    also applied to a file whose codes a cache holds, so that the limits of this run apply."""
+    if duration < min_duration:
+        return f"too short: {_down(duration, 2)} s < data.min_duration={min_duration} s"
+    level = 20.0 * np.log10(peak) if peak > 0 else float("-inf")
     if level < silence_db:
-        return f"silent: peak {level:.1f} dBFS < data.silence_db={silence_db} dBFS"
+        return f"silent: peak {_down(level, 1)} dBFS < data.silence_db={silence_db} dBFS"
     return None
+
+
+def _down(value: float, decimals: int) -> str:
+    """``value`` rounded down, so that a value just under a limit never prints as the limit
+    (0.9998 s is "0.99 s < 1.0", not "1.00 s < 1.0")."""
+    if not np.isfinite(value):
+        return str(value)
+    scale = 10**decimals
+    return f"{np.floor(round(value * scale, 6)) / scale:.{decimals}f}"  # 0.29 * 100 = 28.99..
+
+
+UNFINISHED_BYTES = 64 * 1024  # more than any header holds without audio
+
+
+def _unfinished(size: int) -> str:
+    """A header that counts no samples in a file of some size: a recorder or a program that
+    stopped before it wrote the header's lengths (they come last), and libsndfile trusts them."""
+    return (f"empty: the header counts no audio samples, yet the file holds {size / 1e6:.1f} MB "
+            "(a recording whose header was never finished? repair it, e.g. with sox "
+            "--ignore-length, to use it)")  # fmt: skip
 
 
 def _undecodable(err: Exception, head: bytes) -> str:
@@ -118,6 +146,8 @@ def validate_stream(
                 info = scan(handle)
             except Exception as err:  # libsndfile raises several types for unreadable data
                 return skip(_undecodable(err, head))
+            if info.frames == 0 and handle.seek(0, 2) >= UNFINISHED_BYTES:
+                return skip(_unfinished(handle.tell()))
     except NotReadable as err:
         return skip(str(err))
     except OSError as err:

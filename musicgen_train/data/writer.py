@@ -37,6 +37,18 @@ class SegmentWriter:
         while sum(len(g) for g in self.waiting.values()) > self.max_waiting:
             self._encode(next(iter(self.waiting)))
 
+    def discard(self, entries: list[dict]) -> None:
+        """Forget the waiting segments of ``entries`` (a file that failed half-way): they are
+        not encoded for nothing. Segments already encoded stay in parts no line will name,
+        which the next commit removes."""
+        drop = {id(entry) for entry in entries}
+        for length in list(self.waiting):
+            group = [(audio, e) for audio, e in self.waiting[length] if id(e) not in drop]
+            if group:
+                self.waiting[length] = group
+            else:
+                del self.waiting[length]
+
     def caption(self, entries: list[dict], metadata: dict, caption_cfg: dict) -> None:
         from musicgen_train.data.captions import build_caption
 
