@@ -82,18 +82,21 @@ def _rewrite_model_override(override: str) -> list[str]:
 def quote_if_needed(override: str) -> str:
     """``key=value`` as Hydra reads it: a value its grammar cannot take unquoted (a checkpoint
     path the project printed, ``best-step=25-val_ce=3.7799.ckpt``, a path with spaces) is
-    quoted, so every path the project prints is accepted back as it is."""
+    quoted, so every path the project prints is accepted back as it is. So is a value Hydra
+    reads as a sweep (``data.source=/music/Rock, Pop``, ``glob(...)``): a single run composes
+    one config, where a sweep only fails as an "ambiguous value"."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     key, value = override.split("=", 1)
     if not value or value[0] in "'\"[{":
         return override
     try:
-        OverridesParser.create().parse_override(override)
-        return override
+        if not OverridesParser.create().parse_override(override).is_sweep_override():
+            return override
     except HydraException:
-        escaped = value.replace("'", "\\'")  # Hydra: a backslash escapes only a quote
-        return f"{key}='{escaped}'"
+        pass
+    escaped = value.replace("'", "\\'")  # Hydra: a backslash escapes only a quote
+    return f"{key}='{escaped}'"
 
 
 def split_overrides(overrides: Iterable[str]) -> tuple[str, list[str]]:

@@ -30,6 +30,9 @@ def test_quoting_keeps_what_hydra_reads_and_escapes_quotes():
     assert quote_if_needed("trainer.devices=[0,1]") == "trainer.devices=[0,1]"
     cfg = load_config(["data.source=/music/it's=here"], validate=False)
     assert cfg.data.source == "/music/it's=here"
+    # Hydra reads a comma as a sweep, which a single run could only refuse as "ambiguous".
+    for folder in ("/music/Rock, Pop", "/music/a,b (live)", "/music/glob(x)"):
+        assert load_config([f"data.source={folder}"], validate=False).data.source == folder
 
 
 def test_max_steps_minus_one_needs_an_epoch_limit():
