@@ -501,3 +501,20 @@ def test_a_recording_whose_header_was_never_finished_says_so(tmp_path):
         "empty: the header counts no audio samples, yet the file holds 0.1 MB (a recording "
         "whose header was never finished? repair it, e.g. with sox --ignore-length, to use it)"
     )
+
+
+def test_a_sample_rate_no_recording_has_is_a_corrupt_header(tmp_path):
+    # A header that says 100 Hz was taken at its word: 2 s of "audio" resampled to 32 kHz and
+    # encoded as a rumble. 8 kHz (telephone) is still music to train on.
+    reasons = {}
+    for rate in (100, 8000):
+        path = tmp_path / f"at-{rate}.wav"
+        sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, (2 * rate, 1)), rate)
+        item = AudioItem(key=path.name, source=str(path), path=path)
+        reasons[rate] = getattr(validate_stream(item, min_duration=1.0, silence_db=-60.0),
+                                "reason", None)  # fmt: skip
+    assert reasons == {
+        100: "sample rate 100 Hz is below 4000 Hz: a corrupt header? (real recordings are "
+        "8 kHz or more)",
+        8000: None,
+    }

@@ -58,12 +58,20 @@ def _looks_like_text(raw: bytes) -> bool:
     return True
 
 
+# Below this a header's sample rate is corrupt, not a recording: resampled to the codec's rate,
+# such "audio" would be encoded as a slow rumble (8 kHz is the lowest rate of real recordings).
+MIN_SAMPLE_RATE = 4000
+
+
 def _judge(info: AudioScan, *, min_duration: float, silence_db: float) -> str | None:
     """The reason a decoded signal cannot be trained on, or None."""
     if info.frames == 0:
         return "empty: no audio samples"
     if not info.finite:
         return "holds NaN/Inf samples"
+    if info.sample_rate < MIN_SAMPLE_RATE:
+        return (f"sample rate {info.sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz: a corrupt "
+                "header? (real recordings are 8 kHz or more)")  # fmt: skip
     return judge_level(info.duration, info.peak, min_duration=min_duration, silence_db=silence_db)
 
 
