@@ -22,6 +22,7 @@ LAYERS = {
     "musicgen_train.audio": 0,
     "musicgen_train.logs": 0,
     "musicgen_train.lazy": 0,
+    "musicgen_train.locks": 0,
     "musicgen_train.model": 1,
     "musicgen_train.generation": 1,
     "musicgen_train.sources": 2,

@@ -518,3 +518,27 @@ def test_a_sample_rate_no_recording_has_is_a_corrupt_header(tmp_path):
         "8 kHz or more)",
         8000: None,
     }
+
+
+def test_a_second_prepare_of_one_cache_waits_then_reuses_what_the_first_encoded(tmp_path, capsys):
+    # Two runs on one folder (two recipes, DDP ranks) both wrote the same cache at once; now the
+    # second waits for the lock the first holds, then finds every file encoded.
+    import threading
+
+    from musicgen_train.data.prepare import PREPARE_LOCK
+    from musicgen_train.locks import exclusive
+
+    source, output = tmp_path / "music", tmp_path / "cache"
+    for seed in range(2):
+        write(source / f"song{seed}.wav", seed=seed)
+    assert main(prepare_args(source, output)) == 0  # the first prepare
+    results = []
+    with exclusive(output / PREPARE_LOCK):  # as a first prepare still at work
+        second = threading.Thread(target=lambda: results.append(main(prepare_args(source, output))))
+        second.start()
+        second.join(timeout=5)
+        assert second.is_alive() and not results  # it waits; it does not write beside us
+    second.join(timeout=120)
+    assert results == [0]
+    assert f"token cache {output} is being prepared by pid" in capsys.readouterr().err
+    assert report_of(output)["files_encoded"] == 0  # all reused

@@ -45,10 +45,12 @@ from musicgen_train.data.stream import (
 from musicgen_train.data.validate import judge_level, validate_stream
 from musicgen_train.data.writer import SegmentWriter
 from musicgen_train.errors import UserError
+from musicgen_train.locks import exclusive
 
 __all__ = ["assign_splits", "ensure_token_cache", "prepare", "prepare_items", "run"]
 log = logging.getLogger(__name__)
 _REBUILT: set[str] = set()  # caches this process has (re)built
+PREPARE_LOCK = ".prepare.lock"  # in the cache folder; clear() never removes it
 
 
 def run(cfg: DictConfig) -> Path:
@@ -91,9 +93,20 @@ def settings_hash(plan: SegmentPlan, encoder: CodecEncoder) -> str:
 def prepare_items(
     cfg: DictConfig, items: Iterable[AudioItem | SkippedItem], encoder: CodecEncoder | None = None
 ) -> dict:
-    data = cfg.data
     encoder = encoder or CodecEncoder.from_config(cfg)
-    cache = TokenCache(data.output)
+    cache = TokenCache(cfg.data.output)
+
+    def waiting(holder: str) -> None:
+        log.info("token cache %s is being prepared by %s: waiting for it", cache.root, holder)
+
+    # One writer at a time: two runs sharing a cache (two recipes on one folder, DDP ranks) wait
+    # for the first, then reuse what it encoded.
+    with exclusive(cache.root / PREPARE_LOCK, wait=True, on_wait=waiting):
+        return _prepare_into(cache, cfg, items, encoder)
+
+
+def _prepare_into(cache: TokenCache, cfg: DictConfig, items, encoder: CodecEncoder) -> dict:
+    data = cfg.data
     # data.overwrite rebuilds once per process: the pipeline and training both ensure the cache.
     overwrite = bool(data.get("overwrite", False)) and str(cache.root) not in _REBUILT
     cache.open_for(encoder.identity(), overwrite=overwrite)
