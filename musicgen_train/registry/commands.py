@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,7 +58,12 @@ def describe(registry, version) -> dict:
 
 
 def registered_name(cfg: DictConfig) -> str:
-    return cfg.registry.name or f"musicgen-{cfg.run_name}"
+    """``registry.name`` (validated with the config), else ``musicgen-<run_name>`` made into a
+    valid name: a run name such as ``my jazz run`` gives ``musicgen-my-jazz-run``, a name the
+    registry commands and ``models:/`` URIs accept."""
+    if cfg.registry.name:
+        return cfg.registry.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"musicgen-{cfg.run_name}")[:200].rstrip("-.")
 
 
 def _ref(cfg: DictConfig, *, alias_key: str = "alias"):

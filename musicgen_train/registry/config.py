@@ -9,8 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from musicgen_train.config import check_choice, check_range
 from musicgen_train.errors import ConfigError
 
-# MLflow accepts more, but these names also work as folder names and inside models:/ URIs.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# MLflow accepts more, but these names also work as folder names and inside models:/ URIs; the
+# length leaves room in a file name (255 bytes) for the hidden staging folder export writes.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -35,7 +36,8 @@ def validate(cfg: DictConfig) -> None:
         cfg,
         "registry.name",
         NAME,
-        "a registered model name starts with a letter or digit and holds letters, digits, . _ -",
+        "a registered model name starts with a letter or digit and holds letters, digits, . _ - "
+        "(at most 200)",
     )
     _check_alias(cfg, "registry.alias")
     _check_alias(cfg, "registry.from_alias")

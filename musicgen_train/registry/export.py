@@ -40,7 +40,7 @@ from musicgen_train.sources.checkpoint import (
     write_checkpoint_folder,
 )
 from musicgen_train.sources.checksums import CHECKSUM_FILE, sha256_file
-from musicgen_train.sources.model_folder import atomic_folder
+from musicgen_train.sources.model_folder import atomic_folder, check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def export_checkpoint(
     name = registered_name(cfg)
     registry = open_registry(cfg)
     registry.models()  # an unreachable registry fails now, not after minutes of export
+    dest = Path(cfg.export.output or Path(cfg.work_dir) / "exports" / name).expanduser()
+    check_output_folder(dest, "export.output")  # never replace a folder of the user's files
     path = resolve_checkpoint(str(checkpoint), cfg.run_dir)
     log.info("exporting %s as %s", path, name)
     module = load_checkpoint(path)
@@ -98,8 +100,8 @@ def export_checkpoint(
         prepare_report=_read_json(Path(str(train_cfg.data.output)) / "prepare_report.json"),
         eval_report=eval_report,
         export_info=facts,
+        architecture=type(module.model).__name__,
     )
-    dest = Path(cfg.export.output or Path(cfg.work_dir) / "exports" / name).expanduser()
     metrics = report_metrics(eval_report)
     # Registered from the staging folder, which replaces ``dest`` only once the version exists:
     # a failure anywhere leaves the previous export in place and no version behind.

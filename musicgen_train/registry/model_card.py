@@ -60,21 +60,29 @@ def _front_matter(name: str, base_model: str) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
-def _usage(name: str, adapter: bool) -> str:
+def _usage(name: str, adapter: bool, architecture: str) -> str:
+    """How to load the folder with transformers alone, with the model's own class: a melody
+    model loaded as ``MusicgenForConditionalGeneration`` gets fresh random weights."""
+    melody = "Melody" in architecture
+    loader = "AutoTokenizer" if melody else "AutoProcessor"
     code = [
-        "from transformers import AutoProcessor, MusicgenForConditionalGeneration",
+        f"from transformers import {loader}, {architecture}",
         "",
-        f'model = MusicgenForConditionalGeneration.from_pretrained("{name}")',
-        f'processor = AutoProcessor.from_pretrained("{name}")',
+        f'model = {architecture}.from_pretrained("{name}")',
     ]
+    if melody:  # its processor (chroma of a melody) needs torchaudio; text needs the tokenizer
+        code.append(f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
+    else:
+        code.append(f'processor = AutoProcessor.from_pretrained("{name}")')
     if adapter:
         code += [
             "# this export keeps its LoRA adapter apart: apply it with peft",
             "from peft import PeftModel",
             f'model.decoder = PeftModel.from_pretrained(model.decoder, "{name}/adapter")',
         ]
+    call = 'tokenizer(["warm lo-fi piano"]' if melody else 'processor(text=["warm lo-fi piano"]'
     code += [
-        'inputs = processor(text=["warm lo-fi piano"], padding=True, return_tensors="pt")',
+        f'inputs = {call}, padding=True, return_tensors="pt")',
         "audio = model.generate(**inputs)  # defaults: generation_config.json",
         "sample_rate = model.config.audio_encoder.sampling_rate",
     ]
@@ -143,8 +151,9 @@ def render_model_card(
     prepare_report: Mapping | None,
     eval_report: Mapping | None,
     export_info: Mapping,
+    architecture: str = "MusicgenForConditionalGeneration",
 ) -> str:
-    """The whole README.md of an exported model folder."""
+    """The whole README.md of an exported model folder (``architecture``: the model's class)."""
     training = {k: train_cfg[k] for k in TRAINING_SECTIONS if k in train_cfg}
     adapter = export_info.get("lora") == ADAPTER_APART
     parts = [
@@ -153,7 +162,7 @@ def render_model_card(
         f"MusicGen fine-tuned with musicgen-train from **{base_model}**. The folder is a plain "
         "Hugging Face transformers model: loading it needs no musicgen-train code.\n",
         "## How to use\n",
-        _usage(name, adapter) + "\n",
+        _usage(name, adapter, architecture) + "\n",
         "Every file's sha256 is listed in `checksums.json`; musicgen-train refuses a folder "
         "whose files do not match it.\n",
         "## Base model\n",

@@ -63,17 +63,38 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def best_from_last(folder: Path, key: str = "checkpoint") -> Path:
     """The best checkpoint that ``last.ckpt`` in ``folder`` records (Lightning's callback state);
-    ``key`` is the setting that asked for it, for the error line."""
+    ``key`` is the setting that asked for it, for the error line. A run folder that was moved or
+    copied still finds its best file by name in ``folder``."""
     last = folder / "last.ckpt"
     if not last.exists():
         raise CheckpointError(f"{key}=best: {last} does not exist, so there is no best to find")
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
-            best = Path(value["best_model_path"])
-            if best.exists():
-                return best
-    raise CheckpointError(f"{key}=best: {last} records no best checkpoint that still exists")
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for unreadable files
+        raise CheckpointError(
+            f"{key}=best: {last} is corrupt or truncated, so the best checkpoint it records "
+            f"cannot be read ({_short(err)}); give {key}=<path to a .ckpt file> instead"
+        ) from err
+    recorded = []
+    callbacks = state.get("callbacks") if isinstance(state, dict) else None
+    for name, value in (callbacks or {}).items():
+        if str(name).startswith("ModelCheckpoint") and (value or {}).get("best_model_path"):
+            recorded.append(Path(value["best_model_path"]))
+    for best in recorded:
+        for candidate in (folder / best.name, best):  # this run's own copy first
+            if candidate.is_file():
+                return candidate
+    if recorded:
+        raise CheckpointError(
+            f"{key}=best: {last} records {recorded[0]} as the best checkpoint, but neither it nor "
+            f"{folder / recorded[0].name} exists; give {key}=<path to a .ckpt file>"
+        )
+    raise CheckpointError(f"{key}=best: {last} records no best checkpoint")
+
+
+def _short(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) < 200 else text[:197] + "..."
 
 
 def resolve_checkpoint(value: str, run_dir: str | Path) -> Path:

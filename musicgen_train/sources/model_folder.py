@@ -16,6 +16,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
+from musicgen_train.errors import UserError
 from musicgen_train.sources.checksums import (
     ChecksumError,
     has_checksums,
@@ -31,19 +34,63 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     """Yield an empty folder that replaces ``dest`` only if the block succeeds.
 
     The folder has ``dest``'s name inside a hidden sibling staging folder, so anything that
-    copies it by name (MLflow artifacts) sees the final name.
+    copies it by name (MLflow artifacts) sees the final name. A file system that refuses the
+    writes (full, read-only, a file in the way) is one line naming ``dest``.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(dest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent))
-    folder = staging / dest.name
-    folder.mkdir()
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(dest)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent)
+        )
+    except OSError as err:
+        raise FolderWriteError(_write_failure(dest, err)) from err
+    folder = staging / dest.name
+    try:
+        folder.mkdir()
         yield folder
         _replace(folder, dest)
+    except (OSError, SafetensorError) as err:
+        raise FolderWriteError(_write_failure(dest, err)) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class FolderWriteError(UserError):
+    """A model folder that the file system would not let us write; nothing was left behind."""
+
+
+def _write_failure(dest: Path, err: Exception) -> str:
+    what = " ".join(str(err).split())
+    if isinstance(err, OSError) and err.strerror:
+        what = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return (
+        f"cannot write the model folder {dest} ({what}): free disk space, or choose a writable "
+        "place for it; nothing was written"
+    )
+
+
+def check_output_folder(dest: Path, key: str) -> Path:
+    """Refuse, before any slow work, an output that is not ours to replace: a file, or a folder
+    holding anything but an earlier model (one with checksums.json). Replacing it would delete
+    the user's files."""
+    dest = Path(dest)
+    try:
+        taken = dest.exists() and (
+            not dest.is_dir() or (any(dest.iterdir()) and not has_checksums(dest))
+        )
+    except OSError as err:  # a name too long, a folder we may not read
+        raise UserError(f"{key}={dest} cannot be used: {err.strerror or err}") from err
+    if taken:
+        raise UserError(
+            f"{key}={dest} already exists and is not a model folder (no checksums.json): "
+            "give a new or empty folder (an earlier export there is replaced)"
+        )
+    blocker = next((p for p in dest.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"{key}={dest} cannot be created: {blocker} is a file, not a folder")
+    return dest
 
 
 def clean_leftovers(dest: Path) -> list[Path]:
@@ -131,5 +178,30 @@ def save_model_folder(folder: Path, model, processor, *, readme: str | None = No
     processor.save_pretrained(folder)
     if readme is not None:
         (folder / "README.md").write_text(readme)
+    _default_permissions(folder)
     write_checksums(folder)
     verify_checksums(folder)  # proves the record matches what is on disk before anyone uses it
+
+
+def _default_permissions(folder: Path) -> None:
+    """safetensors writes its file through a private (0600) temporary file: give every file the
+    mode ``open()`` would have given it, so that a service running as another user (a container,
+    a shared registry) can read the model."""
+    mask = _umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)
+
+
+def _umask() -> int:
+    # Read where the system says it (Linux): setting it to read it back would, for a moment,
+    # give files other threads create at that instant no mask at all.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

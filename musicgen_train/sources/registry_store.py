@@ -33,11 +33,17 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from musicgen_train.errors import UserError  # noqa: E402
 from musicgen_train.sources.checksums import file_digests  # noqa: E402
+from musicgen_train.sources.registry_errors import (  # noqa: E402
+    RegistryError,
+    quiet_known_database_errors,
+    registry_failure,
+)
+from musicgen_train.sources.registry_errors import short as _short  # noqa: E402
 from musicgen_train.sources.registry_location import local_artifact_root  # noqa: E402
 
 log = logging.getLogger(__name__)
+quiet_known_database_errors()
 
 DEFAULT_EXPERIMENT = "musicgen-train"
 COMPLETE_TAG = "musicgen_train.export"  # set on a version whose export finished
@@ -46,10 +52,6 @@ OWNER_HOST_TAG = "musicgen_train.host"  # who is exporting a version: an interru
 OWNER_PID_TAG = "musicgen_train.pid"  # is recognised by its process being gone
 STALE_EXPORT_SECONDS = 24 * 3600
 FILES_TAG = "model_files"  # {file: sha256} of the registered folder, as export wrote it
-
-
-class RegistryError(UserError):
-    """The registry cannot be reached, or the model, alias or version does not exist."""
 
 
 @dataclass(frozen=True)
@@ -67,34 +69,34 @@ class VersionRef:
         return f"models:/{self.name}/{self.version}"
 
 
-def _short(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) < 300 else text[:297] + "..."
-
-
 class Registry:
     def __init__(self, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT):
         self.uri = tracking_uri
         self.experiment = experiment
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        with self._errors("opening it"):  # a SQLite store is opened (and migrated) here
+            if tracking_uri.startswith("sqlite:///"):
+                Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                    parents=True, exist_ok=True
+                )
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # --- reading -------------------------------------------------------------------------
 
-    def _call(self, what: str, function, *args, **kwargs):
-        """Run one MLflow call; turn an unreachable registry into one clear line."""
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn an unreachable, locked, read-only or full registry into one clear line."""
         try:
+            yield
+        except Exception as err:
+            failure = registry_failure(self.uri, what, err)
+            if failure is None:
+                raise
+            raise failure from err
+
+    def _call(self, what: str, function, *args, **kwargs):
+        """Run one MLflow call; see ``_errors``."""
+        with self._errors(what):
             return function(*args, **kwargs)
-        except MlflowException as err:
-            if "API request to" in str(err) or "Max retries" in str(err):
-                raise RegistryError(
-                    f"cannot reach the MLflow registry at {self.uri} ({what}): "
-                    "check registry.uri / MLFLOW_TRACKING_URI and that the server is running"
-                ) from err
-            raise
-        except OSError as err:
-            raise RegistryError(f"cannot open the MLflow registry at {self.uri}: {err}") from err
 
     def models(self) -> list:
         return self._call("listing models", self.client.search_registered_models)
@@ -130,7 +132,7 @@ class Registry:
         else:
             version = ref.version
         versions = self.versions(ref.name)
-        numbers = [v.version for v in versions]
+        numbers = [int(v.version) for v in versions]  # a server sends them as text
         complete = [int(v.version) for v in versions if _is_complete(v)]
         if version == "latest" and numbers:
             # An export killed half-way leaves a version without the complete tag: skip it.
@@ -213,6 +215,14 @@ class Registry:
         way deletes what was created: the version, a registered model this call created, the
         logged model and the run.
         """
+        with self._errors(f"registering {name}"):
+            return self._register(
+                folder, name, alias, tags, metrics, params, python_model, signature, requirements
+            )
+
+    def _register(
+        self, folder, name, alias, tags, metrics, params, python_model, signature, requirements
+    ) -> ModelVersion:
         tags = {k: str(v) for k, v in dict(tags).items()}
         # Every file's digest, kept by the registry: loading compares the files with it, so a
         # folder rewritten together with its checksums.json is refused.

@@ -25,7 +25,7 @@ from musicgen_train.sources.checksums import (
 )
 from musicgen_train.sources.model_folder import atomic_folder
 from musicgen_train.sources.registry_location import default_tracking_uri
-from musicgen_train.sources.registry_store import FILES_TAG, Registry, VersionRef
+from musicgen_train.sources.registry_store import FILES_TAG, Registry, RegistryError, VersionRef
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+|latest))$")
 
@@ -50,15 +50,32 @@ def _cache_folder(registry: Registry, version) -> Path:
 
 def download_registry_model(uri: str, tracking_uri: str | None = None) -> Path:
     """The verified model folder of the version ``uri`` names (downloaded once, then cached)."""
-    registry = Registry(tracking_uri or default_tracking_uri())
-    version = registry.resolve(parse_registry_uri(uri))
+    tracking_uri = tracking_uri or default_tracking_uri()
+    ref = parse_registry_uri(uri)
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if tracking_uri.startswith("sqlite:///") and not database.is_file():
+        # Opening it would create an empty registry there, as a side effect of a read.
+        raise RegistryError(
+            f"cannot load {uri}: there is no MLflow registry at {database} (registry.uri / "
+            "MLFLOW_TRACKING_URI / MUSICGEN_TRAIN_HOME name where models were exported)"
+        )
+    registry = Registry(tracking_uri)
+    version = registry.resolve(ref)
     folder = _cache_folder(registry, version)
     if not folder.is_dir():
         with atomic_folder(folder) as tmp:
             registry.download(version, tmp)
             verify_checksums(tmp)
-    verify_checksums(folder)
-    verify_registry_record(folder, version, uri)
+    try:
+        verify_checksums(folder)
+        verify_registry_record(folder, version, uri)
+    except ChecksumError as err:
+        # Refused, as any damaged model is; but "download it again" alone would find the same
+        # cached copy again: say which folder to delete.
+        raise ChecksumError(
+            f"{err} (this is the cached download of {uri}: delete {folder} and it is "
+            "downloaded from the registry again)"
+        ) from err
     return folder
 
 
