@@ -132,6 +132,8 @@ def test_streams_asked_for_while_the_models_load_are_not_500(loading):
     had loaded: a finished job's file streams at its own rate, a queued one is 503 + Retry-After."""
     client, svc = loading
     assert client.get("/health/ready").status_code == 503
+    # The default model was named but listed nowhere: it is listed as loading.
+    assert client.get("/v1/models").json() == {"default": "tiny", "models": [], "loading": ["tiny"]}
     done, samples = _finished_job(svc, rate=16000)
     answer = client.get(f"/v1/generations/{done.id}/stream")
     assert answer.status_code == 200, answer.text

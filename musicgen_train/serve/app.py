@@ -189,11 +189,11 @@ def _add_routes(app: FastAPI) -> None:
         svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
         """The served models with their registry version, metrics and limits."""
+        names = [m.name for m in svc.settings.models]
         return {
             "default": svc.settings.default_model,
-            "models": [
-                svc.models[m.name].describe() for m in svc.settings.models if m.name in svc.models
-            ],
+            "models": [svc.models[name].describe() for name in names if name in svc.models],
+            "loading": [name for name in names if name not in svc.models],
         }
 
     @app.post(

@@ -177,6 +177,9 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default: str
     models: list[ModelInfo]
+    loading: list[str] = Field(
+        default=[], description="Models configured but not loaded yet (after a start): retry"
+    )
 
 
 class Health(BaseModel):
