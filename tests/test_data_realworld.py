@@ -542,3 +542,28 @@ def test_a_second_prepare_of_one_cache_waits_then_reuses_what_the_first_encoded(
     assert results == [0]
     assert f"token cache {output} is being prepared by pid" in capsys.readouterr().err
     assert report_of(output)["files_encoded"] == 0  # all reused
+
+
+def test_a_float_file_louder_than_full_scale_is_scaled_to_fit_and_reported(tmp_path):
+    # A DAW's float bounce may peak above 1.0; it went to the codec as it was, with no line.
+    source, output = tmp_path / "music", tmp_path / "cache"
+    loud = signal(1.5, 16000)
+    loud *= 3.0 / np.abs(loud).max()
+    source.mkdir()
+    sf.write(source / "loud.wav", loud, 16000, subtype="FLOAT")
+    sf.write(source / "scaled.wav", loud / 3.0, 16000, subtype="FLOAT")  # the same, at peak 1
+    write(source / "plain.wav", seed=5)
+    assert main(prepare_args(source, output)) == 0
+    report = report_of(output)
+    assert report["adjusted"] == [
+        {"path": str(source / "loud.wav"),
+         "reason": "peak +9.5 dBFS, above full scale: scaled down 9.5 dB"}
+    ]  # fmt: skip
+    segments = first_segments(output)
+    assert segments["loud.wav"]["file_gain"] == pytest.approx(1 / 3, abs=1e-6)
+    assert segments["plain.wav"]["file_gain"] == 1.0
+    # Scaled, the loud file is encoded exactly as its copy at full scale is.
+    from musicgen_train.data.cache import ShardReader
+
+    reader = ShardReader(output)
+    assert np.array_equal(reader.codes(segments["loud.wav"]), reader.codes(segments["scaled.wav"]))

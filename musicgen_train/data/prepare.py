@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -274,8 +275,13 @@ def _encode_file(
     count = len(plan.windows(total, rate))
     result = _FileResult(item.key, item.source, info.duration, entries)
     have = {e["segment"]: e for e in done}
+    # A float file louder than full scale (a DAW's float bounce) is scaled to fit, not clipped:
+    # the codec never saw audio beyond +-1. The report lists it (``adjusted``).
+    gain = 1.0 / info.peak if info.peak > 1.0 else 1.0
     with open_item(item) as handle:
         blocks = conformed_blocks(handle, rate, encoder.channels)
+        if gain != 1.0:
+            blocks = (block * np.float32(gain) for block in blocks)
         for segment in stream_segments(blocks, total, rate, plan):
             entry = {
                 "id": _segment_id(item.key, digest, settings, segment.index),
@@ -291,6 +297,7 @@ def _encode_file(
                 "file_segments": count,
                 "file_duration": round(info.duration, 6),
                 "file_peak": info.peak,  # with the duration: the limits of later runs apply
+                "file_gain": round(gain, 6),
                 "content_hash": digest,
                 "file_stat": stat,
                 "settings": settings,

@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 
+import numpy as np
 from omegaconf import DictConfig
 
 log = logging.getLogger("musicgen_train.data.prepare")
@@ -72,6 +73,7 @@ def build_report(cfg, cache, encoder, files, skipped, removed, entries, counts) 
         "segments_reused": len(entries) - counts["segments_encoded"],
         "skipped": skipped,
         "removed": removed,
+        "adjusted": _adjusted(entries),
         "totals": {
             "hours": round(sum(f.duration for f in files) / 3600, 6),
             "segments": len(entries),
@@ -80,6 +82,18 @@ def build_report(cfg, cache, encoder, files, skipped, removed, entries, counts) 
         },
         "splits": splits,
     }
+
+
+def _adjusted(entries: list[dict]) -> list[dict]:
+    """Files whose audio was changed on its way to the codec (louder than full scale)."""
+    out = []
+    for entry in entries:
+        gain = entry.get("file_gain", 1.0)
+        if entry["segment"] == 0 and gain < 1.0:
+            decibels = -20 * np.log10(gain)
+            reason = f"peak +{decibels:.1f} dBFS, above full scale: scaled down {decibels:.1f} dB"
+            out.append({"path": entry.get("origin", entry["source"]), "reason": reason})
+    return sorted(out, key=lambda a: a["path"])
 
 
 def log_summary(report: dict) -> None:
@@ -100,3 +114,5 @@ def log_summary(report: dict) -> None:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     for item in report["removed"]:
         log.info("removed %s: %s", item["path"], item["reason"])
+    for item in report.get("adjusted", []):
+        log.warning("adjusted %s: %s", item["path"], item["reason"])
