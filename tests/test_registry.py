@@ -170,6 +170,18 @@ def test_registry_commands(registry, tmp_path, capsys):
         (["show", "registry.name=tiny-test", "registry.alias=gone"], "has no alias 'gone'"),
         (["show", "registry.name=tiny-test", "registry.version=9"], "has no version 9"),
         (["promote", "registry.name=tiny-test", "registry.version=1"], "needs the alias"),
+        # Both named: the version won silently; which one the user meant is not ours to guess.
+        (
+            [
+                "promote",
+                "registry.name=tiny-test",
+                "registry.alias=prod",
+                "registry.version=1",
+                "registry.from_alias=staging",
+            ],
+            "registry.from_alias=A, not both",
+        ),  # fmt: skip
+        (["promote", "registry.name=tiny-test", "registry.alias=prod"], "needs one version"),
         (["download", "registry.name=tiny-test"], "registry.output=DIR"),
         (["frobnicate"], "one action of"),
     ],

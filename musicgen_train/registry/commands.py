@@ -103,9 +103,10 @@ def promote(cfg: DictConfig, registry) -> dict:
     """Point ``registry.alias`` at a version named by number or by another alias."""
     if not cfg.registry.alias:
         raise UserError("promote needs the alias to move: registry.alias=production")
-    if cfg.registry.version is None and not cfg.registry.from_alias:
+    if (cfg.registry.version is None) == (not cfg.registry.from_alias):  # neither, or both
         raise UserError(
-            "promote needs the version to point at: registry.version=N or registry.from_alias=A"
+            "promote needs one version to point at: registry.version=N or "
+            "registry.from_alias=A, not both"
         )
     version = registry.resolve(_ref(cfg, alias_key="from_alias"))
     name, alias = version.name, cfg.registry.alias
