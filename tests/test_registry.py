@@ -180,7 +180,7 @@ def test_registry_commands(registry, tmp_path, capsys):
                 "registry.from_alias=staging",
             ],
             "registry.from_alias=A, not both",
-        ),  # fmt: skip
+        ),
         (["promote", "registry.name=tiny-test", "registry.alias=prod"], "needs one version"),
         (["download", "registry.name=tiny-test"], "registry.output=DIR"),
         (["frobnicate"], "one action of"),
