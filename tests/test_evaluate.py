@@ -116,7 +116,7 @@ def test_fad_against_a_folder_matches_the_formula(folder_run, reference_folder):
     assert entry["value"] == pytest.approx(expected, rel=1e-6)
     assert entry["reference_clips"] == 4 and entry["reference_frames"] == reference.count
     assert len(entry["per_song"]) == 2 and all(v >= 0 for v in entry["per_song"])
-    assert entry["fad_inf"]["skipped"].startswith("needs at least 500")
+    assert entry["fad_inf"]["skipped"].startswith("needs more than 500")
     # No token cache here, no PaSST / audiobox-aesthetics packages: one line each.
     assert [s.split(":")[0] for s in report["skipped"]] == [
         "kld_passt",

@@ -103,16 +103,27 @@ def test_encodec_chunks_are_not_loudness_normalised(tmp_path):
     from musicgen_train.evaluation.encodec_embedder import EncodecEmbedder
 
     embedder = EncodecEmbedder(codec, "tiny 8 kHz chunked")
-    wave = np.random.default_rng(2).normal(scale=0.1, size=8_000 * 2).astype(np.float32)
+    wave = np.random.default_rng(2).normal(scale=0.1, size=8_000 * 2 + 100).astype(np.float32)
     frames = embedder.embed(wave[None], 8_000)
-    # By hand: segments of 8000 samples every 7920 (1 s at a 0.99 s stride), both channels the
-    # mono signal, the encoder applied as is (no RMS scaling), latents concatenated in time.
-    stereo = torch.from_numpy(wave)[None, None].repeat(1, 2, 1)
-    with torch.no_grad():
-        pieces = [codec.encoder(stereo[..., s : s + 8000]) for s in range(0, 16_000, 7920)]
-    pieces = [p for p, s in zip(pieces, range(0, 16_000, 7920), strict=True) if 16_000 - s >= 800]
-    expected = torch.cat(pieces, dim=-1)[0].T.numpy()
-    np.testing.assert_allclose(frames, expected, rtol=1e-5, atol=1e-6)
+
+    # By hand, as fadtk's encodec-emb-48k: segments of 8000 samples every 8000 (its stride is
+    # segment_length, not the codec's 0.99 s chunk_stride), the short last one too, both
+    # channels the mono signal, the encoder applied as is (no RMS scaling), concatenated.
+    def by_hand(audio):
+        with torch.no_grad():
+            pieces = [codec.encoder(audio[..., s : s + 8000]) for s in range(0, 16_100, 8000)]
+        return torch.cat(pieces, dim=-1)[0].T.numpy()
+
+    np.testing.assert_allclose(
+        frames, by_hand(torch.from_numpy(wave)[None, None].repeat(1, 2, 1)), rtol=1e-5, atol=1e-6
+    )
+    # A stereo clip stays stereo for a stereo codec (fadtk's convert_audio), not downmixed.
+    right = np.random.default_rng(3).normal(scale=0.1, size=wave.size).astype(np.float32)
+    stereo = np.stack([wave, right])
+    np.testing.assert_allclose(
+        embedder.embed(stereo, 8_000), by_hand(torch.from_numpy(stereo)[None]), rtol=1e-5, atol=1e-6
+    )
+    assert "consecutive 1 s chunks, no overlap" in embedder.window
     # Scaling the input scales the latents' input: without normalisation they differ.
     louder = embedder.embed(4 * wave[None], 8_000)
     assert not np.allclose(louder, frames, atol=1e-3)

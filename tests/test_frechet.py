@@ -158,7 +158,7 @@ def test_fad_inf_recovers_the_large_sample_limit():
     assert abs(result.value) < 0.25 * fad_500
     assert result.slope > 0 and result.r2 > 0.5
     assert fad_inf(frames, reference, seed=0).value == result.value  # seeded
-    with pytest.raises(ValueError, match="at least 500"):
+    with pytest.raises(ValueError, match="more than 500"):
         fad_inf(frames[:100], reference)
 
 

@@ -62,6 +62,7 @@ class EvaluationCallback(Callback):
     def evaluate(self, module, epoch: int) -> dict[str, float]:
         """Generate for the prompt set with the module's model and score it: ``eval/<metric>``."""
         from musicgen_train.evaluation.prompts import prompt_set_for
+        from musicgen_train.evaluation.protocol import apply_protocol
         from musicgen_train.evaluation.report import write_plots
         from musicgen_train.evaluation.run import generate_clips, generation_params
         from musicgen_train.evaluation.suite import MetricSuite
@@ -83,6 +84,14 @@ class EvaluationCallback(Callback):
                     out,
                     int(ecfg.samples_per_prompt),
                     int(ecfg.generation.batch_size),
+                )
+                # The same protocol as `musicgen-train evaluate` (cut, loudness): the numbers
+                # logged during training are comparable with the final report's.
+                clips = apply_protocol(
+                    clips,
+                    [p.reference for p in self.prompt_set.prompts],
+                    ecfg.get("protocol"),
+                    out / "protocol",
                 )
                 if self.suite is None:
                     self.suite = MetricSuite(

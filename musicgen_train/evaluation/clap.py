@@ -124,7 +124,9 @@ class ClapEmbedder(Embedder):
         size = int(round(self.window_seconds * self.sample_rate))
         if self.windowing == "fadtk":
             return fadtk_windows(wave, size, self.sample_rate)
-        pieces = [wave[start : start + size] for start in range(0, max(len(wave), 1), size)]
+        if not len(wave):  # an empty file: one silent window (the extractor divides by 0)
+            wave = np.zeros(1, dtype=np.float32)
+        pieces = [wave[start : start + size] for start in range(0, len(wave), size)]
         minimum = int(round(self.min_last_seconds * self.sample_rate))
         if len(pieces) > 1 and len(pieces[-1]) < minimum:
             pieces = pieces[:-1]
@@ -153,9 +155,17 @@ class ClapEmbedder(Embedder):
 
     @torch.inference_mode()
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised text projections ``[len(texts), projection_dim]``."""
-        tokens = self.processor.tokenizer(
-            list(texts), padding=True, truncation=True, return_tensors="pt"
+        """L2-normalised text projections ``[len(texts), projection_dim]``.
+
+        A long prompt is cut to what the text encoder can take: the tokenizer's own limit, and
+        never more than its position table (RoBERTa: 2 positions are reserved), since a folder's
+        tokenizer may carry no limit at all (then a long prompt would crash the text encoder).
+        """
+        tokenizer = self.processor.tokenizer
+        positions = int(getattr(self.model.config.text_config, "max_position_embeddings", 514))
+        limit = min(int(tokenizer.model_max_length), positions - 2)
+        tokens = tokenizer(
+            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
         )
         output = self.model.get_text_features(
             input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]

@@ -13,7 +13,7 @@ from musicgen_train.audio import audio_info, load_audio
 
 
 @lru_cache(maxsize=4096)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -22,9 +22,14 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (memoised while its size and modification time stay the same)."""
+    """sha256 of a file's bytes, memoised while its size, times and inode stay the same.
+
+    The change time and inode are in the key because the modification time alone can be set
+    back (``cp -p``, ``rsync -t``, ``touch -r``): a rewritten reference file of the same length
+    would otherwise keep its old digest, and the embedding cache its old embeddings.
+    """
     stat = Path(path).stat()
-    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 @dataclass(frozen=True)

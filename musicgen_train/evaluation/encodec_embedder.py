@@ -3,11 +3,13 @@
 Any transformers ``EncodecModel`` works: ``facebook/encodec_24khz`` (75 frames/s),
 ``facebook/encodec_32khz`` (MusicGen's codec, 50 frames/s), ``facebook/encodec_48khz`` (stereo,
 normalised, 1 s chunks), a local folder, or ``model``: the codec inside the evaluated MusicGen.
-Checkpoints that work in chunks (48 kHz: 1 s chunks at a 0.99 s stride) are fed those chunks
-WITHOUT the per-chunk loudness normalisation ``EncodecModel.encode`` applies, as fadtk's
-``encodec-emb-48k`` embeds (it calls the encoder on each segment directly);
+Checkpoints that work in chunks (48 kHz: 1 s chunks) are fed consecutive 1 s chunks (no
+overlap, the last one as long as what is left) WITHOUT the per-chunk loudness normalisation
+``EncodecModel.encode`` applies, as fadtk's ``encodec-emb-48k`` embeds (it calls the encoder on
+each ``segment_length`` piece at a ``segment_length`` stride, not the codec's 0.99 s stride);
 ``eval.encodec.normalize_chunks=true`` scales each chunk to unit RMS instead (then fadtk's
-statistics are refused). The others see the whole clip at once.
+statistics are refused). The others see the whole clip at once. A stereo codec sees stereo clips
+in stereo (mono ones duplicated), as fadtk's ``convert_audio`` does; a mono codec the downmix.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from musicgen_train.audio import resample, to_channels
 from musicgen_train.evaluation.embedder_base import Embedder, EmbedderUnavailable, state_dict_digest
 from musicgen_train.model.hub_access import hub_kwargs
 
@@ -30,17 +33,16 @@ class EncodecEmbedder(Embedder):
         self.sample_rate = int(config.sampling_rate)
         self.channels = int(config.audio_channels)
         self.chunk = config.chunk_length  # samples, or None: the whole clip
-        self.stride = config.chunk_stride if self.chunk else None
         self.normalize = bool(config.normalize and normalize_chunks and self.chunk)
         if self.chunk:
-            chunking = (
-                f"{config.chunk_length_s:g} s chunks at a {self.stride / self.sample_rate:g} s "
-                + ("stride, each RMS-normalised" if self.normalize else "stride, not normalised")
+            chunking = f"consecutive {config.chunk_length_s:g} s chunks, no overlap, " + (
+                "each RMS-normalised" if self.normalize else "not normalised"
             )
         else:
             chunking = "clip"
+        stereo = "; stereo kept" if self.channels == 2 else ""
         self.window = (
-            f"{chunking}; one {config.hidden_size}-d pre-quantiser latent per "
+            f"{chunking}{stereo}; one {config.hidden_size}-d pre-quantiser latent per "
             f"{1000 / config.frame_rate:g} ms frame ({config.frame_rate} frames/s)"
         )
         # fadtk's names for the statistics of the same latents.
@@ -79,18 +81,28 @@ class EncodecEmbedder(Embedder):
                 "or set eval.encodec.checkpoint to a local folder or to `model`"
             ) from err
 
+    def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """As ``Embedder.embed``, but to the codec's channels (stereo kept for a stereo codec)."""
+        audio = to_channels(np.atleast_2d(np.asarray(audio, dtype=np.float32)), self.channels)
+        audio = resample(audio, int(sample_rate), self.sample_rate)
+        with torch.inference_mode():
+            frames = self._encode(torch.from_numpy(np.ascontiguousarray(audio))[None])
+        return np.asarray(frames, dtype=np.float32)
+
     def embed_mono(self, wave: np.ndarray) -> np.ndarray:
-        # Too short a clip cannot pass the strided convolutions: pad it to 0.1 s.
-        wave = np.pad(wave, (0, max(0, self.sample_rate // 10 - len(wave))))
-        audio = torch.from_numpy(wave)[None, None].repeat(1, self.channels, 1)
+        audio = torch.from_numpy(np.ascontiguousarray(wave))[None, None]
+        return self._encode(audio.repeat(1, self.channels, 1))
+
+    def _encode(self, audio: torch.Tensor) -> np.ndarray:
+        """``[1, channels, samples]`` -> ``[frames, hidden]`` latents."""
+        # Too short a clip: pad it to 0.1 s (a whole clip of a few samples gives one frame).
+        length = audio.shape[-1]
+        audio = torch.nn.functional.pad(audio, (0, max(0, self.sample_rate // 10 - length)))
         dtype = next(self.codec.parameters()).dtype
-        if self.chunk:
-            length = audio.shape[-1]
-            pieces = [audio[..., s : s + self.chunk] for s in range(0, length, self.stride)]
+        if self.chunk:  # fadtk: every chunk, at a stride of one chunk
+            pieces = [audio[..., s : s + self.chunk] for s in range(0, audio.shape[-1], self.chunk)]
         else:
             pieces = [audio]
-        # A last chunk of a few samples cannot pass the convolutions either: drop it.
-        pieces = [p for p in pieces if p.shape[-1] >= self.sample_rate // 10] or [pieces[0]]
         latents = []
         for piece in pieces:
             if self.normalize:

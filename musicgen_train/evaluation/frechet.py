@@ -213,8 +213,8 @@ def fad_inf(
     if sampling not in SAMPLINGS:
         raise ValueError(f"FAD-inf sampling {sampling!r} is not one of {list(SAMPLINGS)}")
     frames = np.asarray(frames, dtype=np.float64)
-    if len(frames) < min_n:
-        raise ValueError(f"FAD-inf needs at least {min_n} embedding frames, got {len(frames)}")
+    if len(frames) <= min_n:  # n = min_n only: one point repeated, no line to fit
+        raise ValueError(f"FAD-inf needs more than {min_n} embedding frames, got {len(frames)}")
     rng = np.random.default_rng(seed)
     ns = [int(n) for n in np.linspace(min_n, len(frames), steps)]
     values = []
@@ -255,7 +255,8 @@ def bootstrap_fad(
     Songs, not frames, are the independent unit (frames of one song are correlated). The
     interval is the SAMPLING SPREAD of FAD at this number of songs, not a confidence interval
     for the true distance: FAD is biased upwards at finite n, and the interval does not contain
-    that bias (measured coverage in docs/evaluation.md).
+    that bias (measured coverage in docs/evaluation.md). FAD is never negative, and neither is
+    the interval's lower end (a spread wider than the point is cut at 0).
     """
     point = fad(statistics_from_embeddings(np.concatenate(songs)), reference)
     rng = np.random.default_rng(seed)
@@ -265,4 +266,5 @@ def bootstrap_fad(
         frames = np.concatenate([songs[i] for i in picked])
         if len(frames) >= 2:
             draws.append(fad(statistics_from_embeddings(frames), reference))
-    return point, centered_interval(point, np.asarray(draws), confidence)
+    low, high = centered_interval(point, np.asarray(draws), confidence)
+    return point, (max(low, 0.0), high)

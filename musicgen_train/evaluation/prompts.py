@@ -124,7 +124,8 @@ def load_prompt_set(name_or_path: str, limit: int | None = None) -> PromptSet:
     """Read and check a prompt set; a bad line raises a UserError naming file and line."""
     path = resolve_prompt_file(name_or_path)
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first line.
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_train.audio import AUDIO_EXTENSIONS, UNSUPPORTED_AUDIO, unsupported_reason
+from musicgen_train.audio import (
+    AUDIO_EXTENSIONS,
+    UNSUPPORTED_AUDIO,
+    audio_info,
+    unsupported_reason,
+)
 from musicgen_train.errors import UserError
 from musicgen_train.evaluation.cache import EmbeddingCache
 from musicgen_train.evaluation.clips import Clip
@@ -94,7 +99,15 @@ class Reference:
         frames = []
         for clip in self.clips:
             try:
-                frames.append(cache.embed(clip, embedder))
+                if audio_info(clip.path)[0] <= clip.offset:  # embedders would pad it to silence
+                    raise ValueError("it holds no audio (0 samples in the file or the window)")
+                embedded = cache.embed(clip, embedder)
+                if not np.all(np.isfinite(embedded)):  # one such clip would void the metric
+                    raise ValueError(
+                        f"its {embedder.name} embeddings are NaN or infinite (NaN or infinite "
+                        "samples in the file?)"
+                    )
+                frames.append(embedded)
             except (OSError, RuntimeError, ValueError) as err:  # soundfile's errors included
                 note = f"reference clip {clip.path} skipped: {str(err).splitlines()[0]}"
                 if note not in self.notes:
@@ -122,6 +135,12 @@ def build_reference(cfg, prompt_set: PromptSet) -> Reference:
         return Reference(f"statistics file {path}", stats_file=path)
     if path.is_dir():
         return _folder(path, limit)
+    if path.exists() or len(path.parts) > 1:  # a path the user meant, but not a folder
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise ReferenceUnavailable(
+            f"eval.reference={choice!r}: {path} {what} (give a folder of audio, a .npz "
+            "statistics file, valid or prompts)"
+        )
     raise ReferenceUnavailable(
         f"eval.reference={choice!r} is not valid, prompts, a folder of audio or a .npz file"
     )

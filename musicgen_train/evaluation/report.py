@@ -25,7 +25,9 @@ def write_report(
     out = Path(out)
     plots = write_plots(out, report, generations, spectrograms)
     report["plots"] = [str(p) for p in plots]  # what dashboards log as images
-    (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    # Strict JSON: a NaN or infinite number is written as null, never as the invalid `NaN`.
+    text = json.dumps(_finite(report), indent=2, default=_jsonable, allow_nan=False)
+    (out / "eval_report.json").write_text(text + "\n")
     path = out / "report.html"
     path.write_text(_html(out, report, plots), encoding="utf-8")
     return path
@@ -39,6 +41,17 @@ def write_plots(
     Path(out).mkdir(parents=True, exist_ok=True)
     plots = [_metric_bar_chart(Path(out), report), *_spectrograms(out, generations, spectrograms)]
     return [p for p in plots if p is not None]
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite float (numpy's included) replaced by None."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _jsonable(value):

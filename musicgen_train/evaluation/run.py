@@ -6,11 +6,13 @@ notebooks call; the training callback reuses ``MetricSuite`` on the model being 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.audio import write_audio
@@ -95,6 +97,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     models, generations, codec = [], {}, None
     for label, source in sources:
         loaded = load_musicgen(source, **load_options(cfg))
+        generation_warnings: list[str] = []
         conditioning = conditioning_for(ecfg, prompt_set, is_melody(loaded.model))
         log.info(
             "evaluate: generating %d prompt(s) x %d with %s",
@@ -111,6 +114,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 int(ecfg.samples_per_prompt),
                 int(ecfg.generation.batch_size),
                 conditioning,
+                generation_warnings,
             ),
             [p.reference for p in prompt_set.prompts],
             ecfg.get("protocol"),
@@ -124,6 +128,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 "sample_rate": loaded.sample_rate,
                 "conditioning": conditioning.summary,
                 "text_adherence": _text_adherence(cfg, loaded),
+                "generation_warnings": generation_warnings,
             }
         )
         if codec is None:  # eval.encodec.checkpoint=model scores with the first model's codec
@@ -133,7 +138,9 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     suite = MetricSuite(cfg, prompt_set, codec=codec[0], codec_source=codec[1])
     for model in models:
         adherence = model.pop("text_adherence")
+        broken = model.pop("generation_warnings")
         model.update(suite.score(generations[model["label"]]))
+        model["warnings"] = [*broken, *model["warnings"]]
         model["metrics"]["caption_gain"] = adherence
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -223,8 +230,14 @@ def generate_clips(
     samples_per_prompt: int = 1,
     batch_size: int = 4,
     conditioning: Conditioning | None = None,
+    warnings: list[str] | None = None,
 ) -> list[list[Clip]]:
     """Write each prompt's generations as wav files; ``clips[i]`` are those of prompt ``i``.
+
+    A generation holding NaN or infinite samples (a diverged model, an overflowing codec) is
+    written as silence where it is not finite, with a line in ``warnings``: written as it is,
+    a NaN would become full-scale samples in the 16-bit file and be scored as if it were music.
+    Samples beyond [-1, 1] are clipped by the file format: also a line in ``warnings``.
 
     Prompt ``i`` of sample round ``s`` uses seed ``seed + 1000 * s + i`` whatever the batch size:
     every model sees the same seeds, so two models are compared on equal terms. Melodies
@@ -233,6 +246,7 @@ def generate_clips(
     """
     engine = GenerationEngine(loaded)
     prompts = prompt_set.prompts
+    names = clip_file_names([p.id for p in prompts])
     clips: list[list[Clip]] = [[] for _ in prompts]
     for sample in range(samples_per_prompt):
         for start in range(0, len(prompts), batch_size):
@@ -245,8 +259,9 @@ def generate_clips(
             else:
                 audio = engine.generate([p.text for p in batch], _with_seed(params, seed))
             for offset, (prompt, wave) in enumerate(zip(batch, audio, strict=True)):
-                name = _file_name(prompt.id, sample, samples_per_prompt)
-                path = write_audio(folder / name, wave, engine.sample_rate)
+                name = names[start + offset] + (f"-{sample}" if samples_per_prompt > 1 else "")
+                wave = _checked_audio(wave, f"{name}.wav", warnings)
+                path = write_audio(folder / f"{name}.wav", wave, engine.sample_rate)
                 clips[start + offset].append(Clip(path, name=prompt.id))
     return clips
 
@@ -286,9 +301,49 @@ def _with_seed(params: GenerationParams, seed: int | None) -> GenerationParams:
     return replace(params, seed=seed)
 
 
-def _file_name(prompt_id: str, sample: int, samples: int) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", prompt_id).strip("_") or "prompt"
-    return f"{slug}.wav" if samples == 1 else f"{slug}-{sample}.wav"
+MAX_NAME = 80  # characters of a prompt id kept in a file name (file systems allow 255 bytes)
+
+
+def clip_file_names(prompt_ids: list[str]) -> list[str]:
+    """A distinct, short, portable file stem per prompt id: the id itself when it is one, else
+    its ASCII slug plus a hash of the id, so ids that slug alike (``日本`` / ``中国``, ``a b`` /
+    ``a_b``, ``A`` / ``a`` on a case-insensitive disk) never overwrite each other's audio."""
+    slugs = [
+        re.sub(r"[^A-Za-z0-9._-]+", "_", i).strip("_.")[:MAX_NAME] or "prompt" for i in prompt_ids
+    ]
+    folded = [s.casefold() for s in slugs]
+    return [
+        slug
+        if slug == prompt_id and folded.count(slug.casefold()) == 1
+        else f"{slug}-{hashlib.sha1(prompt_id.encode()).hexdigest()[:8]}"
+        for prompt_id, slug in zip(prompt_ids, slugs, strict=True)
+    ]
+
+
+def _checked_audio(wave, name: str, warnings: list[str] | None):
+    """``wave`` with NaN / infinite samples set to 0; a warning naming the clip for those and
+    for samples beyond [-1, 1] (clipped when written)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    bad = ~np.isfinite(wave)
+    if bad.any():
+        line = (
+            f"generation {name}: {int(bad.sum())} of {wave.size} samples are NaN or infinite "
+            "(the model's output is broken); written and scored as silence there"
+        )
+        log.warning(line)
+        if warnings is not None:
+            warnings.append(line)
+        wave = np.where(bad, np.float32(0.0), wave)
+    over = np.abs(wave) > 1.0
+    if over.any():  # 16-bit PCM holds [-1, 1]: what is scored is the clipped audio
+        line = (
+            f"generation {name}: {int(over.sum())} of {wave.size} samples beyond [-1, 1] (peak "
+            f"{float(np.abs(wave).max()):.2f}) are clipped in the file, and scored clipped"
+        )
+        log.warning(line)
+        if warnings is not None:
+            warnings.append(line)
+    return wave
 
 
 def _summary(metrics: dict) -> str:

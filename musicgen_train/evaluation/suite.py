@@ -308,9 +308,9 @@ class MetricSuite:
         settings = self.ecfg.fad_inf
         if not settings.enabled:
             return {"skipped": "eval.fad_inf.enabled is false"}
-        if len(frames) < int(settings.min_frames):
+        if len(frames) <= int(settings.min_frames):  # at min_frames: all subsets the same n
             return {
-                "skipped": f"needs at least {settings.min_frames} generated frames, "
+                "skipped": f"needs more than {settings.min_frames} generated frames, "
                 f"got {len(frames)}"
             }
         result = fad_inf(
