@@ -277,3 +277,28 @@ def test_generations_beyond_full_scale_are_reported_as_clipped(tiny_model_dir, t
     assert np.abs(audio).max() > 0.999
     assert len(warnings) == 1 and warnings[0].startswith("generation loud.wav: ")
     assert "beyond [-1, 1]" in warnings[0] and "clipped" in warnings[0]
+
+
+def test_a_missing_reference_is_said_before_generating(tiny_model_dir, tmp_path, caplog):
+    """A mistyped eval.reference skipped FAD and KAD, said only after every clip was made."""
+    import logging
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "one", "text": "calm"}\n')
+    missing = tmp_path / "refrence"  # the typo
+    cfg = load_config(
+        [
+            f"eval.prompts={prompts}",
+            f"eval.reference={missing}",
+            f"work_dir={tmp_path / 'work'}",
+            "eval.clap_score=false",
+            "eval.generation.duration=0.2",
+            "eval.report_spectrograms=0",
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="musicgen_train"):
+        evaluate(cfg, model_source=str(tiny_model_dir), output_dir=tmp_path / "out")
+    lines = [r.getMessage() for r in caplog.records]
+    early = next(i for i, m in enumerate(lines) if f"{missing} does not exist" in m)
+    generating = next(i for i, m in enumerate(lines) if m.startswith("evaluate: generating"))
+    assert early < generating and "will be skipped" in lines[early]

@@ -79,6 +79,17 @@ def with_training_data(cfg: DictConfig, source: str) -> DictConfig:
     return cfg
 
 
+def warn_early_of_missing_reference(cfg: DictConfig, prompt_set: PromptSet) -> None:
+    """A mistyped ``eval.reference`` skips FAD and KAD; say so now, not after minutes of
+    generating (the suite checks the reference again once the clips exist)."""
+    from musicgen_train.evaluation.reference import ReferenceUnavailable, build_reference
+
+    try:
+        build_reference(cfg, prompt_set)
+    except ReferenceUnavailable as err:
+        log.warning("evaluate: %s: the distance metrics (FAD, KAD) will be skipped", err)
+
+
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
     """Generate, score and report; returns the content of ``eval_report.json`` + ``report_dir``."""
     from musicgen_train.evaluation.report import write_report
@@ -92,6 +103,7 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     out = Path(output_dir or ecfg.get("output_dir") or default_output_dir(cfg, sources[0][1]))
     out.mkdir(parents=True, exist_ok=True)
     prompt_set = prompt_set_for(cfg, ecfg.get("max_prompts"))
+    warn_early_of_missing_reference(cfg, prompt_set)
     params = generation_params(ecfg.generation)
 
     models, generations, codec = [], {}, None
