@@ -125,7 +125,8 @@ def test_deepspeed_stage_3_offloads_weights_too():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
 def test_deepspeed_without_cuda_is_one_clear_error():
-    with pytest.raises(UserError, match=r"needs CUDA GPUs .* use strategy=ddp or strategy=fsdp"):
+    # (not "or strategy=fsdp": Lightning's FSDP needs CUDA too)
+    with pytest.raises(UserError, match=r"needs CUDA GPUs .* use strategy=ddp instead \(strategy="):
         build_strategy(load_config(["strategy=deepspeed_stage_2"]))
 
 
@@ -148,8 +149,27 @@ def test_cli_deepspeed_on_cpu_exits_2_with_one_line(work_home):
     lines = [line for line in done.stderr.splitlines() if line.startswith("musicgen-train: error:")]
     assert len(lines) == 1, done.stderr[-2000:]
     assert "strategy=deepspeed_stage_3 needs CUDA GPUs" in lines[0]
-    assert "use strategy=ddp or strategy=fsdp" in lines[0]
+    assert "use strategy=ddp instead" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        # Lightning: ValueError "The strategy `fsdp` requires a GPU accelerator" (traceback)
+        ("strategy=fsdp", "strategy=fsdp needs CUDA GPUs (Lightning's FSDP runs on CUDA only)"),
+        # Lightning: MisconfigurationException "No supported gpu backend found!" (traceback)
+        ("trainer.accelerator=cuda", "trainer.accelerator=cuda needs a GPU, and none is"),
+    ],
+)
+def test_gpu_settings_on_cpu_are_one_line(work_home, capsys, override, expected):
+    from musicgen_train.cli import main
+
+    assert main(["train", override, "trainer.max_steps=1", "logger=csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"musicgen-train: error: {expected}") and err.count("\n") == 1
+    assert not (work_home / "cache").exists()  # stopped before any work
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,37 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class ExceptionCheckpoint(OnExceptionCheckpoint):
+    """``on_exception.ckpt`` on Ctrl-C, SIGTERM or an error, but only when this fit trained
+    something: a run that fails before its first batch (a checkpoint that does not fit, a bad
+    setting) has nothing new to keep, and its untrained state at step 0 would be the newest
+    checkpoint, which ``ckpt_path=last`` then picks over the real one (or it overwrote the
+    ``on_exception.ckpt`` of an earlier interruption)."""
+
+    def __init__(self, dirpath: str | Path):
+        super().__init__(dirpath=str(dirpath))
+        self._started_at: int | None = None  # batches begun when this fit's training started
+        self.written: Path | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started_at = _batches_begun(trainer)
+
+    def on_exception(self, trainer, *args, **kwargs) -> None:
+        if self._started_at is None or _batches_begun(trainer) <= self._started_at:
+            log.info("nothing trained in this run yet, so no on_exception.ckpt is written")
+            return
+        try:
+            super().on_exception(trainer, *args, **kwargs)
+        except Exception as err:  # (a full disk fails this save too: keep the first error)
+            log.warning("on_exception.ckpt could not be written either: %s", err)
+            return
+        self.written = Path(self.ckpt_path)
+
+
+def _batches_begun(trainer) -> int:
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)
+
+
 def validation_follows(trainer) -> bool:
     """Whether the fit loop validates right after this train batch (Lightning's own decision,
     made after ``on_train_batch_end``; it has no public name, so unknown means no)."""
@@ -221,8 +252,9 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [best, LastCheckpoint(folder, ccfg.checkpoint.every_n_train_steps)]
-    # Ctrl-C or a crash writes on_exception.ckpt; ckpt_path=last picks the newest checkpoint.
-    callbacks.append(OnExceptionCheckpoint(dirpath=folder))
+    # Ctrl-C, SIGTERM or a crash once a batch trained writes on_exception.ckpt; ckpt_path=last
+    # picks the newest checkpoint.
+    callbacks.append(ExceptionCheckpoint(dirpath=folder))
     if ccfg.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.trainer.enable_progress_bar:

@@ -12,14 +12,18 @@ intact plus at most one ``.saving-*.tmp`` file, which the next run removes when 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from musicgen_train.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,35 @@ def atomic_save(obj: Any, path: Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise
+        full = _disk_full(err)
+        if full is None:
+            raise
+        # A full disk (or quota, or file size limit) surfaces as a chain of torch's zip writer
+        # errors ending in OSError: one line instead, naming the folder and what is left there.
+        free = shutil.disk_usage(path.parent).free / 1e6
+        raise UserError(
+            f"checkpoint {path} could not be written: {full.strerror} ({free:.0f} MB free in "
+            f"{path.parent}); the previous {path.name}, if any, is untouched: make room and "
+            "resume with ckpt_path=last"
+        ) from err
     _fsync_folder(path.parent)  # the rename itself reaches the disk
+
+
+def _disk_full(err: BaseException | None) -> OSError | None:
+    """The OSError saying the disk (or a quota, or RLIMIT_FSIZE) is full, anywhere in the chain."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def _umask() -> int:

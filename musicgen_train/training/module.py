@@ -298,20 +298,25 @@ class MusicgenLightningModule(pl.LightningModule):
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from musicgen_train.training import resume
+
+        if "state_dict" not in checkpoint:  # DeepSpeed's engine has loaded the weights itself
+            return resume.restore_ema(self, checkpoint)
+        # A checkpoint of another model or trainable set: one line, before anything is loaded.
+        resume.check_fits(self, checkpoint, getattr(self._trainer, "ckpt_path", None))
         state = checkpoint.setdefault("state_dict", {})
-        saved = {k.removeprefix("model.") for k in state}
-        missing = [name for name, _ in self.trainable_parameters() if name not in saved]
-        if missing:
-            raise KeyError(
-                f"checkpoint lacks {len(missing)} trained weights (e.g. {missing[0]}): was it "
-                "written with another finetune mode (full / lora) or LoRA target list?"
-            )
         # The frozen weights left out at saving are those this module loaded from the base
         # model: put them back so the state dict loads strictly.
         for key, value in self.state_dict().items():
             state.setdefault(key, value)
-        if self.ema is not None and "ema" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema"])
+        resume.restore_ema(self, checkpoint)
+
+    def on_train_start(self) -> None:
+        # A resumed run given other optim.* values: Lightning has just restored AdamW and the
+        # scheduler with the checkpoint's; this run's own are put in (and said).
+        from musicgen_train.training.resume import apply_optim_settings
+
+        apply_optim_settings(self.trainer, self.cfg)
 
     # --- samples and export ----------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def require_cuda_for_deepspeed(cfg: DictConfig) -> None:
         return
     raise UserError(
         f"strategy={cfg.strategy.name} needs CUDA GPUs (DeepSpeed runs on CUDA only) but {reason}:"
-        " use strategy=ddp or strategy=fsdp instead"
+        " use strategy=ddp instead (strategy=fsdp needs CUDA too)"
     )
 
 

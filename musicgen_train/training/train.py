@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from musicgen_train.errors import UserError
 from musicgen_train.sources.checkpoint import best_from_last
 from musicgen_train.training.callbacks import (
+    ExceptionCheckpoint,
     best_checkpoint,
     build_callbacks,
     checkpoint_dir,
@@ -49,7 +52,8 @@ class TrainResult:
             "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "train_seconds": round(self.seconds, 1),
-            **{k: round(v, 4) for k, v in self.metrics.items()},
+            # Four significant digits: round(v, 4) printed a learning rate of 1e-05 as 0.0.
+            **{k: float(f"{v:.4g}") for k, v in self.metrics.items()},
         }
 
 
@@ -72,6 +76,9 @@ def is_main_process() -> bool:
 _QUIET = (
     r".*fit\(ckpt_path=None\)` was called without a model.*",
     r".*fit\(ckpt_path=\"last\"\) is set, but there is no last checkpoint.*",
+    # Said on every resume: a fresh run has moved earlier checkpoints aside, so the folder holds
+    # files only when resuming, which is what the user asked for.
+    r".*Checkpoint directory .* exists and is not empty.*",
     # Lightning's own pytree helper and torchdata's loader on torch 2.13: nothing to act on.
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*'set_vital' is deprecated.*",
@@ -113,6 +120,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> TrainResult:
     started = time.perf_counter()
     # Settings that cannot work here (DeepSpeed or fp16 without CUDA) fail before any work.
     check_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    check_devices(cfg)
     strategy = build_strategy(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
@@ -133,15 +141,25 @@ def _train_locked(cfg, run_dir: Path, strategy, callbacks, started: float) -> Tr
         archive_previous_checkpoints(run_dir)
     ensure_token_cache(cfg)
     datamodule = TokenDataModule.from_config(cfg)
+    validates = has_validation(datamodule)
     module = MusicgenLightningModule(cfg)
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=callbacks or [], strategy=strategy)
+    trainer = build_trainer(
+        cfg,
+        run_dir,
+        extra_callbacks=callbacks or [],
+        strategy=strategy,
+        **({} if validates else {"limit_val_batches": 0}),
+    )
     log.info("training %s (%s) -> %s", cfg.model.id, cfg.finetune.name, run_dir)
     metrics = {}
-    if cfg.trainer.val_before_training and ckpt_path is None:
-        # The untrained model's validation loss: where the curve starts (logged at step 0).
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics["val/ce_start"] = float(trainer.callback_metrics["val/ce"])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        if cfg.trainer.val_before_training and ckpt_path is None and validates:
+            # The untrained model's validation loss: where the curve starts (logged at step 0).
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            metrics["val/ce_start"] = float(trainer.callback_metrics["val/ce"])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as stop:  # Lightning's answer to Ctrl-C (exit 1) and SIGTERM (exit 0)
+        raise stopped(trainer, stop) from None
     if ckpt_path is not None and _is_first_process():
         remove_untracked_best(trainer.callbacks)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
@@ -153,6 +171,44 @@ def _train_locked(cfg, run_dir: Path, strategy, callbacks, started: float) -> Tr
         metrics=metrics,
         seconds=time.perf_counter() - started,
     )
+
+
+def has_validation(datamodule) -> bool:
+    """Whether the token cache holds validation segments. Without any (``data.valid_fraction=0``,
+    or a single file, which cannot be split), training goes on without validation, said in one
+    line; ``val_before_training`` stopped with ``KeyError: 'val/ce'`` before."""
+    datamodule.setup("fit")
+    if len(datamodule.valid_set):
+        return True
+    log.warning(
+        "no validation: the token cache %s has no validation segments (data.valid_fraction=0, "
+        "or too few files to hold one out), so there is no val/ce and no best checkpoint; "
+        "last.ckpt is written at the end (and every callbacks.checkpoint.every_n_train_steps)",
+        datamodule.cache_dir,
+    )
+    return False
+
+
+def stopped(trainer: pl.Trainer, stop: SystemExit) -> BaseException:
+    """What an interrupted fit raises: Ctrl-C -> KeyboardInterrupt (the CLI prints "interrupted"
+    and exits 130), SIGTERM -> exit status 143. Lightning itself exits 1 on Ctrl-C and 0 on
+    SIGTERM, so a batch system saw a terminated run as a success; and it said nothing of what
+    was kept. One line says where the run stopped and how to go on."""
+    if not trainer.interrupted:
+        return stop
+    by_sigterm = isinstance(stop, SIGTERMException)
+    kept = next(
+        (c.written for c in trainer.callbacks if isinstance(c, ExceptionCheckpoint) and c.written),
+        None,
+    )
+    where = f"saved to {kept}" if kept else "nothing new to save"
+    log.error(
+        "training stopped by %s at step %d (%s): resume with ckpt_path=last",
+        "SIGTERM" if by_sigterm else "Ctrl-C",
+        trainer.global_step,
+        where,
+    )
+    return SystemExit(128 + signal.SIGTERM) if by_sigterm else KeyboardInterrupt()
 
 
 def build_trainer(
@@ -216,6 +272,24 @@ def check_precision(precision: str, accelerator: str) -> None:
             f"trainer.precision={precision} needs a CUDA GPU (accelerator={accelerator}, "
             f"CUDA available: {torch.cuda.is_available()}): use trainer.precision=bf16-mixed "
             "or 32 on CPU"
+        )
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """A GPU setting on a machine without one: one line instead of Lightning's traceback
+    (``No supported gpu backend found!``, ``The strategy `fsdp` requires a GPU accelerator``)."""
+    accelerator, cuda = cfg.trainer.accelerator, torch.cuda.is_available()
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu: either
+    if accelerator in ("gpu", "cuda") and not (cuda or mps):
+        raise UserError(
+            f"trainer.accelerator={accelerator} needs a GPU, and none is available here (CUDA "
+            "available: False): use trainer.accelerator=cpu, or auto to take a GPU when present"
+        )
+    if cfg.strategy.name == "fsdp" and not (cuda and accelerator in ("auto", "gpu", "cuda")):
+        reason = "no CUDA GPU is available here" if not cuda else f"accelerator={accelerator}"
+        raise UserError(
+            f"strategy=fsdp needs CUDA GPUs (Lightning's FSDP runs on CUDA only) but {reason}: "
+            "use strategy=ddp instead"
         )
 
 
