@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from test_train import FAST as TRAIN_FAST
 
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
@@ -28,16 +29,7 @@ from musicgen_train.errors import UserError
 from musicgen_train.training.module import MusicgenLightningModule
 from musicgen_train.training.train import TrainResult, train
 
-FAST = [
-    "logger=csv",
-    "trainer.enable_progress_bar=false",
-    "data.batch_size=4",
-    "data.crop_seconds=1",
-    "callbacks.samples.every_n_steps=0",
-    "trainer.val_before_training=false",
-    "trainer.log_every_n_steps=1",
-    "trainer.limit_val_batches=1",
-]
+FAST = [*TRAIN_FAST, "trainer.limit_val_batches=1"]
 
 
 @pytest.fixture(scope="module")

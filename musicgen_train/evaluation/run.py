@@ -80,10 +80,13 @@ def with_training_data(cfg: DictConfig, source: str) -> DictConfig:
 
 
 def warn_early_of_missing_reference(cfg: DictConfig, prompt_set: PromptSet) -> None:
-    """A mistyped ``eval.reference`` skips FAD and KAD; say so now, not after minutes of
-    generating (the suite checks the reference again once the clips exist)."""
+    """A mistyped ``eval.reference`` path skips FAD and KAD; say so now, not after minutes of
+    generating (the suite checks the reference again once the clips exist). Only a path is
+    checked here: ``valid`` may mean preparing a token cache, which waits for the suite."""
     from musicgen_train.evaluation.reference import ReferenceUnavailable, build_reference
 
+    if str(cfg.eval.reference) in ("valid", "prompts"):
+        return
     try:
         build_reference(cfg, prompt_set)
     except ReferenceUnavailable as err:
