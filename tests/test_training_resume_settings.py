@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from omegaconf import OmegaConf
 from test_train import FAST as TRAIN_FAST
 
 from musicgen_train.cli import main
@@ -245,3 +246,20 @@ def test_a_deepspeed_client_state_has_no_weights_to_check(trained):
     module = MusicgenLightningModule(load_config([*FAST, "finetune.ema.decay=0.9"]))
     module.on_load_checkpoint(client_state)
     assert "state_dict" not in client_state  # nothing put in for Lightning to load over it
+
+
+def test_a_changed_lora_alpha_is_said_when_resuming(caplog):
+    """Same shapes, so the checkpoint fits; but the adapter's output scales by alpha / r: the
+    resumed model computed something else without a word."""
+    import logging
+
+    from musicgen_train.training import resume
+
+    module = MusicgenLightningModule(load_config(["finetune=lora", "finetune.lora.alpha=32"]))
+    saved = OmegaConf.to_container(load_config(["finetune=lora"]), resolve=True)  # alpha 16
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": {"cfg": saved}}
+    with caplog.at_level(logging.WARNING, logger="musicgen_train.training.resume"):
+        resume.check_fits(module, checkpoint, "last.ckpt")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("resumed with finetune.lora.alpha 16 -> 32: ")
+    assert "alpha/r = 2 instead of 1" in line

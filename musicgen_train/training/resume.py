@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 # Settings that decide which weights exist and what shape they have.
 IDENTITY = ("model.id", "finetune.name", "finetune.lora.r", "finetune.lora.target_modules")
+# Settings that fit the same weights but change what they compute: said, not refused.
+SCALING = ("finetune.lora.alpha",)
+
+
+def _scale(alpha, cfg) -> str:
+    rank = _select(cfg, "finetune.lora.r")
+    return f"{float(alpha) / float(rank):g}" if alpha is not None and rank else "?"
 
 
 def _select(cfg, key: str):
@@ -51,9 +58,15 @@ def check_fits(module, checkpoint: dict, ckpt_path: str | None) -> None:
         # (a tensor ZeRO-3 has partitioned away is empty here: nothing to compare)
         if k in own and own[k].numel() and tuple(v.shape) != tuple(own[k].shape)
     ]
-    if not problems:
-        return
     saved_cfg = checkpoint.get("hyper_parameters", {}).get("cfg") or {}
+    if not problems:
+        for key, before, now in _differences(saved_cfg, module.cfg, SCALING):
+            log.warning(
+                "resumed with %s %r -> %r: the same LoRA weights now scale by alpha/r = %s "
+                "instead of %s (resume with %s=%r to keep the trained model's output)",
+                key, before, now, _scale(now, module.cfg), _scale(before, saved_cfg), key, before,
+            )  # fmt: skip
+        return
     differ = _differences(saved_cfg, module.cfg, IDENTITY)
     what = (
         "; ".join(f"{k}={a!r} there, {b!r} here" for k, a, b in differ)
