@@ -113,6 +113,10 @@ def test_csv_logger_and_audio_files(work_home, tmp_path):
     np.testing.assert_allclose(data, audios[0][0], atol=1 / 2**14)  # PCM 16 rounding
     lines = [json.loads(x) for x in (folder / "captions.jsonl").read_text().splitlines()]
     assert [x["caption"] for x in lines] == captions
+    # The step redone after a resume writes its files again: one line each, not two.
+    log_audio(trainer, "samples", audios[:1], SR, captions[:1], run)
+    lines = [json.loads(x) for x in (folder / "captions.jsonl").read_text().splitlines()]
+    assert sorted(x["file"] for x in lines) == [p.name for p in paths]
 
 
 def test_tensorboard_gets_audio_summaries(work_home, tmp_path):

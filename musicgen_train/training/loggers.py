@@ -175,14 +175,23 @@ def write_samples(
     sample_rate: int,
     captions: Sequence[str],
 ) -> list[Path]:
-    """``<key>-<i>-<caption>.wav`` per sample plus one line per file in ``captions.jsonl``."""
+    """``<key>-<i>-<caption>.wav`` per sample plus one line per file in ``captions.jsonl``. A
+    file written again (a step redone after a resume) keeps one line, the newest."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with open(folder / "captions.jsonl", "a", encoding="utf-8") as index:
-        for i, (audio, caption) in enumerate(zip(audios, captions, strict=True)):
-            name = f"{_slug(key)}-{i:02d}-{_slug(caption)}.wav"
-            paths.append(write_audio(folder / name, audio, sample_rate))
-            index.write(json.dumps({"file": name, "key": key, "caption": caption}) + "\n")
+    paths, rows = [], []
+    for i, (audio, caption) in enumerate(zip(audios, captions, strict=True)):
+        name = f"{_slug(key)}-{i:02d}-{_slug(caption)}.wav"
+        paths.append(write_audio(folder / name, audio, sample_rate))
+        rows.append({"file": name, "key": key, "caption": caption})
+    index = folder / "captions.jsonl"
+    written = {row["file"] for row in rows}
+    kept = [
+        line
+        for line in (index.read_text(encoding="utf-8").splitlines() if index.exists() else [])
+        if line.strip() and json.loads(line).get("file") not in written
+    ]
+    lines = [*kept, *(json.dumps(row) for row in rows)]
+    index.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return paths
 
 
