@@ -10,19 +10,11 @@ import sys
 import textwrap
 
 import pytest
+from test_export import TRAIN
 
 from musicgen_train.config import load_config
 from musicgen_train.registry.export import export_checkpoint
 from musicgen_train.training.train import train
-
-TRAIN = [
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.val_before_training=false",
-    "trainer.enable_progress_bar=false",
-    "logger=csv",
-    "callbacks.samples.every_n_steps=0",
-]
 
 # Runs the card's snippet as written (the name replaced by the folder, generation cut short),
 # then compares every weight of the loaded model with the exported file.

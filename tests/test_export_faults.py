@@ -14,20 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export import TRAIN
 
 from musicgen_train.cli import main
 from musicgen_train.config import load_config
 from musicgen_train.sources.registry_store import Registry
 from musicgen_train.training.train import TrainResult, train
-
-TRAIN = [
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=2",
-    "trainer.val_before_training=false",
-    "trainer.enable_progress_bar=false",
-    "logger=csv",
-    "callbacks.samples.every_n_steps=0",
-]
 
 
 @pytest.fixture(scope="module")

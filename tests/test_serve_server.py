@@ -29,6 +29,35 @@ def wait_until_ready(base: str, process: subprocess.Popen, limit: float = 180.0)
     raise AssertionError("server did not become ready")
 
 
+def start_server(
+    tmp_path, model_dir, port: int, *extra: str, session: bool = False
+) -> subprocess.Popen:
+    """``musicgen-train serve`` on loopback with a tiny model, SQLite jobs and file storage under
+    ``tmp_path``, as a user starts it (no API keys); ``session``: a process group of its own."""
+    command = [
+        sys.executable,
+        "-m",
+        "musicgen_train.cli",
+        "serve",
+        f"model={model_dir}",
+        "serve.host=127.0.0.1",
+        f"serve.port={port}",
+        "serve.worker.torch_threads=1",
+        f"serve.database_url=sqlite:///{tmp_path}/jobs.db",
+        f"serve.storage={tmp_path}/audio",
+        *extra,
+    ]
+    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(tmp_path / "home")}
+    env.pop("MUSICGEN_SERVE_API_KEYS", None)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=session,
+    )
+
+
 async def hammer(base: str, job_id: str) -> list[int]:
     """100 concurrent clients, each asking for status, liveness and readiness."""
     limits = httpx.Limits(max_connections=CLIENTS)
@@ -48,21 +77,7 @@ async def hammer(base: str, job_id: str) -> list[int]:
 def test_real_server_stays_responsive_while_generating(tmp_path, tiny_model_dir):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "musicgen_train.cli",
-        "serve",
-        f"model={tiny_model_dir}",
-        "serve.host=127.0.0.1",
-        f"serve.port={port}",
-        "serve.worker.torch_threads=1",
-        f"serve.database_url=sqlite:///{tmp_path}/jobs.db",
-        f"serve.storage={tmp_path}/audio",
-    ]
-    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(tmp_path / "home")}
-    env.pop("MUSICGEN_SERVE_API_KEYS", None)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = start_server(tmp_path, tiny_model_dir, port)
     try:
         wait_until_ready(base, process)
         models = httpx.get(f"{base}/v1/models").json()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 from backend_servers import free_port
-from test_serve_server import wait_until_ready
+from test_serve_server import start_server, wait_until_ready
 
 from musicgen_train.serve.jobs import JobStore
 
@@ -23,29 +21,8 @@ def test_sigterm_to_the_process_group_requeues_running_jobs_and_exits_cleanly(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     database = f"sqlite:///{tmp_path}/jobs.db"
-    command = [
-        sys.executable,
-        "-m",
-        "musicgen_train.cli",
-        "serve",
-        f"model={tiny_model_dir}",
-        "serve.host=127.0.0.1",
-        f"serve.port={port}",
-        "serve.worker.torch_threads=1",
-        "serve.precision=fp32",
-        f"serve.database_url={database}",
-        f"serve.storage={tmp_path}/audio",
-    ]
-    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(tmp_path / "home")}
-    env.pop("MUSICGEN_SERVE_API_KEYS", None)
     # A session of its own: the server, its generation process and their helpers are one group.
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = start_server(tmp_path, tiny_model_dir, port, "serve.precision=fp32", session=True)
     try:
         wait_until_ready(base, process)
         ids = [
@@ -93,24 +70,9 @@ def test_sigterm_with_a_listener_connected_requeues_at_once_and_runs_nothing_mor
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     database = f"sqlite:///{tmp_path}/jobs.db"
-    command = [
-        sys.executable,
-        "-m",
-        "musicgen_train.cli",
-        "serve",
-        f"model={tiny_model_dir}",
-        "serve.host=127.0.0.1",
-        f"serve.port={port}",
-        "serve.worker.torch_threads=1",
-        "serve.worker.max_batch_size=1",  # one job runs, the others wait in the queue
-        f"serve.database_url={database}",
-        f"serve.storage={tmp_path}/audio",
-    ]
-    env = {**os.environ, "MUSICGEN_TRAIN_HOME": str(tmp_path / "home")}
-    env.pop("MUSICGEN_SERVE_API_KEYS", None)
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    # One job runs, the others wait in the queue.
+    extra = "serve.worker.max_batch_size=1"
+    process = start_server(tmp_path, tiny_model_dir, port, extra, session=True)
     listeners: list[threading.Thread] = []
     heard: dict[str, int] = {}
     try:
