@@ -58,6 +58,16 @@ def start_server(
     )
 
 
+def finished(base: str, job_id: str, limit: float) -> dict:
+    """The job's status once it left the queue and ran (or ``limit`` seconds passed)."""
+    deadline = time.monotonic() + limit
+    status = httpx.get(f"{base}/v1/generations/{job_id}").json()
+    while status["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = httpx.get(f"{base}/v1/generations/{job_id}").json()
+    return status
+
+
 async def hammer(base: str, job_id: str) -> list[int]:
     """100 concurrent clients, each asking for status, liveness and readiness."""
     limits = httpx.Limits(max_connections=CLIENTS)
@@ -87,11 +97,7 @@ def test_real_server_stays_responsive_while_generating(tmp_path, tiny_model_dir)
         job_id = job.json()["id"]
         codes = asyncio.run(hammer(base, job_id))
         assert len(codes) == 3 * CLIENTS and set(codes) == {200}
-        status = httpx.get(f"{base}/v1/generations/{job_id}").json()
-        deadline = time.monotonic() + 180
-        while status["status"] in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = httpx.get(f"{base}/v1/generations/{job_id}").json()
+        status = finished(base, job_id, limit=180)
         assert status["status"] == "succeeded", status
         audio = httpx.get(f"{base}/v1/generations/{job_id}/audio")
         assert audio.status_code == 200 and len(audio.content) == 44 + 3 * 32000 * 2
@@ -102,11 +108,7 @@ def test_real_server_stays_responsive_while_generating(tmp_path, tiny_model_dir)
         with httpx.stream("POST", f"{base}/v1/generations/stream", json=body, timeout=60) as r:
             left = r.headers["x-generation-id"]
             next(r.iter_bytes())  # the WAV header: the job is queued or running
-        status = httpx.get(f"{base}/v1/generations/{left}").json()
-        deadline = time.monotonic() + 30
-        while status["status"] in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = httpx.get(f"{base}/v1/generations/{left}").json()
+        status = finished(base, left, limit=30)
         assert status["status"] == "canceled", status
         assert "client of its stream disconnected" in status["error"]
     finally:

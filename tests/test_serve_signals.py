@@ -36,9 +36,7 @@ def test_sigterm_to_the_process_group_requeues_running_jobs_and_exits_cleanly(
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=90)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        kill_group_if_running(process)
     stderr = process.stderr.read().decode()
     assert process.returncode == 0, stderr[-3000:]
     store = JobStore(database)
@@ -107,9 +105,7 @@ def test_sigterm_with_a_listener_connected_requeues_at_once_and_runs_nothing_mor
             thread.join(10)
         streamed.__exit__(None, None, None)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        kill_group_if_running(process)
     stderr = process.stderr.read().decode()
     assert process.returncode == 0, stderr[-3000:]
     assert stopped_after < 20, stopped_after  # not 30 s of waiting for the listeners
@@ -119,3 +115,10 @@ def test_sigterm_with_a_listener_connected_requeues_at_once_and_runs_nothing_mor
     statuses = {job_id: store.get(job_id).status for job_id in [streamed_id, *queued]}
     store.close()
     assert set(statuses.values()) == {"queued"}, statuses  # re-queued, or never claimed
+
+
+def kill_group_if_running(process) -> None:
+    """A test that failed before its server stopped leaves no process group behind."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
