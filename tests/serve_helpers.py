@@ -1,4 +1,7 @@
-"""Shared pieces of the service tests: settings for a temporary service, a waiting helper."""
+"""Shared pieces of the service tests: settings for a temporary service, a waiting helper, and
+fixtures. A test module imports the fixtures it uses: ``from serve_helpers import
+client_fixture  # noqa: F401``; each is named without ``_fixture`` (``client``), so a test's
+argument does not shadow the import."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve.settings import ServeSettings
@@ -86,3 +90,35 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(name="settings")
+def settings_fixture(tmp_path, tiny_model_dir) -> ServeSettings:
+    return make_settings(tmp_path, tiny_model_dir)
+
+
+@pytest.fixture(name="client")
+def client_fixture(settings, tiny_loaded):
+    """The service on the session's tiny model, started: its worker generates."""
+    from musicgen_train.serve.app import create_app
+
+    with TestClient(create_app(settings, served(tiny_loaded))) as client:
+        yield client
+
+
+@pytest.fixture(name="idle_app")
+def idle_app_fixture(settings, tiny_loaded):
+    """An app whose lifespan never ran: no worker, so jobs stay where the test puts them."""
+    from musicgen_train.serve.app import create_app
+
+    app = create_app(settings, served(tiny_loaded))
+    return TestClient(app), app.state.service
+
+
+@pytest.fixture(name="database_url", params=["sqlite", "postgresql"])
+def database_url_fixture(request, tmp_path) -> str:
+    """The job store's database: a SQLite file, and a real PostgreSQL server (what replicas
+    share), where one is installed."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path}/jobs.db"

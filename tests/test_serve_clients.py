@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
-    make_settings,
+from serve_helpers import (  # noqa: F401 - fixtures
+    client_fixture,
     one_torch_thread,
     served,
+    settings_fixture,
     wait_for,
 )
 from test_serve_stream import parse_wav_stream
@@ -25,17 +26,6 @@ from musicgen_train.serve.storage import audio_key
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 JOB = {"prompt": "a", "duration": 0.2}
-
-
-@pytest.fixture
-def settings(tmp_path, tiny_model_dir):
-    return make_settings(tmp_path, tiny_model_dir)
-
-
-@pytest.fixture
-def client(settings, tiny_loaded):
-    with TestClient(create_app(settings, served(tiny_loaded))) as client:
-        yield client
 
 
 @pytest.fixture
@@ -88,7 +78,7 @@ def test_head_answers_as_get_without_a_body(client):
     # Errors and routes without GET stay what they were.
     missing = client.head("/v1/generations/00000000-0000-4000-8000-000000000000")
     assert missing.status_code == 404 and missing.content == b""
-    post_only = client.head("/v1/generations")
+    post_only = client.head("/v1/uploads")
     assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
     metrics = client.get("/metrics").text
     assert 'method="HEAD",route="/health",status="200"' in metrics

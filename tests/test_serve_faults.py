@@ -8,7 +8,12 @@ import threading
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import make_settings, served, wait_for
+from serve_helpers import (  # noqa: F401 - fixtures
+    database_url_fixture,
+    make_settings,
+    served,
+    wait_for,
+)
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve.app import create_app
@@ -21,15 +26,8 @@ JOB = {"prompt": "a", "duration": 0.2}
 # --- the queue bound is one atomic step ----------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return request.getfixturevalue("postgres_url")
-
-
-def test_concurrent_creates_never_pass_the_queue_bound(store_url):
-    store = JobStore(store_url)
+def test_concurrent_creates_never_pass_the_queue_bound(database_url):
+    store = JobStore(database_url)
     bound, clients, attempts = 10, 16, 6
     accepted = []
     start = threading.Barrier(clients)
@@ -216,6 +214,5 @@ def test_a_huge_job_id_is_not_echoed_back(idle):
     for path in ("/v1/generations/{}", "/v1/generations/{}/audio", "/v1/generations/{}/cancel"):
         url = path.format("x" * 10_000 + "\udfff".encode("utf-8", "surrogatepass").hex())
         answer = idle.post(url) if url.endswith("cancel") else idle.get(url)
-        assert answer.status_code == 422 and len(answer.content) < 1000, path
-        (error,) = answer.json()["detail"]
-        assert error["loc"] == ["path", "job_id"] and error["input"].endswith("characters)")
+        assert answer.status_code == 404 and len(answer.content) < 1000, path
+        assert answer.json()["detail"].endswith("characters)")

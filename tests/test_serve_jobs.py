@@ -7,7 +7,8 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
+from serve_helpers import (  # noqa: F401 - fixtures
+    database_url_fixture,
     make_settings,
     one_torch_thread,
     served,
@@ -19,15 +20,6 @@ from musicgen_train.serve.jobs import JobStore, is_job_id
 from musicgen_train.serve.storage import AudioStore, audio_key, delete_expired_audio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    """The job store's database: a SQLite file, and a real PostgreSQL server (what replicas
-    share), where one is installed."""
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_url")
-    return f"sqlite:///{tmp_path}/jobs.db"
 
 
 def new_job(store: JobStore, prompt: str = "a", duration: float = 0.2):

@@ -8,10 +8,13 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - one_torch_thread is a fixture
+from serve_helpers import (  # noqa: F401 - fixtures
+    database_url_fixture,
+    idle_app_fixture,
     make_settings,
     one_torch_thread,
     served,
+    settings_fixture,
     wait_for,
 )
 
@@ -21,13 +24,6 @@ from musicgen_train.serve.jobs import JobStore, jobs_table
 from musicgen_train.serve.responses import events
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_url")
-    return f"sqlite:///{tmp_path}/jobs.db"
 
 
 def put(store: JobStore, duration: float, model: str = "tiny", **columns) -> str:
@@ -126,13 +122,6 @@ def test_a_job_claimed_after_its_snapshot_is_not_ahead_of_itself(database_url):
     store.claim(other, "w")
     assert QueueEstimator(store).of(snapshot)["audio_ahead_seconds"] == pytest.approx(2.0)
     store.close()
-
-
-@pytest.fixture
-def idle_app(tmp_path, tiny_model_dir, tiny_loaded):
-    """An app whose lifespan never ran: no worker, so jobs stay where the test puts them."""
-    app = create_app(make_settings(tmp_path, tiny_model_dir), served(tiny_loaded))
-    return TestClient(app), app.state.service
 
 
 def test_status_and_events_of_a_queued_job_carry_position_and_estimate(idle_app):

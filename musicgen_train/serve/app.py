@@ -11,9 +11,10 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
-from uuid import UUID
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
-from musicgen_train.serve.auth import api_key_header, bearer, presented_key
+from musicgen_train.serve.auth import caller, owner_of
 from musicgen_train.serve.errors import (
     database_unavailable,
     http_error,
@@ -31,15 +32,18 @@ from musicgen_train.serve.errors import (
     invalid_request,
 )
 from musicgen_train.serve.jobs import Job
+from musicgen_train.serve.listing import add_listing_route
 from musicgen_train.serve.middleware import (
     BodySizeLimit,
     HeadAsGet,
     JsonByDefault,
+    QuotaHeaders,
     RequestMetrics,
 )
 from musicgen_train.serve.responses import (
     describe,
     events,
+    job_id_of,
     job_or_404,
     ranged,
     require_audio,
@@ -65,27 +69,18 @@ INDEX_HTML = Path(__file__).parent / "static" / "index.html"
 DOCS_ASSETS = "/static/docs"  # Swagger UI's and ReDoc's files
 EVENTS_POLL_SECONDS = 0.25
 STORED_CHUNK_SECONDS = 0.5
+READY_RETRY_SECONDS = 10  # while models load or a generation process restarts
 AUTH = AUTH_ERRORS  # every /v1 route: 401, 403, 429
 SUBMIT = (*AUTH, 413, 415, 503)
 JOB = (*AUTH, 404)
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+EXPOSED_HEADERS = ("Location", "Retry-After", "X-Generation-Id", "Link", *RATE_LIMIT_HEADERS)
+# Any text: an id that is no UUID is an unknown job (404), not an invalid request (422).
+JobId = Annotated[str, PathParam(description="A generation's id (a UUID)")]
 
 
-def _caller(kind: str):
-    async def dependency(
-        request: Request,
-        api_key: str | None = Security(api_key_header),
-        credentials=Security(bearer),
-    ) -> str:
-        guard = request.app.state.service.guard
-        identity = guard.identify(request, presented_key(api_key, credentials))
-        guard.charge(identity, kind)
-        return identity
-
-    return dependency
-
-
-generation_caller = _caller("generations")
-request_caller = _caller("requests")
+generation_caller = caller("generations")
+request_caller = caller("requests")
 
 
 def validation_error(field: str, message: str, value) -> RequestValidationError:
@@ -133,8 +128,9 @@ def create_app(
             allow_origins=settings.cors.allow_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
-            expose_headers=["Location", "Retry-After", "X-Generation-Id", "Link"],
+            expose_headers=[*EXPOSED_HEADERS],
         )
+    app.add_middleware(QuotaHeaders)  # inside HeadAsGet (it copies the scope auth.caller writes)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.limits.max_body_bytes,
@@ -145,6 +141,7 @@ def create_app(
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     _add_routes(app)
     add_upload_routes(app, request_caller)
+    add_listing_route(app, request_caller)
     return app
 
 
@@ -175,6 +172,8 @@ def _add_routes(app: FastAPI) -> None:
         detail["database"] = await svc.database_status()
         ok = svc.ready and detail["database"] == "ok"
         response.status_code = 200 if ok else 503
+        if not ok:  # when to ask again, as a refused generation says
+            response.headers["Retry-After"] = str(READY_RETRY_SECONDS)
         return Health(status="ready" if ok else "not ready", detail=detail)
 
     @app.get("/metrics", include_in_schema=False)
@@ -247,11 +246,12 @@ def _add_routes(app: FastAPI) -> None:
         responses=error_responses(*JOB),
     )
     async def get_generation(
-        job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
+        job_id: JobId, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
         """Status, progress, timings, parameters and, for a failed job, the reason; while it
         is queued, its queue position and an estimated start (from measured throughput)."""
-        job = visible(await svc.read(svc.store.get, str(job_id)), job_id, _caller)
+        job_id = job_id_of(job_id)
+        job = visible(await svc.read(svc.store.get, job_id), job_id, _caller)
         return describe(job, await svc.read(svc.estimates.of, job))
 
     @app.get(
@@ -264,7 +264,7 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     def get_audio(
-        job_id: UUID,
+        job_id: JobId,
         request: Request,
         svc: Service = Depends(service),
         _caller: str = Depends(request_caller),
@@ -288,7 +288,7 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     def stream_generation(
-        job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
+        job_id: JobId, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> StreamingResponse:
         """The job's audio as a WAV stream: live while it generates, from the file after."""
         job = job_or_404(svc, job_id, _caller)
@@ -310,7 +310,7 @@ def _add_routes(app: FastAPI) -> None:
         },
     )
     def generation_events(
-        job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
+        job_id: JobId, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> StreamingResponse:
         """Server-sent events with status and progress until the job finishes."""
         job = job_or_404(svc, job_id, _caller)
@@ -323,7 +323,7 @@ def _add_routes(app: FastAPI) -> None:
         responses=error_responses(*JOB, 409, e409="Already finished"),
     )
     def cancel_generation(
-        job_id: UUID, svc: Service = Depends(service), _caller: str = Depends(request_caller)
+        job_id: JobId, svc: Service = Depends(service), _caller: str = Depends(request_caller)
     ) -> dict:
         job = job_or_404(svc, job_id, _caller)
         if not svc.store.cancel(job.id):
@@ -364,15 +364,18 @@ def _submit(svc: Service, body: GenerationRequest, *, stream: bool, caller: str)
         raise _queue_full(queue)
     if not svc.ready:
         raise HTTPException(
-            503, f"not ready: {svc.not_ready_reason}", headers={"Retry-After": "10"}
+            503,
+            f"not ready: {svc.not_ready_reason}",
+            headers={"Retry-After": str(READY_RETRY_SECONDS)},
         )
+    owner = owner_of(caller)
     job = svc.store.create(
         model=name,
         prompt=body.prompt,
-        params={**body.generation_params(), **job_audio(svc, body, name)},
+        params={**body.generation_params(), **job_audio(svc, body, name, owner)},
         fmt=body.format,
         stream=stream,
-        owner=caller if caller.startswith("key:") else None,  # open service: no owners
+        owner=owner,
         max_queued=queue.max_size,
     )
     if job is None:  # the bound, decided in the same transaction as the insert

@@ -14,8 +14,9 @@ import math
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from limits import parse
 from limits.storage import MemoryStorage, storage_from_string
@@ -27,6 +28,25 @@ log = logging.getLogger(__name__)
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 bearer = HTTPBearer(auto_error=False)
+QUOTA_SCOPE_KEY = "musicgen.quota"  # where a request's Quota waits for middleware.QuotaHeaders
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Where a caller stands against the limit its request was charged to."""
+
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window frees a request (as Retry-After counts)
+
+    def headers(self) -> dict[str, str]:
+        """``X-RateLimit-*``, as GitHub's and OpenAI's APIs send them, so a client can slow
+        down before it is refused (Reset: seconds from now, not a timestamp)."""
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
 
 
 class Guard:
@@ -77,20 +97,44 @@ class Guard:
         # Counters are keyed by a hash: the key itself never lands in Redis.
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def charge(self, identity: str, kind: str) -> None:
+    def charge(self, identity: str, kind: str) -> Quota:
+        """Count a request of ``kind`` against ``identity``'s limit; 429 when it is spent."""
         rate = self.rates[kind]
         if self.limiter.hit(rate, kind, identity):
-            return
+            return self.quota(rate, kind, identity)
         self._too_many(rate, kind, identity, kind)
 
-    def _too_many(self, rate, kind: str, identity: str, what: str) -> None:
+    def quota(self, rate, kind: str, identity: str) -> Quota:
         stats = self.limiter.get_window_stats(rate, kind, identity)
-        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        # An empty window's "reset" lies in the past (or is the whole window): clamped.
+        reset = min(rate.get_expiry(), max(0, math.ceil(stats.reset_time - time.time())))
+        return Quota(rate.amount, max(0, stats.remaining), reset)
+
+    def _too_many(self, rate, kind: str, identity: str, what: str) -> None:
+        quota = self.quota(rate, kind, identity)
+        retry = max(1, quota.reset)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"rate limit exceeded ({rate} for {what}): retry in {retry} s",
-            headers={"Retry-After": str(retry)},
+            headers={**quota.headers(), "Retry-After": str(retry)},
         )
+
+
+def caller(kind: str):
+    """A route dependency: the request's identity (``Guard.identify``), charged to its
+    ``kind`` of limit ("generations" or "requests"); its ``Quota`` goes out as headers."""
+
+    async def dependency(
+        request: Request,
+        api_key: str | None = Security(api_key_header),
+        credentials=Security(bearer),
+    ) -> str:
+        guard = request.app.state.service.guard
+        identity = guard.identify(request, presented_key(api_key, credentials))
+        request.scope[QUOTA_SCOPE_KEY] = guard.charge(identity, kind)
+        return identity
+
+    return dependency
 
 
 def limit_storage(uri: str):
@@ -116,6 +160,12 @@ def _sweep(storage: MemoryStorage, every: float = 1.0) -> None:
     while True:
         time.sleep(every)
         storage._MemoryStorage__expire_events()
+
+
+def owner_of(identity: str) -> str | None:
+    """Who owns what a request creates (a job, an upload): its API key's identity; None on an
+    open service (identities are client addresses there: anyone may read what anyone made)."""
+    return identity if identity.startswith("key:") else None
 
 
 def presented_key(

@@ -16,6 +16,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,25 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the request's path takes, HEAD wherever GET is (the
+    ``HeadAsGet`` middleware answers it): Starlette's ``Allow`` names only the first matching
+    route's methods (GET alone on a path with GET and POST routes) and never HEAD."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)  # None: a mount (the docs' assets)
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route_methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 async def http_error(request: Request, exc: HTTPException):
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        detail = f"{request.method} is not allowed here: use {allow}"
+        return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": allow})
     if exc.status_code == 400 and exc.detail == PARSE_FAILED:
         cause = exc.__cause__
         why = excerpt(f"{type(cause).__name__}: {cause}" if cause else "unreadable", 200)

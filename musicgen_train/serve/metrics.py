@@ -38,7 +38,12 @@ def nan_on_error(read: Callable[[], float]) -> Callable[[], float]:
 
 
 class ServiceMetrics:
-    def __init__(self, queue_depth: Callable[[], float]):
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        ready: Callable[[], float] = lambda: 1.0,
+        models_loaded: Callable[[], float] = lambda: 0.0,
+    ):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "musicgen_http_requests",
@@ -68,6 +73,16 @@ class ServiceMetrics:
             "musicgen_queue_depth", "Jobs waiting in the queue", registry=self.registry
         )
         self.queue.set_function(nan_on_error(queue_depth))
+        # What /health/ready says, for an alert that does not probe: 0 while the models load,
+        # after a load error, or while a dead generation process is replaced.
+        self.ready = Gauge(
+            "musicgen_ready", "1 when models are loaded and the worker runs", registry=self.registry
+        )
+        self.ready.set_function(nan_on_error(ready))
+        self.models_loaded = Gauge(
+            "musicgen_models_loaded", "Served models loaded so far", registry=self.registry
+        )
+        self.models_loaded.set_function(nan_on_error(models_loaded))
         self.audio_seconds = Counter(
             "musicgen_audio_generated_seconds",
             "Seconds of audio generated",

@@ -1,5 +1,5 @@
 """Pure ASGI middleware (so streamed responses pass straight through): request metrics, a limit
-on the size of request bodies, and HEAD for every GET route."""
+on the size of request bodies, HEAD for every GET route, and rate-limit headers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 
 from starlette.exceptions import HTTPException
 
+from musicgen_train.serve.auth import QUOTA_SCOPE_KEY
 from musicgen_train.serve.metrics import ServiceMetrics
 
 
@@ -133,3 +134,29 @@ class JsonByDefault:
                 # In place, not a copy: the router's "route" must reach RequestMetrics' scope.
                 scope["headers"] = [*headers, (b"content-type", b"application/json")]
         return await self.app(scope, receive, send)
+
+
+class QuotaHeaders:
+    """``X-RateLimit-*`` on every answer to a rate-limited request (``auth.caller`` leaves the
+    request's ``Quota`` in its scope). Here, not in the routes: audio, streams and events are
+    Responses of their own, which drop the headers a dependency sets."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_quota(message):
+            quota = scope.get(QUOTA_SCOPE_KEY)
+            if message["type"] == "http.response.start" and quota is not None:
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                for name, value in quota.headers().items():
+                    if name.lower().encode() not in names:  # a 429 carries its own already
+                        headers.append((name.lower().encode(), value.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_quota)

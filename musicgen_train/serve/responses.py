@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from musicgen_train.audio import read_audio
 from musicgen_train.serve import jobs as states
+from musicgen_train.serve.errors import excerpt
 from musicgen_train.serve.jobs import Job
 from musicgen_train.serve.schemas import Links, Timings
 from musicgen_train.serve.service import Service
@@ -23,15 +24,31 @@ EVENTS_POLL_SECONDS = 0.25
 STORED_CHUNK_SECONDS = 0.5
 
 
-def job_or_404(svc: Service, job_id: UUID, caller: str | None = None) -> Job:
+def not_found(job_id: str) -> HTTPException:
+    return HTTPException(404, f"no generation with id {excerpt(job_id)}")
+
+
+def job_id_of(value: str) -> str:
+    """``value`` as a stored job id (a UUID, written canonically); 404 for anything else. To a
+    client an id that cannot exist is an unknown one, as GitHub, Stripe and OpenAI answer it:
+    a 422 for a mistyped id, a 404 for a well-formed unknown one told two stories about one
+    mistake, and differed between a job store's ids and another's."""
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise not_found(value) from None
+
+
+def job_or_404(svc: Service, job_id: str, caller: str | None = None) -> Job:
     """The job, if ``caller`` may see it: a job belongs to the API key that created it, and to
     another key it does not exist (404, so ids of other clients' jobs cannot be probed)."""
-    return visible(svc.store.get(str(job_id)), job_id, caller)
+    job_id = job_id_of(job_id)
+    return visible(svc.store.get(job_id), job_id, caller)
 
 
-def visible(job: Job | None, job_id, caller: str | None) -> Job:
+def visible(job: Job | None, job_id: str, caller: str | None) -> Job:
     if job is None or (job.owner is not None and job.owner != caller):
-        raise HTTPException(404, f"no generation with id {job_id}")
+        raise not_found(job_id)
     return job
 
 

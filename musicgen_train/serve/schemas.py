@@ -164,6 +164,14 @@ class GenerationStatus(BaseModel):
     links: Links
 
 
+class GenerationList(BaseModel):
+    """A page of the caller's generations, newest first."""
+
+    data: list[GenerationStatus]
+    has_more: bool = Field(description="Older generations follow: fetch `next`")
+    next: str | None = Field(default=None, description="The next page's URL; null on the last")
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 

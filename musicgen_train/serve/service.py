@@ -41,7 +41,11 @@ class Service:
         self.store = JobStore(settings.database_url)
         self.estimates = QueueEstimator(self.store)
         self.audio = AudioStore(settings.storage)
-        self.metrics = ServiceMetrics(queue_depth=lambda: self.store.count(states.QUEUED))
+        self.metrics = ServiceMetrics(
+            queue_depth=lambda: self.store.count(states.QUEUED),
+            ready=lambda: float(self.ready),
+            models_loaded=lambda: len(self.models),
+        )
         self.guard = Guard(settings)
         self.broker = StreamBroker()
         self.models: dict[str, ServedModel] = {}

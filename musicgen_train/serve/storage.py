@@ -6,6 +6,7 @@ name a path.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import fsspec
 from musicgen_train.serve.jobs import is_job_id
 
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+OWNER_FOLDER = re.compile(r"key-[0-9a-f]{16}")  # auth.Guard's identity of an API key
 
 
 def audio_key(job_id: str, fmt: str) -> str:
@@ -51,33 +53,45 @@ class AudioStore:
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
 
-    # Uploaded audio (melody references, audio prompts), kept as uploaded under its id.
-    def _upload_path(self, upload_id: str) -> str:
+    # Uploaded audio (melody references, audio prompts), kept as uploaded under its id; the
+    # upload of an API key in a folder of that key's own, which another key's request never
+    # looks in (an open service's uploads have no owner, and sit in uploads/ itself).
+    def _upload_path(self, upload_id: str, owner: str | None = None) -> str:
         if not is_job_id(upload_id):
             raise ValueError(f"not an upload id: {upload_id!r}")
-        return f"{self.root}/uploads/{upload_id}"
+        return f"{self._uploads_folder(owner)}/{upload_id}"
 
-    def put_upload(self, upload_id: str, data: bytes) -> None:
-        self.fs.makedirs(f"{self.root}/uploads", exist_ok=True)
-        path = self._upload_path(upload_id)
+    def _uploads_folder(self, owner: str | None) -> str:
+        if owner is None:
+            return f"{self.root}/uploads"
+        folder = owner.replace(":", "-")
+        if not OWNER_FOLDER.fullmatch(folder):  # owners are key hashes, never request text
+            raise ValueError(f"not an owner: {owner!r}")
+        return f"{self.root}/uploads/{folder}"
+
+    def put_upload(self, upload_id: str, data: bytes, owner: str | None = None) -> None:
+        self.fs.makedirs(self._uploads_folder(owner), exist_ok=True)
+        path = self._upload_path(upload_id, owner)
         with self.fs.open(path + ".part", "wb") as handle:
             handle.write(data)
         self.fs.mv(path + ".part", path)
 
-    def get_upload(self, upload_id: str) -> bytes | None:
-        path = self._upload_path(upload_id)
+    def get_upload(self, upload_id: str, owner: str | None = None) -> bytes | None:
+        """The upload ``upload_id`` of ``owner``; None if that owner has none of that id."""
+        path = self._upload_path(upload_id, owner)
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as handle:
             return handle.read()
 
     def delete_uploads(self, older_than: float) -> int:
-        """Delete uploads last written before ``older_than`` (a timestamp); how many went."""
+        """Delete uploads (every owner's) last written before ``older_than`` (a timestamp);
+        how many went."""
         folder = f"{self.root}/uploads"
         if not self.fs.exists(folder):
             return 0
         removed = 0
-        for path in self.fs.ls(folder, detail=False):
+        for path in self.fs.find(folder):
             name = str(path).rstrip("/").rsplit("/", 1)[-1]
             if not is_job_id(name):  # a .part being written, or not ours
                 continue

@@ -27,6 +27,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
 from musicgen_train.audio import read_audio, unreadable_format
+from musicgen_train.serve.auth import owner_of
 from musicgen_train.serve.batch import AUDIO_FIELDS
 from musicgen_train.serve.jobs import new_job_id
 from musicgen_train.serve.schemas import Upload, error_responses
@@ -70,9 +71,10 @@ def check_audio(data: bytes, loc: tuple) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
-def job_audio(svc: Service, body, name: str) -> dict:
-    """The request's ``melody`` / ``audio_prompt``, checked for model ``name`` and stored: the
-    entries the job's params keep (``{"melody": upload id, ...}``)."""
+def job_audio(svc: Service, body, name: str, owner: str | None) -> dict:
+    """The request's ``melody`` / ``audio_prompt``, checked for model ``name`` and stored as
+    ``owner``'s (``auth.owner_of``): the entries the job's params keep (``{"melody": upload
+    id, ...}``). An upload id names ``owner``'s uploads only: another key's is unknown here."""
     served = svc.models[name]
     out = {}
     for field in AUDIO_FIELDS:
@@ -93,14 +95,14 @@ def job_audio(svc: Service, body, name: str) -> dict:
                 raise rejected(loc, "is not valid base64") from None
         else:
             loc, upload_id = (field, "upload_id"), str(given.upload_id)
-            data = svc.audio.get_upload(upload_id)
+            data = svc.audio.get_upload(upload_id, owner)
             if data is None:
                 raise rejected(loc, f"no upload {upload_id} (POST /v1/uploads first)")
         audio, rate = check_audio(data, loc)
         _check_length(svc, served, body, field, loc, audio.shape[-1] / rate)
         if upload_id is None:
             upload_id = new_job_id()
-            svc.audio.put_upload(upload_id, data)
+            svc.audio.put_upload(upload_id, data, owner)
         out[field] = upload_id
     return out
 
@@ -147,11 +149,12 @@ def add_upload_routes(app, caller) -> None:
         request: Request, svc: Service = Depends(service), _caller: str = Depends(caller)
     ) -> Upload:
         """Upload an audio file (wav, flac, ogg, mp3, ...: the raw file as the body) to use as
-        a request's ``melody`` or ``audio_prompt`` (``{"upload_id": id}``)."""
+        a request's ``melody`` or ``audio_prompt`` (``{"upload_id": id}``). With API keys, only
+        requests with the key that uploaded it can use it."""
         data = await request.body()
         audio, rate = await asyncio.to_thread(check_audio, data, ())
         upload_id = new_job_id()
-        await asyncio.to_thread(svc.audio.put_upload, upload_id, data)
+        await asyncio.to_thread(svc.audio.put_upload, upload_id, data, owner_of(_caller))
         return Upload(
             id=upload_id,
             bytes=len(data),

@@ -222,11 +222,14 @@ class Worker(ContinuousLoop):
         return long or any(job.params.get(f) for f in AUDIO_FIELDS)
 
     def _uploads(self, job: Job) -> dict:
-        """The bytes of the job's uploaded audio (``serve/uploads.py``)."""
+        """The bytes of the job's uploaded audio (``serve/uploads.py``): its owner's uploads, or
+        one kept before uploads had owners (the job's creation checked that it may use it)."""
         out = {}
         for field in AUDIO_FIELDS:
             if job.params.get(field):
-                data = self.audio.get_upload(job.params[field])
+                data = self.audio.get_upload(job.params[field], job.owner)
+                if data is None and job.owner is not None:
+                    data = self.audio.get_upload(job.params[field])
                 if data is None:
                     raise GenerationFailed(f"the {field} upload {job.params[field]} is gone")
                 out[field] = data
