@@ -46,3 +46,28 @@ class EmbeddingCache:
 
     def embed_all(self, clips: list[Clip], embedder: Embedder) -> list[np.ndarray]:
         return [self.embed(clip, embedder) for clip in clips]
+
+
+def embed_generations(
+    cache: EmbeddingCache, embedder: Embedder, generations, metrics: list[str], warnings: list
+) -> list[list[tuple[Clip, np.ndarray]]]:
+    """Per prompt, ``(clip, frames)`` of each generated clip. A clip the embedder fails on (or
+    embeds as NaN) is left out, with a line in ``warnings`` naming it and the ``metrics`` it is
+    left out of: one odd clip does not throw the other scores away, nor is it dropped silently."""
+    embedded = []
+    for group in generations:
+        kept = []
+        for clip in group:
+            try:
+                frames = cache.embed(clip, embedder)
+                if not np.all(np.isfinite(frames)):
+                    raise ValueError("its embeddings are NaN or infinite")
+                kept.append((clip, frames))
+            except Exception as err:  # the embedder's network, a file gone, ...
+                first = (str(err).splitlines() or [""])[0][:160]
+                warnings.append(
+                    f"{', '.join(metrics)}: generated clip {clip.path} left out: the "
+                    f"{embedder.name} embedder failed on it ({type(err).__name__}: {first})"
+                )
+        embedded.append(kept)
+    return embedded

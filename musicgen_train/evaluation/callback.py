@@ -62,7 +62,7 @@ class EvaluationCallback(Callback):
     def evaluate(self, module, epoch: int) -> dict[str, float]:
         """Generate for the prompt set with the module's model and score it: ``eval/<metric>``."""
         from musicgen_train.evaluation.prompts import prompt_set_for
-        from musicgen_train.evaluation.protocol import apply_protocol
+        from musicgen_train.evaluation.protocol import protocol_for
         from musicgen_train.evaluation.report import write_plots
         from musicgen_train.evaluation.run import generate_clips, generation_params
         from musicgen_train.evaluation.suite import MetricSuite
@@ -77,6 +77,15 @@ class EvaluationCallback(Callback):
         try:
             with module.codec_attached() as model:
                 loaded = LoadedModel(model, module.processor, "training", module.model_path)
+                if self.suite is None:  # before generating: a broken weights file said first
+                    self.suite = MetricSuite(
+                        self.cfg,
+                        self.prompt_set,
+                        codec=model.audio_encoder,
+                        codec_source=str(module.model_path),
+                    )
+                # The same protocol as `musicgen-train evaluate` (cut, loudness): the numbers
+                # logged during training are comparable with the final report's.
                 clips = generate_clips(
                     loaded,
                     self.prompt_set,
@@ -84,22 +93,8 @@ class EvaluationCallback(Callback):
                     out,
                     int(ecfg.samples_per_prompt),
                     int(ecfg.generation.batch_size),
+                    protocol=protocol_for(ecfg.get("protocol")),
                 )
-                # The same protocol as `musicgen-train evaluate` (cut, loudness): the numbers
-                # logged during training are comparable with the final report's.
-                clips = apply_protocol(
-                    clips,
-                    [p.reference for p in self.prompt_set.prompts],
-                    ecfg.get("protocol"),
-                    out / "protocol",
-                )
-                if self.suite is None:
-                    self.suite = MetricSuite(
-                        self.cfg,
-                        self.prompt_set,
-                        codec=model.audio_encoder,
-                        codec_source=str(module.model_path),
-                    )
                 scores = self.suite.score(clips)
         finally:
             module.train(was_training)

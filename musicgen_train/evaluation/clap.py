@@ -111,6 +111,11 @@ class ClapEmbedder(Embedder):
                 "(`hf download laion/larger_clap_music`) or set eval.clap.checkpoint to a local "
                 "folder"
             ) from err
+        except Exception as err:  # a corrupt or truncated weights file (safetensors, pickle)
+            raise EmbedderUnavailable(
+                f"CLAP checkpoint '{checkpoint}' cannot be loaded ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:120]}): download it again or fix eval.clap.checkpoint"
+            ) from err
         return cls(
             model,
             processor,

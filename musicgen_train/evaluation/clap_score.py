@@ -20,9 +20,9 @@ from musicgen_train.evaluation.intervals import bootstrap_mean
 
 @dataclass
 class ClapScore:
-    mean: float
-    interval: tuple[float, float]
-    per_prompt: list[float]
+    mean: float | None  # None: no prompt had a clip to score
+    interval: tuple[float, float] | None
+    per_prompt: list[float | None]  # None: none of the prompt's clips could be embedded
     identity: dict = field(default_factory=dict)
 
 
@@ -54,12 +54,42 @@ def clap_score(
     """Score ``clips[i]`` (the generations of ``prompts[i]``) against ``prompts[i]``."""
     if len(prompts) != len(clips):
         raise ValueError(f"{len(prompts)} prompts but {len(clips)} lists of clips")
+    windows = [[cache.embed(clip, embedder) for clip in group] for group in clips]
+    return clap_score_of_embeddings(
+        embedder,
+        prompts,
+        windows,
+        bootstrap_samples=bootstrap_samples,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def clap_score_of_embeddings(
+    embedder: ClapEmbedder,
+    prompts: list[str],
+    windows: list[list[np.ndarray]],
+    *,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ClapScore:
+    """As ``clap_score``, from each clip's window embeddings (``windows[i]``: prompt ``i``'s
+    clips). A prompt with no clip scores None and is left out of the mean and its interval."""
+    if len(prompts) != len(windows):
+        raise ValueError(f"{len(prompts)} prompts but {len(windows)} lists of clips")
     texts = embedder.embed_text(prompts)
-    per_prompt = []
-    for text, generations in zip(texts, clips, strict=True):
-        audio = np.stack([clip_embedding(cache.embed(clip, embedder)) for clip in generations])
+    per_prompt: list[float | None] = []
+    for text, clip_windows in zip(texts, windows, strict=True):
+        if not clip_windows:
+            per_prompt.append(None)
+            continue
+        audio = np.stack([clip_embedding(w) for w in clip_windows])
         per_prompt.append(float(cosine_scores(np.broadcast_to(text, audio.shape), audio).mean()))
+    scored = [value for value in per_prompt if value is not None]
+    if not scored:
+        return ClapScore(None, None, per_prompt, embedder.identity())
     mean, interval = bootstrap_mean(
-        per_prompt, samples=bootstrap_samples, confidence=confidence, seed=seed
+        scored, samples=bootstrap_samples, confidence=confidence, seed=seed
     )
     return ClapScore(mean, interval, per_prompt, embedder.identity())

@@ -80,6 +80,12 @@ class EncodecEmbedder(Embedder):
                 f"EnCodec checkpoint '{checkpoint}' is not available offline: download it once "
                 "or set eval.encodec.checkpoint to a local folder or to `model`"
             ) from err
+        except Exception as err:  # a corrupt or truncated weights file (safetensors, pickle)
+            raise EmbedderUnavailable(
+                f"EnCodec checkpoint '{checkpoint}' cannot be loaded ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:120]}): download it again or fix "
+                "eval.encodec.checkpoint"
+            ) from err
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """As ``Embedder.embed``, but to the codec's channels (stereo kept for a stereo codec)."""

@@ -268,3 +268,30 @@ def bootstrap_fad(
             draws.append(fad(statistics_from_embeddings(frames), reference))
     low, high = centered_interval(point, np.asarray(draws), confidence)
     return point, (max(low, 0.0), high)
+
+
+def fad_inf_entry(frames: np.ndarray, reference: Statistics, settings, seed: int) -> dict:
+    """The report's ``fad_inf`` entry under ``eval.fad_inf`` settings, or why it is skipped."""
+    if not settings.enabled:
+        return {"skipped": "eval.fad_inf.enabled is false"}
+    if len(frames) <= int(settings.min_frames):  # at min_frames: all subsets the same n
+        return {
+            "skipped": f"needs more than {settings.min_frames} generated frames, got {len(frames)}"
+        }
+    result = fad_inf(
+        frames,
+        reference,
+        min_n=int(settings.min_frames),
+        steps=int(settings.steps),
+        seed=seed,
+        sampling=str(settings.get("sampling", "without_replacement")),
+        reliable_frames=int(settings.get("reliable_frames", RELIABLE_FRAMES)),
+    )
+    return {
+        "value": result.value,
+        "slope": result.slope,
+        "r2": result.r2,
+        "points": len(result.points),
+        "sampling": result.sampling,
+        "warning": result.warning,
+    }

@@ -120,12 +120,24 @@ def prompt_set_for(cfg, limit: int | None = None) -> PromptSet:
     return load_prompt_set(cfg.eval.prompts, limit)
 
 
+def _prompt_lines(path: Path) -> list[str]:
+    """The file's lines; utf-8-sig: a byte-order mark (Windows editors write one) is not part
+    of the first line. Another encoding is one line naming where it breaks."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}): save the file as UTF-8"
+        ) from err
+
+
 def load_prompt_set(name_or_path: str, limit: int | None = None) -> PromptSet:
     """Read and check a prompt set; a bad line raises a UserError naming file and line."""
     path = resolve_prompt_file(name_or_path)
     prompts = []
-    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first line.
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(_prompt_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -138,11 +150,16 @@ def load_prompt_set(name_or_path: str, limit: int | None = None) -> PromptSet:
         files = {}
         for key in ("reference", "melody", "audio_prompt"):
             files[key] = row.get(key)
+            if files[key] is not None and not isinstance(files[key], str):
+                raise UserError(f'{path}:{number}: "{key}" must be a file path (a string)')
             if files[key] is not None:
                 files[key] = (path.parent / files[key]).resolve()
                 if not files[key].is_file():
                     raise UserError(f"{path}:{number}: {key} audio {files[key]} does not exist")
-        prompts.append(Prompt(str(row.get("id", number)), text.strip(), **files))
+        # A missing, null or blank id is the line number (never the id "None").
+        given = row.get("id")
+        prompt_id = str(given).strip() if given is not None and str(given).strip() else number
+        prompts.append(Prompt(str(prompt_id), text.strip(), **files))
     if not prompts:
         raise UserError(f"prompt set {path} holds no prompts")
     ids = [p.id for p in prompts]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,12 +49,14 @@ class Reference:
     clips: list[Clip] = field(default_factory=list)
     stats_file: Path | None = None
     notes: list[str] = field(default_factory=list)  # what was left out, and why
+    used: dict[str, int] = field(default_factory=dict)  # embedder -> clips it could embed
 
     def summary(self) -> dict:
         seconds = sum(c.duration or 0.0 for c in self.clips)
         return {
             "description": self.description,
             "clips": len(self.clips),
+            "clips_used": self.used,
             "seconds": round(seconds, 3) if seconds else None,
             "stats_file": str(self.stats_file) if self.stats_file else None,
             "notes": self.notes,
@@ -87,6 +90,16 @@ class Reference:
                 f"{self.stats_file.name} was embedded with another windowing ({window!r}), "
                 f"this {embedder.name} embedder uses {embedder.window!r}"
             )
+        # Same dimension, other weights (two CLAP checkpoints are both 512-d): a distance
+        # between two embedding spaces would be a number, and a meaningless one.
+        weights = stats.identity.get("weights")
+        if weights is not None and weights != embedder.weights_digest:
+            raise ReferenceUnavailable(
+                f"{self.stats_file.name} was embedded with other {embedder.name} weights "
+                f"({stats.identity.get('checkpoint')}, digest {weights}) than "
+                f"{embedder.checkpoint} (digest {embedder.weights_digest}): make the statistics "
+                "again with these weights (`musicgen-train evaluate stats`)"
+            )
         return stats
 
     def embeddings(self, embedder: Embedder, cache: EmbeddingCache) -> np.ndarray:
@@ -113,6 +126,7 @@ class Reference:
                 if note not in self.notes:
                     log.warning("reference: %s", note)
                     self.notes.append(note)
+        self.used[embedder.name] = len(frames)
         if not frames:
             raise ReferenceUnavailable("no reference clip could be read")
         return np.concatenate(frames)
@@ -129,9 +143,10 @@ def build_reference(cfg, prompt_set: PromptSet) -> Reference:
             raise ReferenceUnavailable(f"prompt set {prompt_set.path} lists no reference audio")
         return Reference(f"reference audio of prompt set {prompt_set.name}", clips[:limit])
     path = Path(choice).expanduser()
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":  # x.NPZ too (a Windows or FAT copy)
         if not path.is_file():
             raise ReferenceUnavailable(f"reference statistics file {path} does not exist")
+        _check_statistics_file(path)
         return Reference(f"statistics file {path}", stats_file=path)
     if path.is_dir():
         return _folder(path, limit)
@@ -144,6 +159,25 @@ def build_reference(cfg, prompt_set: PromptSet) -> Reference:
     raise ReferenceUnavailable(
         f"eval.reference={choice!r} is not valid, prompts, a folder of audio or a .npz file"
     )
+
+
+def _check_statistics_file(path: Path) -> None:
+    """A ``.npz`` that numpy cannot open (truncated copy, another format renamed) is one line
+    now, before anything is generated."""
+    again = "write it again with `musicgen-train evaluate stats` or copy it again"
+    if not zipfile.is_zipfile(path):  # numpy would call it "pickled data", which misleads
+        raise ReferenceUnavailable(
+            f"reference statistics file {path} is not a .npz archive (truncated or another "
+            f"format): {again}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            data.files  # noqa: B018 (reads the archive's directory)
+    except Exception as err:  # BadZipFile, ValueError, OSError
+        raise ReferenceUnavailable(
+            f"reference statistics file {path} cannot be read ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:100]}): {again}"
+        ) from err
 
 
 def _folder(path: Path, limit: int | None) -> Reference:

@@ -202,6 +202,11 @@ def _metric_rows(report: dict) -> str:
                 f"{_fmt(entry.get('sample_rate'))} Hz / {_fmt(entry.get('window'))}; "
                 f"{entry.get('clips')} clips"
                 + (
+                    f" vs {entry['reference_clips']} reference clips"
+                    if entry.get("reference_clips")
+                    else ""
+                )
+                + (
                     ""
                     if entry.get("comparable_to_published")
                     else " — <b>not comparable to published numbers</b>"
@@ -303,16 +308,24 @@ def _html(out: Path, report: dict, plots: list[Path]) -> str:
         f'<p><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>' for p in plots
     )
     generation = ", ".join(f"{k}={v}" for k, v in report["generation"].items())
+    protocol = ", ".join(f"{k}={v}" for k, v in (report.get("protocol") or {}).items())
+    # Reference clips that could not be used: a smaller reference than the folder suggests.
+    left_out = "".join(
+        f"<li class=skip>{html.escape(note)}</li>" for note in reference.get("notes") or []
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>musicgen-train evaluation: {html.escape(report["prompt_set"]["name"])}</title>
 <style>{STYLE}</style></head><body>
 <h1>Evaluation on prompt set “{html.escape(report["prompt_set"]["name"])}”</h1>
 <p class=note>{html.escape(report["created"])} · {report["prompt_set"]["prompts"]} prompts ·
-generation: {html.escape(generation)}</p>
+generation: {html.escape(generation)}{
+        "<br>protocol: " + html.escape(protocol) if protocol else ""
+    }</p>
 <p>Reference: {html.escape(str(reference.get("description", "none")))}
 ({reference.get("clips", 0)} clips{
         ", " + str(reference.get("seconds")) + " s" if reference.get("seconds") else ""
-    })</p>
+    }{_used(reference)})</p>
+{f"<h3>Reference clips left out</h3><ul>{left_out}</ul>" if left_out else ""}
 <h2>Metrics</h2>
 <p class=note>Value [{int(100 * _confidence(report))}% bootstrap spread over clips: how much
 the score moves between sets of this size, not a confidence interval for the true distance].
@@ -327,6 +340,14 @@ model uses its text.</p>
 <h2>Per prompt</h2>{_per_prompt_rows(out, report)}
 </body></html>
 """
+
+
+def _used(reference: dict) -> str:
+    """``, used: vggish 3`` when an embedder could use fewer reference clips than listed."""
+    short = {
+        k: v for k, v in (reference.get("clips_used") or {}).items() if v != reference["clips"]
+    }
+    return ", used: " + ", ".join(f"{k} {v}" for k, v in short.items()) if short else ""
 
 
 def _confidence(report: dict) -> float:

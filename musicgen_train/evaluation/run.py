@@ -20,7 +20,7 @@ from musicgen_train.errors import UserError
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.conditioning import Conditioning, conditioning_for, load_for
 from musicgen_train.evaluation.prompts import PromptSet, prompt_set_for
-from musicgen_train.evaluation.protocol import apply_protocol
+from musicgen_train.evaluation.protocol import Protocol, protocol_for
 from musicgen_train.evaluation.suite import MetricSuite
 from musicgen_train.generation import GenerationEngine, GenerationParams
 from musicgen_train.model.families import is_melody
@@ -79,20 +79,6 @@ def with_training_data(cfg: DictConfig, source: str) -> DictConfig:
     return cfg
 
 
-def warn_early_of_missing_reference(cfg: DictConfig, prompt_set: PromptSet) -> None:
-    """A mistyped ``eval.reference`` path skips FAD and KAD; say so now, not after minutes of
-    generating (the suite checks the reference again once the clips exist). Only a path is
-    checked here: ``valid`` may mean preparing a token cache, which waits for the suite."""
-    from musicgen_train.evaluation.reference import ReferenceUnavailable, build_reference
-
-    if str(cfg.eval.reference) in ("valid", "prompts"):
-        return
-    try:
-        build_reference(cfg, prompt_set)
-    except ReferenceUnavailable as err:
-        log.warning("evaluate: %s: the distance metrics (FAD, KAD) will be skipped", err)
-
-
 def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) -> dict:
     """Generate, score and report; returns the content of ``eval_report.json`` + ``report_dir``."""
     from musicgen_train.evaluation.report import write_report
@@ -106,12 +92,19 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
     out = Path(output_dir or ecfg.get("output_dir") or default_output_dir(cfg, sources[0][1]))
     out.mkdir(parents=True, exist_ok=True)
     prompt_set = prompt_set_for(cfg, ecfg.get("max_prompts"))
-    warn_early_of_missing_reference(cfg, prompt_set)
     params = generation_params(ecfg.generation)
+    protocol = protocol_for(ecfg.get("protocol"))
 
-    models, generations, codec = [], {}, None
+    models, generations, suite = [], {}, None
     for label, source in sources:
         loaded = load_musicgen(source, **load_options(cfg))
+        if suite is None:
+            # Embedders and the reference are loaded BEFORE any clip is generated: a missing or
+            # broken weights file, a mistyped reference is one line now, not after hours of
+            # generation. eval.encodec.checkpoint=model scores with the first model's codec.
+            suite = MetricSuite(
+                cfg, prompt_set, codec=loaded.model.audio_encoder, codec_source=loaded.path
+            )
         generation_warnings: list[str] = []
         conditioning = conditioning_for(ecfg, prompt_set, is_melody(loaded.model))
         log.info(
@@ -120,20 +113,16 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
             ecfg.samples_per_prompt,
             source,
         )
-        generations[label] = apply_protocol(
-            generate_clips(
-                loaded,
-                prompt_set,
-                params,
-                out / "audio" / label,
-                int(ecfg.samples_per_prompt),
-                int(ecfg.generation.batch_size),
-                conditioning,
-                generation_warnings,
-            ),
-            [p.reference for p in prompt_set.prompts],
-            ecfg.get("protocol"),
-            out / "audio" / label / "protocol",
+        generations[label] = generate_clips(
+            loaded,
+            prompt_set,
+            params,
+            out / "audio" / label,
+            int(ecfg.samples_per_prompt),
+            int(ecfg.generation.batch_size),
+            conditioning,
+            generation_warnings,
+            protocol=protocol,
         )
         models.append(
             {
@@ -146,11 +135,8 @@ def evaluate(cfg: DictConfig, model_source: str | None = None, output_dir=None) 
                 "generation_warnings": generation_warnings,
             }
         )
-        if codec is None:  # eval.encodec.checkpoint=model scores with the first model's codec
-            codec = (loaded.model.audio_encoder, loaded.path)
         del loaded
 
-    suite = MetricSuite(cfg, prompt_set, codec=codec[0], codec_source=codec[1])
     for model in models:
         adherence = model.pop("text_adherence")
         broken = model.pop("generation_warnings")
@@ -246,8 +232,14 @@ def generate_clips(
     batch_size: int = 4,
     conditioning: Conditioning | None = None,
     warnings: list[str] | None = None,
+    *,
+    protocol: Protocol | None = None,
 ) -> list[list[Clip]]:
     """Write each prompt's generations as wav files; ``clips[i]`` are those of prompt ``i``.
+
+    With a ``protocol`` (``eval.protocol``: cut, loudness), what is returned (and scored) are
+    the processed files under ``folder/protocol/``, processed from the model's float output
+    before it is clipped to 16 bits, as audiocraft does.
 
     A generation holding NaN or infinite samples (a diverged model, an overflowing codec) is
     written as silence where it is not finite, with a line in ``warnings``: written as it is,
@@ -275,8 +267,11 @@ def generate_clips(
                 audio = engine.generate([p.text for p in batch], _with_seed(params, seed))
             for offset, (prompt, wave) in enumerate(zip(batch, audio, strict=True)):
                 name = names[start + offset] + (f"-{sample}" if samples_per_prompt > 1 else "")
-                wave = _checked_audio(wave, f"{name}.wav", warnings)
+                wave = _checked_audio(wave, f"{name}.wav", warnings, protocol)
                 path = write_audio(folder / f"{name}.wav", wave, engine.sample_rate)
+                if protocol is not None:
+                    wave = protocol.apply(wave, engine.sample_rate, prompt.reference)
+                    path = write_audio(folder / "protocol" / path.name, wave, engine.sample_rate)
                 clips[start + offset].append(Clip(path, name=prompt.id))
     return clips
 
@@ -335,9 +330,10 @@ def clip_file_names(prompt_ids: list[str]) -> list[str]:
     ]
 
 
-def _checked_audio(wave, name: str, warnings: list[str] | None):
+def _checked_audio(wave, name: str, warnings: list[str] | None, protocol=None):
     """``wave`` with NaN / infinite samples set to 0; a warning naming the clip for those and
-    for samples beyond [-1, 1] (clipped when written)."""
+    for samples beyond [-1, 1] (clipped when written; with a loudness protocol, what is scored
+    is normalised from the unclipped output, then clipped)."""
     wave = np.asarray(wave, dtype=np.float32)
     bad = ~np.isfinite(wave)
     if bad.any():
@@ -351,9 +347,15 @@ def _checked_audio(wave, name: str, warnings: list[str] | None):
         wave = np.where(bad, np.float32(0.0), wave)
     over = np.abs(wave) > 1.0
     if over.any():  # 16-bit PCM holds [-1, 1]: what is scored is the clipped audio
+        normalised = protocol is not None and protocol.loudness_lufs is not None
         line = (
             f"generation {name}: {int(over.sum())} of {wave.size} samples beyond [-1, 1] (peak "
-            f"{float(np.abs(wave).max()):.2f}) are clipped in the file, and scored clipped"
+            f"{float(np.abs(wave).max()):.2f}) are clipped in the file, and "
+            + (
+                "scored loudness-normalised from the unclipped output, as audiocraft"
+                if normalised
+                else "scored clipped"
+            )
         )
         log.warning(line)
         if warnings is not None:

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from musicgen_train.evaluation.cache import EmbeddingCache
-from musicgen_train.evaluation.clap_score import clap_score
+from musicgen_train.evaluation.cache import EmbeddingCache, embed_generations
+from musicgen_train.evaluation.clap_score import clap_score_of_embeddings
 from musicgen_train.evaluation.clips import Clip
 from musicgen_train.evaluation.embedders import Embedder, EmbedderUnavailable, build_embedder
 from musicgen_train.evaluation.frechet import (
-    RELIABLE_FRAMES,
     Statistics,
     bootstrap_fad,
-    fad_inf,
+    fad_inf_entry,
     per_song_fad,
     statistics_from_embeddings,
 )
@@ -97,6 +96,25 @@ class MetricSuite:
             except ReferenceUnavailable as err:
                 names = [m for e in self.embedders for m in self.distance_metrics(e.name)]
                 self._skip(names, f"no reference: {err}")
+        if self.reference is not None and self.reference.stats_file is not None:
+            self._check_stored_statistics()
+
+    def _check_stored_statistics(self) -> None:
+        """With a ``.npz`` reference, each embedder's statistics are read now (a missing or
+        mismatched entry is one line before generating, not after), and KAD, which needs the
+        frames, is skipped once."""
+        for embedder in self.embedders:
+            try:
+                self.reference_statistics(embedder)
+            except (ReferenceUnavailable, ValueError) as err:
+                self._skip([f"fad_{embedder.name}"], str(err))
+        kads = [m for e in self.embedders for m in self.distance_metrics(e.name)[1:]]
+        if kads:
+            self._skip(
+                kads,
+                f"the reference is a statistics file ({self.reference.stats_file.name}): KAD "
+                "needs the reference audio or its embeddings, not only their mean and covariance",
+            )
 
     def _optional(self, metrics: list[str], key: str, load):
         """A package-and-weights metric: loaded when ``eval.<key>.enabled``, else nothing."""
@@ -167,17 +185,25 @@ class MetricSuite:
         ]
         for metric, line in self.skipped_metrics.items():
             metrics[metric] = {"metric": metric, "value": None, "skipped": line}
+        embedded = {}  # embedder name -> per prompt, (clip, frames) of the clips it could embed
+        for embedder in self._embedders_to_run():
+            embedded[embedder.name] = self._embed_generated(embedder, generations, warnings)
         if self.reference is not None:
-            for embedder in self.embedders:
-                songs = [self.cache.embed(c, embedder) for group in generations for c in group]
+            for embedder in (e for e in self.embedders if e.name in embedded):
+                kept = [[clip for clip, _ in group] for group in embedded[embedder.name]]
+                songs = [frames for group in embedded[embedder.name] for _, frames in group]
                 for key, compute in (
                     (f"fad_{embedder.name}", self._fad),
                     (f"kad_{embedder.name}", self._kad),
                 ):
                     if key not in self.distance_metrics(embedder.name):
                         continue
+                    if key in self.skipped_metrics:
+                        continue
                     try:
-                        metrics[key] = compute(embedder, generations, songs, per_prompt, key)
+                        if not songs:
+                            raise ValueError(f"the {embedder.name} embedder failed on every clip")
+                        metrics[key] = compute(embedder, kept, songs, per_prompt, key)
                     except (ReferenceUnavailable, ValueError) as err:
                         line = f"{key}: skipped: {err}"
                         log.warning(line)
@@ -187,7 +213,7 @@ class MetricSuite:
                     if "clip_outliers" in metrics[key]:
                         outliers[key] = metrics[key].pop("clip_outliers")
         if self.clap is not None:
-            metrics["clap_score"] = self._clap(generations, per_prompt)
+            metrics["clap_score"] = self._clap(embedded["clap"], per_prompt)
             if len(per_prompt) < MIN_PROMPTS:
                 warnings.append(
                     f"clap_score: only {len(per_prompt)} prompts (< {MIN_PROMPTS}): its interval "
@@ -212,6 +238,24 @@ class MetricSuite:
             "outliers": outliers,
             "warnings": warnings,
         }
+
+    def _embedders_to_run(self) -> list[Embedder]:
+        """Those with a metric left to compute: none for a distance without a reference."""
+        wanted = [
+            e
+            for e in self.embedders
+            if self.reference is not None
+            and any(m not in self.skipped_metrics for m in self.distance_metrics(e.name))
+        ]
+        return wanted + ([self.clap] if self.clap is not None and self.clap not in wanted else [])
+
+    def _embed_generated(self, embedder: Embedder, generations, warnings: list[str]) -> list:
+        """Per prompt, ``(clip, frames)`` of the generated clips ``embedder`` could embed."""
+        metrics = self.distance_metrics(embedder.name) if embedder in self.embedders else []
+        metrics = [m for m in metrics if m not in self.skipped_metrics]
+        if embedder is self.clap:
+            metrics.append("clap_score")
+        return embed_generations(self.cache, embedder, generations, metrics, warnings)
 
     def _fad(self, embedder: Embedder, generations, songs, per_prompt, key: str) -> dict:
         reference = self.reference_statistics(embedder)
@@ -258,14 +302,16 @@ class MetricSuite:
             "clips": len(songs),
             "frames": int(sum(len(s) for s in songs)),
             "reference": self.reference.description,
-            "reference_clips": len(self.reference.clips) or None,
+            "reference_clips": self.reference.used.get(embedder.name),
             "reference_frames": reference.count,
             "comparable_to_published": embedder.comparable,
             "per_song": per_song,
             "warnings": warnings,
             "clip_outliers": clip_outliers(all_clips, per_song, int(self.ecfg.get("outliers", 5))),
         }
-        entry["fad_inf"] = self._fad_inf(np.concatenate(songs), reference)
+        entry["fad_inf"] = fad_inf_entry(
+            np.concatenate(songs), reference, self.ecfg.fad_inf, int(self.ecfg.bootstrap.seed)
+        )
         if entry["fad_inf"].get("warning"):
             warnings.append(f"FAD-inf: {entry['fad_inf']['warning']}")
         return entry
@@ -299,59 +345,36 @@ class MetricSuite:
             "clips": len(songs),
             "frames": result.frames,
             "reference": self.reference.description,
+            "reference_clips": self.reference.used.get(embedder.name),
             "reference_frames": result.reference_frames,
             "comparable_to_published": embedder.comparable,
             "warnings": warnings,
         }
 
-    def _fad_inf(self, frames: np.ndarray, reference: Statistics) -> dict:
-        settings = self.ecfg.fad_inf
-        if not settings.enabled:
-            return {"skipped": "eval.fad_inf.enabled is false"}
-        if len(frames) <= int(settings.min_frames):  # at min_frames: all subsets the same n
-            return {
-                "skipped": f"needs more than {settings.min_frames} generated frames, "
-                f"got {len(frames)}"
-            }
-        result = fad_inf(
-            frames,
-            reference,
-            min_n=int(settings.min_frames),
-            steps=int(settings.steps),
-            seed=int(self.ecfg.bootstrap.seed),
-            sampling=str(settings.get("sampling", "without_replacement")),
-            reliable_frames=int(settings.get("reliable_frames", RELIABLE_FRAMES)),
-        )
-        return {
-            "value": result.value,
-            "slope": result.slope,
-            "r2": result.r2,
-            "points": len(result.points),
-            "sampling": result.sampling,
-            "warning": result.warning,
-        }
-
-    def _clap(self, generations, per_prompt) -> dict:
+    def _clap(self, embedded, per_prompt) -> dict:
         boot = self.ecfg.bootstrap
-        score = clap_score(
+        score = clap_score_of_embeddings(
             self.clap,
             self.prompt_set.texts,
-            generations,
-            self.cache,
+            [[frames for _, frames in group] for group in embedded],
             bootstrap_samples=max(1, int(boot.samples)),
             confidence=float(boot.confidence),
             seed=int(boot.seed),
         )
         for row, value in zip(per_prompt, score.per_prompt, strict=True):
             row["clap_score"] = value
+        if score.mean is None:
+            line = "clap_score: skipped: the clap embedder failed on every generated clip"
+            return {"metric": "clap_score", "value": None, "skipped": line}
         return {
             "metric": "clap_score",
             "value": score.mean,
             "interval": list(score.interval),
+            "interval_kind": "bootstrap over prompts (the mean score of resampled prompt sets)",
             "confidence": float(boot.confidence),
             **score.identity,
-            "clips": sum(len(c) for c in generations),
-            "prompts": len(per_prompt),
+            "clips": sum(len(group) for group in embedded),
+            "prompts": sum(value is not None for value in score.per_prompt),
             # audiocraft scored MusicGen with LAION's music checkpoint, this one on the hub.
             "comparable_to_published": str(self.clap.checkpoint)
             .rstrip("/")

@@ -78,9 +78,21 @@ def load_vggish(weights: str | Path, embedding_relu: bool = False) -> VGGish:
     """A VGGish holding the weights of a torch state_dict file (torchvggish's layout)."""
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise EmbedderUnavailable(f"VGGish weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+        raise EmbedderUnavailable(
+            f"VGGish weights file {path} does not exist: fix eval.vggish.weights, or remove "
+            "vggish from eval.embedders"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated download, an HTML error page, a pickled model, ...
+        raise EmbedderUnavailable(
+            f"VGGish weights file {path} cannot be read ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120]}): download vggish-10086976.pth again"
+        ) from err
+    if isinstance(state, dict):
+        state = state.get("state_dict", state)
+    if not isinstance(state, dict):
+        state = {}  # a bare tensor or list: refused below as not a VGGish state_dict
     wanted = {k: v for k, v in state.items() if k.startswith(("features.", "embeddings."))}
     convs = sorted(
         (int(k.split(".")[1]), v.shape[0])
@@ -98,7 +110,12 @@ def load_vggish(weights: str | Path, embedding_relu: bool = False) -> VGGish:
         embedding=wanted["embeddings.4.weight"].shape[0],
         embedding_relu=embedding_relu,
     )
-    model.load_state_dict(wanted)
+    try:
+        model.load_state_dict(wanted)
+    except RuntimeError as err:  # right names, wrong shapes (another network's file)
+        raise EmbedderUnavailable(
+            f"VGGish weights file {path} does not fit VGGish: {str(err).splitlines()[-1][:160]}"
+        ) from err
     return model.eval()
 
 
