@@ -462,3 +462,19 @@ def test_a_row_joins_a_running_batch_with_a_narrower_cache(tiny_loaded):
         loop.step()
     assert first.step == second.step == 6
     assert loop._k == [] and first.codes().shape == (4, 3)
+
+
+def test_a_prompt_beyond_t5s_limit_is_cut_with_a_warning(tiny_loaded, caplog):
+    from musicgen_train.generation.text_condition import MAX_PROMPT_TOKENS, text_states
+
+    loop = DecodeLoop(tiny_loaded.model, tiny_loaded.processor)
+    short = "warm lo-fi piano with soft drums"
+    pasted = " ".join(["slow jazz ballad with brushed drums"] * 200)  # ~1,400 tokens
+    with caplog.at_level("WARNING", logger="musicgen_train.generation.text_condition"):
+        assert text_states(loop, pasted).shape[1] == MAX_PROMPT_TOKENS
+        short_states = text_states(loop, short)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"cut to its first {MAX_PROMPT_TOKENS}" in warning and "slow jazz ballad" in warning
+    # below the limit, the encoding is transformers' own (no truncation, no warning)
+    expected = len(tiny_loaded.processor(text=[short])["input_ids"][0])
+    assert short_states.shape[1] == expected < MAX_PROMPT_TOKENS

@@ -9,12 +9,44 @@ in its decoder input prefix (``condition_prefix.py``).
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
+
+# T5's model_max_length. Its relative positions accept any length, but a prompt of thousands of
+# tokens (a pasted document) costs T5 and every step's cross-attention for nothing the model has
+# learnt: MusicGen was trained on short descriptions (this project truncates training captions
+# to finetune.max_text_tokens, 256 by default). Up to here the encoding is transformers' own.
+MAX_PROMPT_TOKENS = 512
+
+
+def prompt_inputs(processor, prompt: str) -> dict:
+    """The prompt's token ids and mask, at most ``MAX_PROMPT_TOKENS`` (T5's end token kept)."""
+    inputs = processor(
+        text=[prompt],
+        padding=True,
+        truncation=True,
+        max_length=MAX_PROMPT_TOKENS,
+        return_tensors="pt",
+    )
+    if inputs["input_ids"].shape[1] == MAX_PROMPT_TOKENS:  # at the limit: maybe cut, count
+        whole = len(processor(text=[prompt])["input_ids"][0])
+        if whole > MAX_PROMPT_TOKENS:
+            log.warning(
+                "a prompt of %d tokens (%d characters, %r...) is cut to its first %d",
+                whole,
+                len(prompt),
+                prompt[:40],
+                MAX_PROMPT_TOKENS,
+            )
+    return inputs
 
 
 def text_states(loop, prompt: str) -> torch.Tensor:
     """The prompt's encoder states ``[1, T, D]`` in the decoder's dtype."""
-    inputs = loop.processor(text=[prompt], padding=True, return_tensors="pt")
+    inputs = prompt_inputs(loop.processor, prompt)
     encoder = loop.model.text_encoder
     device = next(encoder.parameters()).device
     input_ids = inputs["input_ids"].to(device)
