@@ -258,8 +258,11 @@ def test_hf_dataset_dict_split_and_columns(tmp_path):
     assert ok["test/000000"].metadata == {"description": "drone", "caption": "low hum", "bpm": 60}
     with pytest.raises(UserError, match=r"data.hf.split='valid'.*\['test', 'train'\]"):
         collect(tmp_path / "dd", tmp_path, hf={**hf, "split": "valid"})
+    # without an "audio" column, the dataset's one Audio column is read (whatever its name)
+    assert list(collect(tmp_path / "dd", tmp_path, hf={"split": "test"})[0]) == ["test/000000"]
+    datasets.Dataset.from_dict({"text": ["a"]}).save_to_disk(str(tmp_path / "no_audio"))
     with pytest.raises(UserError, match=r"data.hf.audio_column='audio' is not a column"):
-        collect(tmp_path / "dd", tmp_path, hf={"split": "test"})
+        collect(tmp_path / "no_audio", tmp_path, hf={"split": "train"})
     with pytest.raises(UserError, match=r"data.hf.text_column='lyrics'"):
         collect(tmp_path / "dd", tmp_path, hf={**hf, "text_column": "lyrics"})
 

@@ -22,7 +22,7 @@ from musicgen_train.data.metadata import (
     normalize_metadata,
     read_text,
 )
-from musicgen_train.data.paths import file_identity, file_problem
+from musicgen_train.data.paths import file_identity, file_problem, on_disk
 
 Item = AudioItem | SkippedItem
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -169,9 +169,9 @@ def _read_metadata_table(
         if not isinstance(name, str) or not name.strip():
             yield SkippedItem(source=where, reason="the row has no file_name")
             continue
-        audio = _resolve(metadata_file.parent / name.strip())
+        audio = _resolve(on_disk(metadata_file.parent / name.strip()))
         if not os.path.lexists(audio) and "\\" in name:  # written on Windows: audio\\a.wav
-            audio = _resolve(metadata_file.parent / name.strip().replace("\\", "/"))
+            audio = _resolve(on_disk(metadata_file.parent / name.strip().replace("\\", "/")))
         if not os.path.lexists(audio):  # other problems are reported with the file itself
             yield SkippedItem(source=where, reason=f"file_name {name!r} does not exist")
             continue

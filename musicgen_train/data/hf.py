@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from unittest import mock
 
 from musicgen_train.data.items import AudioItem, SkippedItem
-from musicgen_train.data.metadata import normalize_metadata
+from musicgen_train.data.metadata import TEXT_COLUMNS, normalize_metadata
 from musicgen_train.errors import UserError
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 
 Item = AudioItem | SkippedItem
+log = logging.getLogger(__name__)
 
 
 def _is_saved_hf_dataset(folder: Path) -> bool:
@@ -20,6 +22,16 @@ def _is_saved_hf_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (
         (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
     )
+
+
+# A dataset repository downloaded as it is on the hub (``huggingface-cli download --repo-type
+# dataset ... --local-dir``, or a git clone): parquet files, at the top or in data/ or config
+# folders. ``datasets.load_dataset`` reads such a folder as it reads the hub id.
+_REPO_PATTERNS = ("*.parquet", "*/*.parquet", "*/*/*.parquet")
+
+
+def _is_dataset_repo(folder: Path) -> bool:
+    return any(next(folder.glob(pattern), None) for pattern in _REPO_PATTERNS)
 
 
 def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
@@ -36,8 +48,10 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
         else contextlib.nullcontext()
     )
     try:
-        if isinstance(source, Path):
+        if isinstance(source, Path) and _is_saved_hf_dataset(source):
             dataset = datasets.load_from_disk(str(source))
+        elif isinstance(source, Path):  # a downloaded dataset repository
+            dataset = datasets.load_dataset(str(source), hf_cfg.get("config_name"), split=split)
         else:
             with offline:
                 dataset = datasets.load_dataset(source, hf_cfg.get("config_name"), split=split)
@@ -60,7 +74,11 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
                 f"choose one of {sorted(dataset)}"
             )
         dataset = dataset[split]
-    column = hf_cfg.get("audio_column") or "audio"
+    named = hf_cfg.get("audio_column") or "audio"
+    column = _audio_column(dataset, named)
+    if column != named:
+        log.info("data.hf.audio_column=%r is not a column: reading its Audio column %r", named,
+                 column)  # fmt: skip
     if column not in dataset.column_names:
         raise UserError(
             f"data.hf.audio_column={column!r} is not a column of {source}: "
@@ -72,16 +90,43 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
             f"data.hf.text_column={text_column!r} is not a column of {source}: "
             f"columns are {dataset.column_names}"
         )
+    if not text_column:
+        _warn_without_captions(dataset, source, column)
     if isinstance(dataset.features[column], datasets.Audio):
         # Decoding here would need torchcodec; prepare decodes the bytes with soundfile.
         dataset = dataset.cast_column(column, datasets.Audio(decode=False))
     return dataset, split
 
 
+def _audio_column(dataset, column: str) -> str:
+    """``column``, or, when the dataset has no such column, its one ``Audio`` column (many
+    datasets call it song, wav, mp3 or audio_file)."""
+    import datasets
+
+    audio = [name for name, f in dataset.features.items() if isinstance(f, datasets.Audio)]
+    return column if column in dataset.column_names or len(audio) != 1 else audio[0]
+
+
+def _warn_without_captions(dataset, source, audio_column: str) -> None:
+    """Every clip would be captioned data.caption.default ("music"): say which text columns
+    there are, since a dataset's caption column is often called otherwise (main_caption,
+    tags, ...)."""
+    if any(c in dataset.column_names for c in TEXT_COLUMNS):
+        return
+    strings = ("string", "large_string")
+    texts = [name for name, f in dataset.features.items()
+             if name != audio_column and getattr(f, "dtype", None) in strings]  # fmt: skip
+    log.warning(
+        "%s has no caption column (%s): captions are made of its other columns, else "
+        "data.caption.default. Its text columns are %s: choose one with data.hf.text_column=NAME",
+        source, "/".join(TEXT_COLUMNS), texts or "none",
+    )  # fmt: skip
+
+
 def iter_hf_dataset(data_cfg: Mapping, source: str | Path) -> Iterator[Item]:
     hf_cfg = data_cfg.get("hf") or {}
     dataset, split = load_hf_dataset(hf_cfg, source)  # errors now, not at the first item
-    column = hf_cfg.get("audio_column") or "audio"
+    column = _audio_column(dataset, hf_cfg.get("audio_column") or "audio")
     return _hf_items(dataset, split, source, column, hf_cfg.get("text_column"))
 
 

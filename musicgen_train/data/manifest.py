@@ -9,7 +9,7 @@ from pathlib import Path, PureWindowsPath
 
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.metadata import _jsonl_rows, _sidecar_metadata, normalize_metadata
-from musicgen_train.data.paths import file_identity, file_problem
+from musicgen_train.data.paths import file_identity, file_problem, on_disk
 from musicgen_train.errors import UserError
 
 Item = AudioItem | SkippedItem
@@ -99,8 +99,8 @@ def _manifest_path(manifest: Path, value: str) -> Path:
 
 
 def _local_path(manifest: Path, value: str) -> Path:
-    path = Path(value).expanduser()
+    path = on_disk(Path(value).expanduser())
     if path.is_absolute():
         return path
-    beside = manifest.parent / path
+    beside = on_disk(manifest.parent / path)
     return beside if beside.exists() or not path.exists() else path.resolve()

@@ -76,13 +76,14 @@ def _read_json_object(path: Path) -> dict:
 
 
 def _sidecar(audio: Path, suffix: str) -> Path | None:
-    """``<name>.json`` / ``<name>.txt`` next to the audio, or ``<name>.JSON`` / ``.TXT`` as
-    Windows and older cameras and recorders name them (their file systems ignore case)."""
-    for name in (suffix, suffix.upper()):
-        path = audio.with_suffix(name)
-        if path.is_file():
-            return path
-    return None
+    """``song.wav.json`` / ``song.wav.txt`` (the audio's whole name, as tagging tools and
+    dataset scripts write them), else ``song.json`` / ``song.txt``, next to the audio; each also
+    as ``.JSON`` / ``.TXT``, as Windows and older recorders name them (their file systems ignore
+    case). The whole name wins: ``song.txt`` may be meant for ``song.mp3`` as well."""
+    suffixes = (suffix, suffix.upper())
+    whole_name = [audio.with_name(audio.name + s) for s in suffixes]
+    return next((p for p in whole_name + [audio.with_suffix(s) for s in suffixes] if p.is_file()),
+                None)  # fmt: skip
 
 
 def _sidecar_metadata(audio: Path, info_path: Path | None = None) -> dict | None:

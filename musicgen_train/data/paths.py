@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import unicodedata
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,6 +45,8 @@ def _stat_problem(path: Path, err: OSError) -> str:
 
 def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be read as a file, or None when it is a readable regular file."""
+    if problem := name_problem(path):
+        return problem
     try:
         info = os.stat(path)  # follows symlinks
     except OSError as err:
@@ -52,6 +55,27 @@ def file_problem(path: Path) -> str | None:
     if problem is None and not os.access(path, os.R_OK):
         return "cannot be read: permission denied"
     return problem
+
+
+def name_problem(path: Path) -> str | None:
+    """A path that is not UTF-8 (a Latin-1 name from an old zip, CD rip or Windows share):
+    Python holds its bad bytes as surrogates, which no manifest line or file id can encode."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"the path is not valid UTF-8 ({os.fsencode(path)!r}): rename it, e.g. with "
+                "convmv -f latin1 -t utf-8 --notest -r <folder>")  # fmt: skip
+    return None
+
+
+def on_disk(path: Path) -> Path:
+    """``path`` as the disk spells it. "é" typed on Linux or Windows is one code point (NFC);
+    a file copied from a Mac often has "e" plus an accent (NFD): the names look the same, so a
+    caption table written by hand must find the file either way."""
+    if os.path.lexists(path):
+        return path
+    variants = (Path(unicodedata.normalize(form, str(path))) for form in ("NFC", "NFD"))
+    return next((v for v in variants if os.path.lexists(v)), path)
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:

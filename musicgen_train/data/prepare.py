@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_write_json
+from musicgen_train.data.decoding import captured_stderr
 from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.paths import NotReadable
@@ -298,6 +299,7 @@ def _encode_file(
                 "file_duration": round(info.duration, 6),
                 "file_peak": info.peak,  # with the duration: the limits of later runs apply
                 "file_gain": round(gain, 6),
+                **info.notes(),  # truncated, damaged, what the decoder printed: the report's
                 "content_hash": digest,
                 "file_stat": stat,
                 "settings": settings,
@@ -361,7 +363,8 @@ def _keep_bytes(cache: TokenCache, item: AudioItem, digest: str) -> str:
     """Audio that came as bytes (HF datasets) is kept in the cache as a file, so the manifest's
     ``source`` always names a readable file (evaluation cuts reference clips from it)."""
     raw = bytes(item.data)
-    suffix = "." + sf.info(io.BytesIO(raw)).format.lower()
+    with captured_stderr([]):  # the scan reported what the decoder says about these bytes
+        suffix = "." + sf.info(io.BytesIO(raw)).format.lower()
     path = cache.sources_dir / f"{digest[:24]}{suffix}"
     if not path.exists():
         cache.sources_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from musicgen_train.data.folder import METADATA_FILES, UNSUPPORTED_AUDIO, iter_folder
-from musicgen_train.data.hf import _is_saved_hf_dataset, iter_hf_dataset, load_hf_dataset
+from musicgen_train.data.hf import (
+    _is_dataset_repo,
+    _is_saved_hf_dataset,
+    iter_hf_dataset,
+    load_hf_dataset,
+)
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.manifest import MANIFEST_NAMES, iter_manifest
 from musicgen_train.data.metadata import TEXT_COLUMNS, normalize_metadata
@@ -61,7 +66,7 @@ def _items(data_cfg: Mapping, work_dir: str | Path) -> Iterator[Item]:
         return iter_folder(ensure_demo_folder(Path(work_dir) / "demo_data" / f"seed{seed}", seed))
     path = Path(source).expanduser()
     if path.is_dir():
-        if _is_saved_hf_dataset(path):
+        if _is_saved_hf_dataset(path) or _is_dataset_repo(path):
             return iter_hf_dataset(data_cfg, path)
         manifest = next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
         return iter_manifest(manifest) if manifest else iter_folder(path)

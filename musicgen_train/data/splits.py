@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -74,6 +75,7 @@ def build_report(cfg, cache, encoder, files, skipped, removed, entries, counts) 
         "skipped": skipped,
         "removed": removed,
         "adjusted": _adjusted(entries),
+        "warnings": _file_notes(entries, "file_warning"),
         "totals": {
             "hours": round(sum(f.duration for f in files) / 3600, 6),
             "segments": len(entries),
@@ -81,7 +83,15 @@ def build_report(cfg, cache, encoder, files, skipped, removed, entries, counts) 
             "tokens": tokens,
         },
         "splits": splits,
+        "captions": _caption_counts(entries),
     }
+
+
+def _caption_counts(entries: list[dict]) -> dict:
+    """How many files share each caption: a model cannot learn from text that does not differ
+    (a folder without metadata captions every file data.caption.default)."""
+    counts = Counter(e.get("caption", "") for e in entries if e["segment"] == 0)
+    return {"distinct": len(counts), "most_common": [[c, n] for c, n in counts.most_common(3)]}
 
 
 def _adjusted(entries: list[dict]) -> list[dict]:
@@ -93,7 +103,16 @@ def _adjusted(entries: list[dict]) -> list[dict]:
             decibels = -20 * np.log10(gain)
             reason = f"peak +{decibels:.1f} dBFS, above full scale: scaled down {decibels:.1f} dB"
             out.append({"path": entry.get("origin", entry["source"]), "reason": reason})
-    return sorted(out, key=lambda a: a["path"])
+    return sorted(out + _file_notes(entries, "file_adjusted"), key=lambda a: a["path"])
+
+
+def _file_notes(entries: list[dict], field: str) -> list[dict]:
+    """One line per file whose first segment carries a note (truncated, decoder messages)."""
+    return sorted(
+        ({"path": e.get("origin", e["source"]), "reason": e[field]} for e in entries
+         if e["segment"] == 0 and e.get(field)),
+        key=lambda a: a["path"],
+    )  # fmt: skip
 
 
 def log_summary(report: dict) -> None:
@@ -110,9 +129,18 @@ def log_summary(report: dict) -> None:
         totals["tokens"],
         report["cache"],
     )
+    common = report.get("captions", {}).get("most_common")
+    if common and report["files_ok"] >= 4 and common[0][1] > report["files_ok"] / 2:
+        log.warning(
+            "%d of %d files have the same caption %r: training cannot learn from the text what "
+            "sets them apart; give them captions (metadata.jsonl, sidecars: see docs/data.md)",
+            common[0][1], report["files_ok"], common[0][0],
+        )  # fmt: skip
     for item in report["skipped"]:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     for item in report["removed"]:
         log.info("removed %s: %s", item["path"], item["reason"])
     for item in report.get("adjusted", []):
         log.warning("adjusted %s: %s", item["path"], item["reason"])
+    for item in report.get("warnings", []):
+        log.warning("warning %s: %s", item["path"], item["reason"])

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from musicgen_train.audio import to_channels
+from musicgen_train.data.decoding import Decoding, messages_note, truncation_note
 from musicgen_train.data.items import AudioItem
 from musicgen_train.data.paths import open_regular
 from musicgen_train.data.segment import Segment, SegmentPlan
@@ -61,43 +61,49 @@ class AudioScan:
     frames: int
     peak: float  # max |sample| over the file
     finite: bool  # no NaN or Inf anywhere
+    truncated: str | None = None  # how much of a truncated or damaged file was kept
+    decoder: str | None = None  # what the decoder printed about the file
+
+    def notes(self) -> dict:
+        """The manifest's record of what the report says about the file (kept on reuse)."""
+        notes = {"file_adjusted": self.truncated, "file_warning": self.decoder}
+        return {key: note for key, note in notes.items() if note}
 
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate
 
 
-def _blocks(audio: sf.SoundFile) -> Iterator[np.ndarray]:
-    """``[n, channels]`` float32 blocks until the decoder runs dry. Not ``SoundFile.blocks``:
-    it counts on the header's frame count, and where a file holds fewer frames (a truncated MP3
-    whose Xing header promises the whole song) it yields its buffer's stale samples again and
-    again up to the promised length; here a file is as long as what actually decodes."""
-    while True:
-        block = audio.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-        if not block.shape[0]:
-            return
-        yield block
-
-
-def scan(handle) -> AudioScan:
-    """Decode ``handle`` block by block, keeping only counts (raises what soundfile raises)."""
+def scan(handle, messages: list[str] | None = None) -> AudioScan:
+    """Decode ``handle`` block by block, keeping only counts (raises what soundfile raises when
+    nothing decodes). What the decoder prints goes into ``messages`` and the scan's note."""
+    messages = [] if messages is None else messages
     frames, peak, finite = 0, 0.0, True
-    with sf.SoundFile(handle) as audio:
-        rate, channels = int(audio.samplerate), int(audio.channels)
-        for block in _blocks(audio):
+    with Decoding(handle, messages) as reading:
+        rate, channels = int(reading.audio.samplerate), int(reading.audio.channels)
+        for block in reading.blocks(BLOCK_FRAMES):
             frames += block.shape[0]
             if not np.isfinite(block).all():
                 finite = False
             elif block.size:
                 peak = max(peak, float(np.max(np.abs(block))))
-    return AudioScan(rate, channels, frames, peak, finite)
+        truncated = truncation_note(reading)
+    return AudioScan(rate, channels, frames, peak, finite, truncated, messages_note(messages))
 
 
 def read_head(handle, seconds: float) -> tuple[np.ndarray, int]:
-    """The first ``seconds`` of a file as float32 ``[channels, samples]`` and its rate."""
-    with sf.SoundFile(handle) as audio:
-        data = audio.read(int(seconds * audio.samplerate), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(data.T), int(audio.samplerate)
+    """The first ``seconds`` of a file (as far as it decodes) as float32 ``[channels, samples]``
+    and its rate."""
+    with Decoding(handle, []) as reading:
+        rate, channels = int(reading.audio.samplerate), reading.audio.channels
+        wanted, have, parts = int(seconds * rate), 0, []
+        for block in reading.blocks(BLOCK_FRAMES):
+            parts.append(block[: wanted - have])
+            have += len(parts[-1])
+            if have >= wanted:
+                break
+        data = np.concatenate(parts) if parts else np.zeros((0, channels), np.float32)
+        return np.ascontiguousarray(data.T), rate
 
 
 def resampled_length(frames: int, rate_in: int, rate_out: int) -> int:
@@ -107,12 +113,12 @@ def resampled_length(frames: int, rate_in: int, rate_out: int) -> int:
 
 def conformed_blocks(handle, rate_out: int, channels: int) -> Iterator[np.ndarray]:
     """``[channels, n]`` float32 blocks at ``rate_out``: downmixed, then resampled (soxr HQ)."""
-    with sf.SoundFile(handle) as audio:
-        rate_in = int(audio.samplerate)
+    with Decoding(handle, []) as reading:  # its messages were reported by the scan
+        rate_in = int(reading.audio.samplerate)
         stream = None
         if rate_in != rate_out:
             stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
-        blocks = _blocks(audio)
+        blocks = reading.blocks(BLOCK_FRAMES)
         block = next(blocks, None)
         while block is not None:
             following = next(blocks, None)

@@ -9,11 +9,13 @@ the same rules to bytes already in memory.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from musicgen_train.audio import read_audio
+from musicgen_train.data.decoding import messages_note
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.paths import NotReadable
 from musicgen_train.data.stream import AudioScan, open_item, scan
@@ -66,7 +68,8 @@ MIN_SAMPLE_RATE = 4000
 def _judge(info: AudioScan, *, min_duration: float, silence_db: float) -> str | None:
     """The reason a decoded signal cannot be trained on, or None."""
     if info.frames == 0:
-        return "empty: no audio samples"
+        cut = " (the file ends mid-stream: truncated before its first audio)"
+        return "empty: no audio samples" + (cut if info.truncated else "")
     if not info.finite:
         return "holds NaN/Inf samples"
     if info.sample_rate < MIN_SAMPLE_RATE:
@@ -108,10 +111,14 @@ def _unfinished(size: int) -> str:
             "--ignore-length, to use it)")  # fmt: skip
 
 
-def _undecodable(err: Exception, head: bytes) -> str:
+def _undecodable(err: Exception, head: bytes, messages: list[str] | None = None) -> str:
     if _looks_like_text(head):
         return "not audio: the file holds text"
-    return f"cannot be decoded: {str(err).strip() or type(err).__name__}"
+    said = messages_note(messages or [])
+    # soundfile names the handle ("Error opening <_io.BufferedReader name=...>: ..."): the
+    # report's line already names the file
+    reason = re.sub(r"^Error opening <.*?>: ", "", str(err).strip()) or type(err).__name__
+    return f"cannot be decoded: {reason}" + (f" ({said})" if said else "")
 
 
 def validate(
@@ -150,10 +157,11 @@ def validate_stream(
             if not head:
                 return skip("empty file (0 bytes)")
             handle.seek(0)
+            messages: list[str] = []
             try:
-                info = scan(handle)
+                info = scan(handle, messages)
             except Exception as err:  # libsndfile raises several types for unreadable data
-                return skip(_undecodable(err, head))
+                return skip(_undecodable(err, head, messages))
             if info.frames == 0 and handle.seek(0, 2) >= UNFINISHED_BYTES:
                 return skip(_unfinished(handle.tell()))
     except NotReadable as err:
