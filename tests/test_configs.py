@@ -32,7 +32,7 @@ def test_recipes_override_groups_through_the_defaults_list():
     demo, jazz = load_config([]), load_config(["recipe=jazz"])
     assert (demo.model.name, demo.finetune.name, demo.data.source) == ("tiny", "full", "demo")
     assert (jazz.model.id, jazz.finetune.name) == ("facebook/musicgen-small", "lora")
-    assert jazz.trainer.precision == "bf16-mixed" and jazz.optim.lr == pytest.approx(2e-4)
+    assert jazz.trainer.precision == "auto" and jazz.optim.lr == pytest.approx(2e-4)
     assert jazz.optim.betas == [0.9, 0.95]  # untouched keys come from configs/optim/adamw.yaml
     assert demo.run_dir.endswith("runs/demo") and jazz.run_dir.endswith("runs/jazz")
 

@@ -197,3 +197,19 @@ def test_lightning_lines_print_once_and_without_tips():
     finally:
         root.removeHandler(handler)
         lightning.handlers[:] = saved
+
+
+def test_limit_val_batches_zero_trains_without_any_validation(home, tmp_path):
+    # The demo recipe validates before training too; that validation found no val/ce (KeyError).
+    cfg = load_config(
+        [
+            *FAST,
+            "trainer.val_before_training=true",
+            "trainer.limit_val_batches=0",
+            "trainer.max_steps=1",
+            f"run_dir={tmp_path}",
+        ]
+    )
+    result = train(cfg)
+    assert not [key for key in result.metrics if key.startswith("val/")]
+    assert result.best_checkpoint is None and result.last_checkpoint.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import (
@@ -134,6 +135,17 @@ class LineProgress(ProgressBar):
 class OneLineSummary(ModelSummary):
     """The model's parameter counts in one line instead of Lightning's table."""
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Lightning's summary knows no "-mixed" precision and warns that it counts 32 bits a
+        # weight: under mixed precision the weights are float32, so that count is right.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=r"Precision \S+-mixed is not supported by the model summary",
+                category=UserWarning,
+            )
+            super().on_fit_start(trainer, pl_module)
+
     @staticmethod
     def summarize(summary_data, total_parameters, trainable_parameters, model_size, *a, **k):
         log.info(
@@ -198,7 +210,9 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
             log.info("nothing trained in this run yet, so no on_exception.ckpt is written")
             return
         try:
-            super().on_exception(trainer, *args, **kwargs)
+            # A full checkpoint (optimizer, loops), said explicitly: Lightning's default path
+            # logs "`weights_only` was not set, defaulting to `False`" on every interruption.
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         except Exception as err:  # (a full disk fails this save too: keep the first error)
             log.warning("on_exception.ckpt could not be written either: %s", err)
             return

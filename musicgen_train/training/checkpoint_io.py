@@ -45,6 +45,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, Path(path))
 
+    def load_checkpoint(
+        self, path: str | os.PathLike, *args: Any, weights_only: bool | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        if weights_only is None:
+            weights_only = default_weights_only()
+        return super().load_checkpoint(path, *args, weights_only=weights_only, **kwargs)
+
+
+def default_weights_only() -> bool | None:
+    """What ``torch.load`` is given when Lightning leaves ``weights_only`` unset (every resume).
+
+    torch < 2.6 loads whole pickles by default and says so with a FutureWarning on each load
+    (Lightning 2.6 no longer passes ``weights_only=False`` itself): the same load, said
+    explicitly, so the warning goes. torch >= 2.6 loads weights only by default, which fits our
+    checkpoints; None keeps that default, and with it TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD."""
+    return False if _torch_version() < (2, 6) else None
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save(obj, path)``, all or nothing: a temp file beside it, fsync, ``os.replace``."""

@@ -6,11 +6,13 @@ logger sections are checked by their own modules (strategy.py, loggers.py).
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from musicgen_train.config import check_choice, check_range
 from musicgen_train.errors import ConfigError
-from musicgen_train.model.lora_targets import ALLOWED_TARGETS
+from musicgen_train.model.lora_targets import ALLOWED_TARGETS, OUTSIDE_DECODER
 from musicgen_train.training.logger_config import validate_logger
 from musicgen_train.training.strategy_config import validate_strategy
 
@@ -63,25 +65,49 @@ def validate_finetune(cfg: DictConfig) -> None:
         if not 0 < decay < 1:
             raise ConfigError(f"finetune.ema.decay={decay!r} is not allowed: 0 (off) or in (0, 1)")
     if cfg.finetune.name == "lora":
-        if not isinstance(OmegaConf.select(cfg, "finetune.lora"), DictConfig):
+        validate_lora(cfg)
+
+
+def validate_lora(cfg: DictConfig) -> None:
+    if not isinstance(OmegaConf.select(cfg, "finetune.lora"), DictConfig):
+        raise ConfigError(
+            "finetune.lora is missing: finetune=lora needs r, alpha, dropout, target_modules"
+        )
+    check_range(cfg, "finetune.lora.r", 1, integer=True)
+    # peft scales every adapter by alpha / r: at 0 the adapters add nothing and get no gradient,
+    # so a run would train nothing at all; a dropout of 1 zeroes every adapter input likewise.
+    check_range(cfg, "finetune.lora.alpha", 0)
+    alpha, dropout = cfg.finetune.lora.alpha, cfg.finetune.lora.dropout
+    if alpha == 0:
+        raise ConfigError(
+            "finetune.lora.alpha=0 is not allowed: it must be > 0 (adapters are scaled by "
+            "alpha / r, so 0 trains nothing; alpha = r, e.g. 16, is the usual choice)"
+        )
+    check_range(cfg, "finetune.lora.dropout", 0.0, 1.0)
+    if dropout == 1:
+        raise ConfigError(
+            "finetune.lora.dropout=1 is not allowed: it must be below 1 (1 drops every input "
+            "of the adapters, which then learn nothing; 0.05 is the default)"
+        )
+    targets = OmegaConf.select(cfg, "finetune.lora.target_modules")
+    if not isinstance(targets, ListConfig) or not targets:
+        raise ConfigError(
+            f"finetune.lora.target_modules={targets!r} is not allowed: give a non-empty "
+            f"list drawn from {list(ALLOWED_TARGETS)}"
+        )
+    for target in targets:
+        if target not in ALLOWED_TARGETS:
             raise ConfigError(
-                "finetune.lora is missing: finetune=lora needs r, alpha, dropout, target_modules"
+                f"finetune.lora.target_modules has {target!r}, which is not allowed: choose "
+                f"from {list(ALLOWED_TARGETS)}"
             )
-        check_range(cfg, "finetune.lora.r", 1, integer=True)
-        check_range(cfg, "finetune.lora.alpha", 0)
-        check_range(cfg, "finetune.lora.dropout", 0.0, 1.0)
-        targets = OmegaConf.select(cfg, "finetune.lora.target_modules")
-        if not isinstance(targets, ListConfig) or not targets:
-            raise ConfigError(
-                f"finetune.lora.target_modules={targets!r} is not allowed: give a non-empty "
-                f"list drawn from {list(ALLOWED_TARGETS)}"
-            )
-        for target in targets:
-            if target not in ALLOWED_TARGETS:
-                raise ConfigError(
-                    f"finetune.lora.target_modules has {target!r}, which is not allowed: choose "
-                    f"from {list(ALLOWED_TARGETS)}"
-                )
+    if all(target in OUTSIDE_DECODER for target in targets):
+        inside = [t for t in ALLOWED_TARGETS if t not in OUTSIDE_DECODER]
+        raise ConfigError(
+            f"finetune.lora.target_modules={list(targets)} puts no adapter in the decoder "
+            f"({', '.join(OUTSIDE_DECODER)} trains fully, without one): add at least one of "
+            f"{inside}"
+        )
 
 
 def validate_optim(cfg: DictConfig) -> None:
@@ -104,8 +130,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     t = "trainer"
     check_choice(cfg, f"{t}.precision", PRECISIONS)
     check_choice(cfg, f"{t}.accelerator", ACCELERATORS)
-    if cfg.trainer.devices != "auto":
-        check_range(cfg, f"{t}.devices", 1, integer=True)
+    validate_devices(cfg.trainer.devices)
     check_range(cfg, f"{t}.num_nodes", 1, integer=True)
     if cfg.trainer.max_steps != -1:
         check_range(cfg, f"{t}.max_steps", 1, integer=True)
@@ -125,6 +150,12 @@ def validate_trainer(cfg: DictConfig) -> None:
         )
     check_range(cfg, f"{t}.val_check_interval", 0.0)
     check_range(cfg, f"{t}.check_val_every_n_epoch", 1, allow_none=True, integer=True)
+    limit = cfg.trainer.limit_val_batches
+    if isinstance(limit, float) and not 0 <= limit <= 1:
+        raise ConfigError(
+            f"trainer.limit_val_batches={limit!r} is not allowed: a fraction of the validation "
+            "set in [0, 1] (0 = no validation) or an integer number of batches"
+        )
     check_range(cfg, f"{t}.limit_val_batches", 0.0)
     check_range(cfg, f"{t}.num_sanity_val_steps", -1, integer=True)
     check_range(cfg, f"{t}.log_every_n_steps", 1, integer=True)
@@ -133,9 +164,32 @@ def validate_trainer(cfg: DictConfig) -> None:
     check_choice(cfg, f"{t}.benchmark", (True, False, None))
 
 
+def validate_devices(devices) -> None:
+    """Lightning's spellings: a count, -1 (every GPU), auto, or a list of GPU indices. Whether
+    the machine has them is checked when training starts (``training/devices.py``)."""
+    if not _lightning_devices(devices):
+        shown = OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices
+        raise ConfigError(
+            f"trainer.devices={shown!r} is not allowed: a number of devices >= 1, -1 or auto "
+            "(all GPUs), or a list of distinct GPU indices such as [0, 2]"
+        )
+
+
+def _lightning_devices(devices) -> bool:
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if isinstance(devices, ListConfig):
+        indices = OmegaConf.to_container(devices)
+        distinct = len(set(map(str, indices))) == len(indices)
+        return bool(indices) and distinct and all(whole(i) and i >= 0 for i in indices)
+    return devices in ("auto", -1) or (whole(devices) and devices >= 1)
+
+
 def validate_callbacks(cfg: DictConfig) -> None:
     c = "callbacks"
     check_choice(cfg, f"{c}.checkpoint.mode", ("min", "max"))
+    validate_monitor(cfg.callbacks.checkpoint.monitor, cfg.callbacks.checkpoint.mode)
     check_range(cfg, f"{c}.checkpoint.save_top_k", -1, integer=True)
     check_range(cfg, f"{c}.checkpoint.every_n_train_steps", 1, allow_none=True, integer=True)
     check_choice(cfg, f"{c}.lr_monitor", BOOLEANS)
@@ -149,3 +203,25 @@ def validate_callbacks(cfg: DictConfig) -> None:
             )
         check_range(cfg, f"{c}.samples.duration", 0.1)
         check_range(cfg, f"{c}.samples.guidance_scale", 1.0)
+
+
+# What the LightningModule logs (module.py), so what the best checkpoint can be chosen by;
+# Lightning would stop at the first validation, with a traceback, for any other name.
+MONITORABLE = re.compile(r"(val|train)/(ce|ppl|ce_q\d+)|val/(ce_shuffled|ce_null|caption_gain)")
+HIGHER_IS_BETTER = ("val/caption_gain",)  # shuffled-caption loss minus true-caption loss
+
+
+def validate_monitor(monitor, mode: str) -> None:
+    if not isinstance(monitor, str) or not MONITORABLE.fullmatch(monitor):
+        raise ConfigError(
+            f"callbacks.checkpoint.monitor={monitor!r} is not allowed: choose a logged metric: "
+            "val/ce (the default), val/ppl, val/ce_q<k>, val/ce_null, val/ce_shuffled, "
+            "val/caption_gain, or train/ce, train/ppl, train/ce_q<k>"
+        )
+    if (monitor in HIGHER_IS_BETTER) != (mode == "max"):
+        better = "max" if monitor in HIGHER_IS_BETTER else "min"
+        raise ConfigError(
+            f"callbacks.checkpoint.mode={mode} keeps the worst checkpoint by {monitor}, which "
+            f"{'grows' if better == 'max' else 'falls'} as the model improves: set "
+            f"callbacks.checkpoint.mode={better}"
+        )

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +86,12 @@ def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
         )
     # Our own id names the offline folder (offline-run-<time>-<id>), so the hint can point at it.
     run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], as W&B's own ids
-    logger = WandbLogger(
+    logger = ConfigOnceWandbLogger(
         project=lcfg.project,
         entity=lcfg.entity,
-        name=lcfg.run_name or f"{cfg.recipe}-{run_id}",
+        # The run folder's name (recipe and data: custom-mysongs), so two datasets fine-tuned
+        # with one recipe are told apart on the dashboard as on disk.
+        name=lcfg.run_name or f"{_run_name(cfg)}-{run_id}",
         id=run_id,
         save_dir=str(run_dir),
         offline=mode == "offline",
@@ -112,6 +114,18 @@ def wandb_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger:
             f"wandb sync {run_dir / 'wandb'}/offline-run-*-{run_id}"
         )
     return logger
+
+
+class ConfigOnceWandbLogger(WandbLogger):
+    """The run's config once. ``wandb.init`` gets the resolved config (``optim.lr``, ...);
+    Lightning then logs the module's hyperparameters, ``{"cfg": <the same config>}``, which
+    put every key a second time under ``cfg.`` in the run's config and the runs table."""
+
+    def log_hyperparams(self, params) -> None:
+        given = dict(params) if isinstance(params, Mapping) else vars(params)  # or a Namespace
+        rest = {k: v for k, v in given.items() if k != "cfg"}
+        if rest:
+            super().log_hyperparams(rest)
 
 
 def csv_logger(cfg: DictConfig, run_dir: Path) -> CSVLogger:
@@ -148,12 +162,16 @@ def mlflow_logger(cfg: DictConfig, run_dir: Path) -> MLFlowLogger:
         artifacts = (Path(cfg.work_dir).resolve() / "mlflow-artifacts").as_uri()
     return MLFlowLogger(
         experiment_name=lcfg.experiment_name,
-        run_name=lcfg.run_name or cfg.recipe,
+        run_name=lcfg.run_name or _run_name(cfg),
         tracking_uri=tracking_uri,
         artifact_location=artifacts,
         tags=dict(lcfg.tags) if lcfg.tags else None,
         log_model=lcfg.log_model,
     )
+
+
+def _run_name(cfg: DictConfig) -> str:
+    return OmegaConf.select(cfg, "run_name") or cfg.recipe
 
 
 @rank_zero_only

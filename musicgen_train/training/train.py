@@ -31,6 +31,8 @@ from musicgen_train.training.callbacks import (
     remove_untracked_best,
 )
 from musicgen_train.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
+from musicgen_train.training.devices import check_devices, plain_devices
+from musicgen_train.training.lengths import check_training_length
 from musicgen_train.training.loggers import build_loggers
 from musicgen_train.training.run_lock import run_lock
 from musicgen_train.training.strategy import build_strategy
@@ -137,12 +139,19 @@ def _train_locked(cfg, run_dir: Path, strategy, callbacks, started: float) -> Tr
     if _is_first_process():
         remove_stale_temporaries(checkpoint_dir(run_dir))  # left by a kill during a save
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    if ckpt_path is None:
-        archive_previous_checkpoints(run_dir)
     ensure_token_cache(cfg)
     datamodule = TokenDataModule.from_config(cfg)
-    validates = has_validation(datamodule)
+    # trainer.limit_val_batches=0 asks for no validation: nor the one before training, which
+    # found no val/ce then (KeyError on the demo recipe, which validates first).
+    validates = bool(cfg.trainer.limit_val_batches) and has_validation(datamodule)
+    if validates:
+        validates_before_the_end(cfg.trainer)
     module = MusicgenLightningModule(cfg)
+    check_training_length(module.model, cfg)
+    if ckpt_path is None:
+        # Only once the run can start: a run that stops at its data or model would otherwise
+        # leave nothing for the ckpt_path=last that the user tries next.
+        archive_previous_checkpoints(run_dir)
     trainer = build_trainer(
         cfg,
         run_dir,
@@ -189,6 +198,30 @@ def has_validation(datamodule) -> bool:
     return False
 
 
+def validates_before_the_end(trainer_cfg: DictConfig) -> bool:
+    """Whether an integer ``val_check_interval`` (training batches) comes within ``max_steps``
+    optimizer steps of ``accumulate_grad_batches`` batches each. A short run of a recipe that
+    validates every 25 batches (``trainer.max_steps=10``) never validated, and said nothing:
+    no val/ce, no best checkpoint, the last one exported. Said in one line now."""
+    every, steps = trainer_cfg.val_check_interval, trainer_cfg.max_steps
+    if isinstance(every, bool) or not isinstance(every, int) or steps < 1:
+        return True  # a fraction of an epoch, or an epoch budget: Lightning validates
+    batches = steps * trainer_cfg.accumulate_grad_batches
+    if every <= batches:
+        return True
+    log.warning(
+        "no validation in this run: trainer.val_check_interval=%d training batches is beyond its "
+        "%d (trainer.max_steps=%d x accumulate_grad_batches=%d), so there is no val/ce and no best "
+        "checkpoint; set trainer.val_check_interval=%d to validate at the end",
+        every,
+        batches,
+        steps,
+        trainer_cfg.accumulate_grad_batches,
+        batches,
+    )
+    return False
+
+
 def stopped(trainer: pl.Trainer, stop: SystemExit) -> BaseException:
     """What an interrupted fit raises: Ctrl-C -> KeyboardInterrupt (the CLI prints "interrupted"
     and exits 130), SIGTERM -> exit status 143. Lightning itself exits 1 on Ctrl-C and 0 on
@@ -228,7 +261,7 @@ def build_trainer(
         plugins=[] if deepspeed else [AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         accelerator=t.accelerator,
-        devices=t.devices,
+        devices=plain_devices(t.devices),
         num_nodes=t.num_nodes,
         precision=precision,
         max_steps=t.max_steps,
@@ -259,7 +292,16 @@ def resolve_precision(precision, accelerator: str, cuda=None):
     cuda = cuda or torch.cuda
     if accelerator not in ("auto", "gpu", "cuda") or not cuda.is_available():
         return "32"
-    return "bf16-mixed" if cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if native_bf16(cuda) else "16-mixed"
+
+
+def native_bf16(cuda) -> bool:
+    """bfloat16 in hardware (Ampere and later). torch's plain ``is_bf16_supported`` also says yes
+    where bf16 is only emulated (a V100, a T4), much slower there than fp16 autocast."""
+    try:
+        return bool(cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch without the argument
+        return bool(cuda.is_bf16_supported())
 
 
 def check_precision(precision: str, accelerator: str) -> None:
@@ -273,23 +315,12 @@ def check_precision(precision: str, accelerator: str) -> None:
             f"CUDA available: {torch.cuda.is_available()}): use trainer.precision=bf16-mixed "
             "or 32 on CPU"
         )
-
-
-def check_devices(cfg: DictConfig) -> None:
-    """A GPU setting on a machine without one: one line instead of Lightning's traceback
-    (``No supported gpu backend found!``, ``The strategy `fsdp` requires a GPU accelerator``)."""
-    accelerator, cuda = cfg.trainer.accelerator, torch.cuda.is_available()
-    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu: either
-    if accelerator in ("gpu", "cuda") and not (cuda or mps):
+    # A GPU on which torch cannot even emulate bfloat16: autocast would stop at the first step.
+    bf16_on_cuda = str(precision).startswith("bf16") and on_cuda and torch.cuda.is_available()
+    if bf16_on_cuda and not torch.cuda.is_bf16_supported():
         raise UserError(
-            f"trainer.accelerator={accelerator} needs a GPU, and none is available here (CUDA "
-            "available: False): use trainer.accelerator=cpu, or auto to take a GPU when present"
-        )
-    if cfg.strategy.name == "fsdp" and not (cuda and accelerator in ("auto", "gpu", "cuda")):
-        reason = "no CUDA GPU is available here" if not cuda else f"accelerator={accelerator}"
-        raise UserError(
-            f"strategy=fsdp needs CUDA GPUs (Lightning's FSDP runs on CUDA only) but {reason}: "
-            "use strategy=ddp instead"
+            f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has "
+            "no bfloat16; use trainer.precision=16-mixed, or auto to pick what a GPU has"
         )
 
 
