@@ -274,12 +274,13 @@ def test_interrupted_exports_leave_no_version_and_the_old_folder(
         ("mlflow.MlflowClient.create_model_version", False),
         ("mlflow.MlflowClient.set_model_version_tag", False),  # version exists: must be undone
     ]
+    again = _cfg(tmp_path, registry_uri, full_run, "export.new_version=true")  # not a no-op
     for target, interrupt in points:
         boom.interrupt = interrupt
         with monkeypatch.context() as patch:
             patch.setattr(target, boom)
             with pytest.raises((RuntimeError, KeyboardInterrupt)):
-                export_checkpoint(cfg, "last")
+                export_checkpoint(again, "last")
         assert _versions(cfg) == [1], target
         assert (dest / CHECKSUM_FILE).read_text() == record, target
         verify_checksums(dest)

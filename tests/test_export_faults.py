@@ -85,7 +85,8 @@ def test_an_empty_folder_or_an_earlier_export_is_replaced(run, registry_uri, tmp
     out.mkdir()
     assert main(_export(registry_uri, run.run_dir, out, "again")) == 0
     assert (out / "checksums.json").is_file()
-    assert main(_export(registry_uri, run.run_dir, out, "again")) == 0  # an earlier export
+    again = [*_export(registry_uri, run.run_dir, out, "again"), "export.new_version=true"]
+    assert main(again) == 0  # an earlier export, replaced by a new version's folder
     assert _versions(registry_uri, "again") == [1, 2]
 
 
@@ -158,7 +159,14 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_old_export(
     limit = max(weights - 4096, 0)
     assert Path(registry_uri.removeprefix("sqlite:///")).stat().st_size < limit
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(DISK_FULL), str(limit), *args],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(DISK_FULL),
+            str(limit),
+            *args,
+            "export.new_version=true",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

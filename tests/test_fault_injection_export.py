@@ -46,6 +46,7 @@ def export_command(run_dir: Path, registry_uri: str, exports: Path) -> list[str]
         "registry.alias=production",
         f"registry.uri={registry_uri}",
         f"export.output={exports / NAME}",
+        "export.new_version=true",  # each kill test exports the same checkpoint again
     ]
 
 

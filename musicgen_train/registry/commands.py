@@ -6,6 +6,7 @@
     musicgen-train registry promote registry.name=NAME registry.from_alias=staging \
         registry.alias=production
     musicgen-train registry download registry.name=NAME registry.alias=A registry.output=DIR
+    musicgen-train registry delete registry.name=NAME (registry.version=N | registry.alias=A)
 """
 
 from __future__ import annotations
@@ -119,8 +120,6 @@ def promote(cfg: DictConfig, registry) -> dict:
 
 def download(cfg: DictConfig, registry) -> Path:
     """Copy a verified version to ``registry.output``; an existing folder is never overwritten."""
-    from musicgen_train.sources.registry_uri import download_registry_model
-
     if not cfg.registry.output:
         raise UserError("download needs the folder to write: registry.output=DIR")
     output = Path(cfg.registry.output).expanduser()
@@ -128,17 +127,64 @@ def download(cfg: DictConfig, registry) -> Path:
         raise UserError(f"registry.output={output} already exists and is not empty")
     ref = _ref(cfg)
     version = registry.resolve(ref)
-    source = download_registry_model(f"models:/{version.name}/{version.version}", registry.uri)
-    if output.is_dir():
-        output.rmdir()  # empty: atomic_folder puts the complete copy in its place
-    with atomic_folder(output) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-        verify_checksums(tmp)
+    copy_version(registry, version, output)
     print(f"{ref.uri} (version {version.version}) -> {output}")
     return output
 
 
-ACTIONS = {"list": list_models, "show": show_version, "promote": promote, "download": download}
+def copy_version(registry, version, output: Path) -> None:
+    """Put a verified copy of ``version``'s model folder at ``output`` (replacing it)."""
+    from musicgen_train.sources.registry_uri import download_registry_model
+
+    source = download_registry_model(f"models:/{version.name}/{version.version}", registry.uri)
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()  # empty: atomic_folder puts the complete copy in its place
+    with atomic_folder(output) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        verify_checksums(tmp)
+
+
+def delete(cfg: DictConfig, registry) -> dict:
+    """Delete one version (``registry.version=N``) or one alias (``registry.alias=A``) of the
+    model named explicitly; a version an alias still names is refused, so that no alias (and
+    no service loading it) is left pointing at nothing."""
+    name, number, alias = cfg.registry.name, cfg.registry.version, cfg.registry.alias
+    if not name or (number is None) == (not alias):
+        raise UserError(
+            "delete needs registry.name=NAME and one of registry.version=N (a version) or "
+            "registry.alias=A (an alias; its version stays)"
+        )
+    aliases = dict(registry.model(name).aliases or {})
+    if alias:
+        if alias not in aliases:
+            raise UserError(
+                f"registered model {name!r} has no alias {alias!r} (aliases: {aliases or 'none'})"
+            )
+        registry.delete_alias(name, alias)
+        print(f"deleted alias models:/{name}@{alias} (was version {aliases[alias]})")
+        return {"name": name, "alias": alias, "version": int(aliases[alias])}
+    numbers = [int(v.version) for v in registry.versions(name)]
+    if int(number) not in numbers:
+        raise UserError(f"registered model {name!r} has no version {number} (versions: {numbers})")
+    naming = sorted(a for a, v in aliases.items() if int(v) == int(number))
+    if naming:
+        raise UserError(
+            f"version {number} of {name!r} is named by alias {', '.join(naming)}: promote "
+            f"another version to it, or delete the alias first (registry delete "
+            f"registry.name={name} registry.alias={naming[0]})"
+        )
+    registry.delete_version(name, number)
+    print(f"deleted models:/{name}/{number}")
+    return {"name": name, "version": int(number)}
+
+
+ACTIONS = {
+    "list": list_models,
+    "show": show_version,
+    "promote": promote,
+    "download": download,
+    "delete": delete,
+}
 
 
 def run(cfg: DictConfig, action: str | None = None, *rest: str):

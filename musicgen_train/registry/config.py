@@ -45,6 +45,7 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg, "registry.register_after_training", [True, False])
     check_choice(cfg, "export.merge_lora", [True, False])
     check_choice(cfg, "export.use_ema", [True, False])
+    check_choice(cfg, "export.new_version", [True, False])
     check_range(cfg, "export.generation.duration", 0.1, 600)
     check_range(cfg, "export.generation.guidance_scale", 0, 100)
     check_range(cfg, "export.generation.temperature", 0.01, 100)

@@ -15,6 +15,7 @@ itself on failure: an interrupted export leaves neither a version nor a half-wri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -25,7 +26,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.errors import UserError
-from musicgen_train.registry.commands import METRIC_PREFIX, open_registry, registered_name
+from musicgen_train.registry.commands import (
+    METRIC_PREFIX,
+    copy_version,
+    open_registry,
+    registered_name,
+)
 from musicgen_train.registry.model_card import (
     ADAPTER_APART,
     flatten,
@@ -35,15 +41,17 @@ from musicgen_train.registry.model_card import (
 from musicgen_train.registry.pyfunc import pyfunc_flavor
 from musicgen_train.sources import load_checkpoint
 from musicgen_train.sources.checkpoint import (
-    content_hash,
+    pin_checkpoint,
     resolve_checkpoint,
     write_checkpoint_folder,
 )
-from musicgen_train.sources.checksums import CHECKSUM_FILE, sha256_file
+from musicgen_train.sources.checksums import CHECKSUM_FILE, has_checksums, sha256_file
 from musicgen_train.sources.model_folder import atomic_folder, check_output_folder
 
 log = logging.getLogger(__name__)
 
+# The version tag that identifies an export (see export_key): the same key, the same version.
+EXPORT_KEY_TAG = "export_key"
 # Sections of the training config logged as MLflow params of the export run.
 PARAM_SECTIONS = ("model", "finetune", "optim", "trainer", "strategy")
 
@@ -55,6 +63,7 @@ class ExportResult:
     version: int
     alias: str | None = None
     hub_url: str | None = None
+    reused: bool = False  # the checkpoint was already registered with these settings
 
     @property
     def alias_uri(self) -> str | None:
@@ -64,6 +73,12 @@ class ExportResult:
 def run(cfg: DictConfig) -> ExportResult:
     result = export_checkpoint(cfg, cfg.checkpoint)
     print(f"model folder: {result.model_dir}")
+    if result.reused:
+        name = result.uri.split("/")[1]
+        print(
+            f"already registered as {name} version {result.version} (same checkpoint content "
+            "and export settings); export.new_version=true registers a new version"
+        )
     print(f"registered:   {result.uri}")
     if result.alias:
         print(f"alias:        {result.alias_uri}")
@@ -75,16 +90,14 @@ def run(cfg: DictConfig) -> ExportResult:
 def export_checkpoint(
     cfg: DictConfig, checkpoint: str | Path, eval_report: dict | None = None
 ) -> ExportResult:
-    """Export ``checkpoint`` (best | last | a path) and register it; see the module docstring."""
+    """Export ``checkpoint`` (best | last | a path) and register it; see the module docstring.
+    The same checkpoint bytes exported with the same settings return the version they made."""
     name = registered_name(cfg)
     registry = open_registry(cfg)
     registry.models()  # an unreachable registry fails now, not after minutes of export
     dest = Path(cfg.export.output or Path(cfg.work_dir) / "exports" / name).expanduser()
     check_output_folder(dest, "export.output")  # never replace a folder of the user's files
     path = resolve_checkpoint(str(checkpoint), cfg.run_dir)
-    log.info("exporting %s as %s", path, name)
-    module = load_checkpoint(path)
-    train_cfg = module.cfg
     if eval_report is None:
         eval_report = find_eval_report(cfg, path)
     options = {
@@ -92,6 +105,15 @@ def export_checkpoint(
         "use_ema": bool(cfg.export.use_ema),
         "generation": OmegaConf.to_container(cfg.export.generation, resolve=True),
     }
+    metrics = report_metrics(eval_report)
+    with pin_checkpoint(path) as pinned:
+        key = export_key(pinned.sha256, options, metrics)
+        existing = registry.find_version(name, EXPORT_KEY_TAG, key)
+        if existing is not None and not OmegaConf.select(cfg, "export.new_version", default=False):
+            return _already_registered(cfg, registry, existing, dest)
+        log.info("exporting %s as %s", path, name)
+        module = load_checkpoint(pinned)
+    train_cfg = module.cfg
     facts = _export_facts(module, train_cfg, path, options)
     readme = render_model_card(
         name=name,
@@ -101,8 +123,9 @@ def export_checkpoint(
         eval_report=eval_report,
         export_info=facts,
         architecture=type(module.model).__name__,
+        hub_repo=cfg.registry.hub_repo,
     )
-    metrics = report_metrics(eval_report)
+    tags = {"checkpoint_sha256": pinned.sha256[:16], EXPORT_KEY_TAG: key}
     # Registered from the staging folder, which replaces ``dest`` only once the version exists:
     # a failure anywhere leaves the previous export in place and no version behind.
     with atomic_folder(dest) as folder:
@@ -111,7 +134,7 @@ def export_checkpoint(
             folder,
             name,
             alias=cfg.registry.alias,
-            tags=_version_tags(facts, train_cfg, path, folder, metrics),
+            tags={**_version_tags(facts, train_cfg, folder, metrics), **tags},
             metrics=metrics,
             params=_params(train_cfg),
             **pyfunc_flavor(options["generation"]),
@@ -129,6 +152,37 @@ def export_checkpoint(
     return result
 
 
+def export_key(checkpoint_sha256: str, options: dict, metrics: dict) -> str:
+    """What makes two exports the same: the checkpoint's bytes, the export settings and the
+    metrics (a new evaluation is news for the registry). Numbers compare as numbers, so
+    ``duration=8`` and ``duration=8.0`` are one setting."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return float(value) if isinstance(value, int | float) and value is not True else value
+
+    same = {"checkpoint": checkpoint_sha256, "options": plain(options), "metrics": plain(metrics)}
+    text = json.dumps(same, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _already_registered(cfg: DictConfig, registry, version, dest: Path) -> ExportResult:
+    """The result of an export that ``version`` already holds: its alias set as asked, its
+    folder at ``dest`` (copied from the registry unless ``dest`` already holds it)."""
+    name, number = version.name, int(version.version)
+    log.info("already registered as %s version %s: nothing new to export", name, number)
+    if cfg.registry.alias:
+        registry.set_alias(name, cfg.registry.alias, number)
+    if not (
+        has_checksums(dest)
+        and sha256_file(dest / CHECKSUM_FILE) == version.tags.get("model_sha256")
+    ):
+        copy_version(registry, version, dest)
+    result = ExportResult(dest, f"models:/{name}/{number}", number, cfg.registry.alias, reused=True)
+    return _push(cfg, result) if cfg.registry.hub_repo else result
+
+
 def _export_facts(module, train_cfg: DictConfig, path: Path, options: dict) -> dict:
     """What the model card and the version's tags say about this export."""
     lora = OmegaConf.select(train_cfg, "finetune.name") == "lora"
@@ -143,13 +197,12 @@ def _export_facts(module, train_cfg: DictConfig, path: Path, options: dict) -> d
     }
 
 
-def _version_tags(facts: dict, train_cfg, checkpoint: Path, folder: Path, metrics: dict) -> dict:
-    """Base model, data hash, git commit, fingerprints and metrics of one version."""
+def _version_tags(facts: dict, train_cfg, folder: Path, metrics: dict) -> dict:
+    """Base model, data hash, git commit, model fingerprint and metrics of one version."""
     return {
         **{k: v for k, v in flatten(facts).items() if not k.startswith("generation.")},
         "data_hash": data_hash(Path(str(train_cfg.data.output))),
         "git_commit": git_commit() or "unknown",
-        "checkpoint_sha256": content_hash(checkpoint)[:16],
         "model_sha256": sha256_file(folder / CHECKSUM_FILE),
         "recipe": str(train_cfg.get("recipe", "")),
         **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},

@@ -49,12 +49,44 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+# Meta released every MusicGen checkpoint's weights under CC-BY-NC 4.0 (their model cards); a
+# fine-tune is a derivative of those weights and carries the same terms.
+META_MUSICGEN = ("facebook/musicgen", "cc-by-nc-4.0", "CC-BY-NC 4.0 (non-commercial use only)")
+TINY_BASES = ("tiny", "tiny-stereo", "tiny-melody")
+
+
+def base_license(base_model: str) -> str | None:
+    """The Hub license id of the base model's weights, when known."""
+    return META_MUSICGEN[1] if base_model.lower().startswith(META_MUSICGEN[0]) else None
+
+
+def _license_section(base_model: str) -> str:
+    if base_license(base_model):
+        return (
+            f"The weights derive from `{base_model}`, which Meta released under "
+            f"{META_MUSICGEN[2]}; this fine-tune is a derivative and is under the same license. "
+            "The license of the training data applies to it too."
+        )
+    if base_model in TINY_BASES:
+        return (
+            f"`{base_model}` is a random-weight model built by musicgen-train for tests: no base "
+            "model license applies; the license of the training data does."
+        )
+    return (
+        f"The license of the base model `{base_model}` applies to these weights, and the license "
+        "of the training data to what they learnt: check both before publishing the model or "
+        "using it commercially."
+    )
+
+
 def _front_matter(name: str, base_model: str) -> str:
     meta = {
         "library_name": "transformers",
         "pipeline_tag": "text-to-audio",
         "tags": ["musicgen", "text-to-audio", "musicgen-train"],
     }
+    if base_license(base_model):
+        meta["license"] = base_license(base_model)
     if "/" in base_model and not Path(base_model).exists():  # a hub id, not a local path
         meta["base_model"] = base_model
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
@@ -152,8 +184,10 @@ def render_model_card(
     eval_report: Mapping | None,
     export_info: Mapping,
     architecture: str = "MusicgenForConditionalGeneration",
+    hub_repo: str | None = None,
 ) -> str:
-    """The whole README.md of an exported model folder (``architecture``: the model's class)."""
+    """The whole README.md of an exported model folder (``architecture``: the model's class).
+    Its snippet loads ``hub_repo`` when the folder is pushed there, else the folder by name."""
     training = {k: train_cfg[k] for k in TRAINING_SECTIONS if k in train_cfg}
     adapter = export_info.get("lora") == ADAPTER_APART
     parts = [
@@ -162,7 +196,7 @@ def render_model_card(
         f"MusicGen fine-tuned with musicgen-train from **{base_model}**. The folder is a plain "
         "Hugging Face transformers model: loading it needs no musicgen-train code.\n",
         "## How to use\n",
-        _usage(name, adapter, architecture) + "\n",
+        _usage(hub_repo or name, adapter, architecture) + "\n",
         "Every file's sha256 is listed in `checksums.json`; musicgen-train refuses a folder "
         "whose files do not match it.\n",
         "## Base model\n",
@@ -175,6 +209,8 @@ def render_model_card(
         _evaluation_section(eval_report) + "\n",
         "## Export\n",
         _table(flatten(export_info), ("setting", "value")) + "\n",
+        "## License\n",
+        _license_section(base_model) + "\n",
         "## Intended use and limits\n",
         "Text-to-music generation in the style of the fine-tuning data, for research, "
         "prototyping and creative work.\n",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from musicgen_train.errors import UserError
 from musicgen_train.model.loader import LoadedModel
 from musicgen_train.model.tiny import cache_root, tiny_config
+from musicgen_train.sources import safe_load
 from musicgen_train.sources.audiocraft_names import (
     KNOWN_BASES,
     audiocraft_lm_name,
@@ -47,6 +47,7 @@ from musicgen_train.sources.model_folder import (
     set_generation_defaults,
     verified_conversion,
 )
+from musicgen_train.sources.safe_load import UnsafeCheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,12 @@ class AudiocraftSource:
 
 
 def _torch_load(path: Path):
+    # A solver checkpoint pickles its OmegaConf config: the safe loader's allowlist covers it.
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # A solver checkpoint pickles its OmegaConf config: only a full unpickle reads it.
-        log.warning("%s holds Python objects besides tensors; loading it runs its pickle", path)
+        return safe_load.load(path)
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # torch raises many types for unreadable files
-        raise AudiocraftError(f"{path} cannot be read as a torch file ({_short(err)})") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
         raise AudiocraftError(f"{path} cannot be read as a torch file ({_short(err)})") from err
 
 

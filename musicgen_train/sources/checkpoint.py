@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.errors import UserError
@@ -28,12 +29,14 @@ from musicgen_train.model.finetune import configure_trainable, trainable_paramet
 from musicgen_train.model.loader import LoadedModel
 from musicgen_train.model.lora import ADAPTER_DIR
 from musicgen_train.model.tiny import cache_root
+from musicgen_train.sources import safe_load
 from musicgen_train.sources.model_folder import (
     atomic_folder,
     save_model_folder,
     set_generation_defaults,
     verified_conversion,
 )
+from musicgen_train.sources.safe_load import UnsafeCheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,9 @@ def best_from_last(folder: Path, key: str = "checkpoint") -> Path:
     if not last.exists():
         raise CheckpointError(f"{key}=best: {last} does not exist, so there is no best to find")
     try:
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = safe_load.load(last)
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # torch raises many types for unreadable files
         raise CheckpointError(
             f"{key}=best: {last} is corrupt or truncated, so the best checkpoint it records "
@@ -128,9 +133,45 @@ def content_hash(path: Path) -> str:
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
         with open(file, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+            _hash_stream(handle, digest)
     return digest.hexdigest()
+
+
+def _hash_stream(handle: BinaryIO, digest) -> None:
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+
+
+@dataclass(frozen=True)
+class PinnedCheckpoint:
+    """A checkpoint file held open: hashed and loaded from the same bytes (see pin_checkpoint).
+    ``handle`` is None for a DeepSpeed folder, which is hashed and read by path."""
+
+    path: Path
+    sha256: str
+    handle: BinaryIO | None = None
+
+
+@contextmanager
+def pin_checkpoint(path: Path) -> Iterator[PinnedCheckpoint]:
+    """Open the checkpoint once, so that what export hashes (its tags, its duplicate check) is
+    what it loads: a training run still saving replaces ``last.ckpt`` by a rename and deletes
+    an older ``best`` file, and an open file keeps the bytes it had."""
+    path = Path(path)
+    if path.is_dir():
+        yield PinnedCheckpoint(path, content_hash(path))
+        return
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - held for the caller's block
+    except FileNotFoundError as err:
+        raise CheckpointError(
+            f"checkpoint {path} was removed before it could be read (a training run still "
+            "saving checkpoints replaces them): run export again, or name a checkpoint file"
+        ) from err
+    with handle:
+        digest = hashlib.sha256()
+        _hash_stream(handle, digest)
+        yield PinnedCheckpoint(path, digest.hexdigest(), handle)
 
 
 def _consolidate_deepspeed(folder: Path, out_file: Path) -> Path:
@@ -143,6 +184,7 @@ def _consolidate_deepspeed(folder: Path, out_file: Path) -> Path:
         ) from err
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
+    safe_load.check_deepspeed_folder(folder)  # DeepSpeed's own reading unpickles fully
     try:
         convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(out_file))
     except Exception as err:
@@ -164,7 +206,7 @@ def checkpoint_config(path: str | Path) -> DictConfig | None:
     if path.suffix != ".ckpt" or not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = safe_load.load(path, mmap=True)
     except Exception:  # unreadable: loading the model will say why, in its own words
         return None
     cfg = (state.get("hyper_parameters") or {}).get("cfg") if isinstance(state, dict) else None
@@ -194,9 +236,11 @@ class CheckpointModel:
         return self.model.eval()
 
 
-def _read_file(path: Path, shown: Path) -> dict:
+def _read_file(source: Path | BinaryIO, shown: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = safe_load.load(source, name=shown)
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # torch raises many types for unreadable files
         raise CheckpointError(_load_failure(shown, err)) from err
     if not isinstance(state, dict) or "cfg" not in (state.get("hyper_parameters") or {}):
@@ -254,10 +298,13 @@ def _load_failure(path: Path, err: Exception) -> str:
     return f"checkpoint {path} is corrupt or truncated and cannot be read ({text[:200]})"
 
 
-def load_checkpoint_model(path: Path, load_base: LoadBase) -> CheckpointModel:
-    """The model of a ``.ckpt`` file or DeepSpeed folder, rebuilt on the CPU over the base
-    model ``load_base`` loads for the checkpoint's config."""
-    path = Path(path)
+def load_checkpoint_model(path: Path | PinnedCheckpoint, load_base: LoadBase) -> CheckpointModel:
+    """The model of a ``.ckpt`` file or DeepSpeed folder (or a pinned one), rebuilt on the CPU
+    over the base model ``load_base`` loads for the checkpoint's config."""
+    if isinstance(path, PinnedCheckpoint) and path.handle is not None:
+        path.handle.seek(0)
+        return _rebuild(_read_file(path.handle, path.path), path.path, load_base)
+    path = Path(path.path if isinstance(path, PinnedCheckpoint) else path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():

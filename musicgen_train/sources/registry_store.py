@@ -151,6 +151,13 @@ class Registry:
             )
         return found
 
+    def find_version(self, name: str, tag: str, value: str) -> ModelVersion | None:
+        """The newest complete version of ``name`` whose tag ``tag`` is ``value``, if any."""
+        if not self._call("reading a model", self._exists, name):
+            return None
+        found = [v for v in self.versions(name) if _is_complete(v) and v.tags.get(tag) == value]
+        return found[-1] if found else None
+
     def aliases_of(self, version: ModelVersion) -> list[str]:
         model = self.model(version.name)
         return sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(version.version))
@@ -184,6 +191,12 @@ class Registry:
         self._call(
             "setting an alias", self.client.set_registered_model_alias, name, alias, str(version)
         )
+
+    def delete_version(self, name: str, version: str | int) -> None:
+        self._call("deleting a version", self.client.delete_model_version, name, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._call("deleting an alias", self.client.delete_registered_model_alias, name, alias)
 
     def _experiment_id(self) -> str:
         found = self._call(

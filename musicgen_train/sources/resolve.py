@@ -23,6 +23,7 @@ from musicgen_train.model.tiny_families import TINY_NAMES, ensure_tiny_family
 from musicgen_train.sources.audiocraft import audiocraft_to_pretrained, is_audiocraft_source
 from musicgen_train.sources.checkpoint import (
     CheckpointModel,
+    PinnedCheckpoint,
     checkpoint_to_pretrained,
     load_checkpoint_model,
 )
@@ -85,10 +86,11 @@ def load_base(cfg) -> LoadedModel:
     return load_musicgen(str(cfg.model.id), **load_options(cfg))
 
 
-def load_checkpoint(path: str | Path) -> CheckpointModel:
-    """A Lightning ``.ckpt`` or DeepSpeed folder rebuilt over its base model (LoRA unmerged,
-    EMA kept apart), as export needs it."""
-    return load_checkpoint_model(Path(path), load_base)
+def load_checkpoint(path: str | Path | PinnedCheckpoint) -> CheckpointModel:
+    """A Lightning ``.ckpt`` or DeepSpeed folder (or a pinned one) rebuilt over its base model
+    (LoRA unmerged, EMA kept apart), as export needs it."""
+    pinned = isinstance(path, PinnedCheckpoint)
+    return load_checkpoint_model(path if pinned else Path(path), load_base)
 
 
 def load_without_codec(
