@@ -32,6 +32,9 @@ def test_notebook_runs(path, work_home, tmp_path):
     assert any("<audio" in text for text in html), "no audio player in the outputs"
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure in the outputs"
     assert list((work_home / "runs").glob("*/checkpoints/last.ckpt"))
+    # setup_logging() in the first cell: the command line's quiet output, no library chatter
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "GPU available:" not in printed and "Tip:" not in printed
 
 
 def test_notebooks_are_stored_without_outputs():
