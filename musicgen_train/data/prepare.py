@@ -12,6 +12,7 @@ reason.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -25,7 +26,6 @@ import numpy as np
 import soundfile as sf
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from musicgen_train.data.cache import TokenCache, atomic_write_bytes, atomic_write_json
 from musicgen_train.data.decoding import captured_stderr
@@ -48,6 +48,13 @@ from musicgen_train.data.validate import judge_level, validate_stream
 from musicgen_train.data.writer import SegmentWriter
 from musicgen_train.errors import UserError
 from musicgen_train.locks import exclusive
+
+# tqdm.auto draws a widget in Jupyter, but without ipywidgets (JupyterLab does not install it) it
+# warns "IProgress not found" and falls back to the text bar: take the text bar directly then.
+if importlib.util.find_spec("ipywidgets") is None:
+    from tqdm import tqdm
+else:
+    from tqdm.auto import tqdm
 
 __all__ = ["assign_splits", "ensure_token_cache", "prepare", "prepare_items", "run"]
 log = logging.getLogger(__name__)
