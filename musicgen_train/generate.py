@@ -6,15 +6,16 @@
 
 ``prompts=`` reads one prompt a line (blank lines and ``#`` comments skipped) and writes
 ``001-<slug>.wav`` ... into the folder, ``generation.batch_size`` prompts at a time. A progress
-bar shows steps/s; the last line says where the audio went and the real-time factor (seconds of
-audio per second of wall clock).
+bar shows steps/s; the last line says where the audio went, the real-time factor (seconds of
+audio per second of wall clock) and the seed. Ctrl-C keeps what was made: the frames generated
+so far go to ``<name>.interrupted<suffix>``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import secrets
 import sys
 import tempfile
 import time
@@ -23,6 +24,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from musicgen_train.errors import UserError
+from musicgen_train.generation.clip_files import (
+    OUTPUT_FORMATS,
+    MadeSoFar,
+    check_format,
+    clip_paths,
+    keep_interrupted,
+    warn_replaced,
+    write_clip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +48,14 @@ def _prompts(gen: DictConfig) -> tuple[list[str], bool]:
         raise GenerateInputError("give prompt=... or prompts=<file>, not both")
     if prompts is not None:
         path = Path(str(prompts)).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
+        try:  # utf-8-sig: Notepad's BOM would glue itself to the first prompt (or comment)
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise GenerateInputError(
+                f"prompts={path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                f"offset {err.start}): save it as UTF-8"
+            ) from err
+        except OSError as err:
             raise GenerateInputError(
                 f"prompts={path}: cannot read it ({err.__class__.__name__})"
             ) from err
@@ -54,13 +69,23 @@ def _prompts(gen: DictConfig) -> tuple[list[str], bool]:
     return [str(prompt).strip()], False
 
 
-def _output(value, folder: bool) -> Path:
-    """``output=`` (a top-level key, shared with ``import``), else ``generation.output``."""
-    default = "generated" if folder else "generated.wav"
+def _output(value, folder: bool, fmt: str | None = None) -> Path:
+    """``output=`` (a top-level key, shared with ``import``), else ``generation.output``;
+    ``fmt``: ``generation.format``, the type of a folder's clips or of the default file."""
+    default = "generated" if folder else f"generated.{fmt or 'wav'}"
     out = Path(str(value or default)).expanduser()
+    if not folder and fmt and out.suffix.lower() != f".{fmt}":
+        raise GenerateInputError(
+            f"output={out} and generation.format={fmt} disagree: the suffix names the format"
+        )
     if folder:
         if out.exists() and not out.is_dir():
             raise GenerateInputError(f"output={out} is a file: prompts= writes into a folder")
+        if not out.exists() and out.suffix.lower() in OUTPUT_FORMATS:
+            raise GenerateInputError(
+                f"output={out} names a file: prompts= writes one clip a prompt into a folder "
+                "(output=clips/; generation.format=flac picks their type)"
+            )
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -69,10 +94,9 @@ def _output(value, folder: bool) -> Path:
             ) from err
         _probe_writable(out, out)
         return out
-    if out.suffix.lower() not in (".wav", ".flac"):
-        raise GenerateInputError(f"output={out}: give a .wav or .flac file name")
     if out.is_dir():
         raise GenerateInputError(f"output={out} is a folder: give a file name")
+    check_format(out)
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise GenerateInputError(f"output={out}: {parent} is a file, not a folder")
@@ -100,29 +124,10 @@ def _probe_writable(folder: Path, out: Path) -> None:
         raise GenerateInputError(f"output={out}: cannot write into {folder} ({reason})") from err
 
 
-def _write_clip(path: Path, clip, rate: int) -> Path:
-    """Write beside ``path`` and rename, so a kill or a full disk never leaves half a file
-    under the name asked for; a failed write is one line naming the file."""
-    from musicgen_train.audio import write_audio
-
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        write_audio(partial, clip, rate)
-        os.replace(partial, path)
-    except (OSError, RuntimeError) as err:  # soundfile's LibsndfileError is a RuntimeError
-        partial.unlink(missing_ok=True)
-        raise GenerateInputError(f"output={path}: the write failed ({err})") from err
-    return path
-
-
 def clip_seconds(path: Path, rate: int) -> float:
     import soundfile as sf
 
     return sf.info(str(path)).frames / rate
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
 
 
 def _steps_per_clip(engine, params, prompt_audio, long_form: bool) -> int:
@@ -197,9 +202,12 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     duration = float(gen.duration)
     if not duration > 0:  # also nan
         raise GenerateInputError(f"duration={duration:g} must be more than 0 seconds")
-    out = _output(cfg.get("output") or gen.get("output"), to_folder)
+    out = _output(cfg.get("output") or gen.get("output"), to_folder, gen.get("format"))
+    paths = clip_paths(out, prompts, to_folder, gen.get("format"))
     seed = OmegaConf.select(cfg, "seed")
-    params = GenerationParams(duration=duration, seed=None if seed is None else int(seed))
+    if seed is None:  # seed=null: a new take each run, its seed printed to make it again
+        seed = secrets.randbelow(2**32)
+    params = GenerationParams(duration=duration, seed=int(seed))
     source = str(cfg.model.id)
     loaded = load_musicgen(source, **load_options(cfg))
     engine = GenerationEngine(
@@ -222,6 +230,7 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
             "(model=musicgen-melody, model=tiny-melody)"
         )
     melody = _melody(gen.get("melody"), loaded) if gen.get("melody") else None
+    warn_replaced(paths)
     log.info(
         "generating %d clip(s) of %g s with %s (%s, %d threads)",
         len(prompts),
@@ -240,12 +249,12 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     try:
         for start in batches:
             batch = prompts[start : start + batch_size]
-            seeds = [
-                None if params.seed is None else params.seed + start + i for i in range(len(batch))
-            ]
+            seeds = [params.seed + start + i for i in range(len(batch))]
             lead: dict = {}  # the bar counts the batch's steps through one row per window
+            made = MadeSoFar(long_form)
 
-            def on_step(row, lead=lead):
+            def on_step(row, lead=lead, made=made):
+                made.on_step(row)
                 current = lead.get("row")
                 if current is None or (current.finished and not row.finished):
                     lead["row"] = current = row  # the first row of the (next) window
@@ -253,20 +262,25 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
                     bar.update(1)
 
             bar.set_postfix_str(f"clips {start + 1}-{start + len(batch)} of {len(prompts)}")
-            audio = engine.generate(
-                batch,
-                params,
-                seeds=seeds,
-                audio_prompt=prompt_audio,
-                melody=melody,
-                on_step=on_step,
-            )
+            try:
+                audio = engine.generate(
+                    batch,
+                    params,
+                    seeds=seeds,
+                    audio_prompt=prompt_audio,
+                    melody=melody,
+                    on_step=on_step,
+                    on_codes=made.on_codes,
+                )
+            except KeyboardInterrupt:
+                bar.close()
+                keep_interrupted(engine, made, paths[start : start + len(batch)])
+                raise
             if prompt_audio is None:
                 audio = audio[..., : int(round(duration * engine.sample_rate))]
             for offset, clip in enumerate(audio):
-                index = start + offset
-                path = out / f"{index + 1:03d}-{_slug(prompts[index])}.wav" if to_folder else out
-                written.append(_write_clip(path, clip, engine.sample_rate))
+                path = paths[start + offset]
+                written.append(write_clip(path, clip, engine.sample_rate))
     finally:
         bar.close()
     wall = time.perf_counter() - started
@@ -275,6 +289,6 @@ def run(cfg: DictConfig, *actions: str) -> list[Path]:
     print(
         f"wrote {len(written)} clip(s), {seconds:g} s of audio, to {where} in {wall:.1f} s: "
         f"real-time factor {seconds / wall:.2f} ({total / wall:.1f} steps/s, "
-        f"{engine.precision}, {engine.threads} threads)"
+        f"{engine.precision}, {engine.threads} threads, seed {params.seed})"
     )
     return written

@@ -425,7 +425,13 @@ def test_generate_command_prompts_file_writes_a_folder(tmp_path, capsys):
         (["prompt=x", "duration=0"], "duration=0"),
         (["prompt=x", "generation.extend_stride=30"], "must be below generation.window_seconds"),
         (["prompt=x", "output={blocker}/a.wav"], "is a file, not a folder"),
-        (["prompt=x", "output={tmp}/a.mp4"], ".wav or .flac"),
+        (["prompt=x", "output={tmp}/a.mp4"], "ending in .wav, .flac, .ogg, .mp3"),
+        # Opus cannot hold MusicGen's 32 kHz: refused before generating, not after.
+        (["prompt=x", "output={tmp}/a.opus"], "ending in .wav, .flac, .ogg, .mp3"),
+        # A folder named clips.wav was created for one clip a prompt.
+        (["prompts={prompts}", "output={tmp}/clips.wav"], "prompts= writes one clip a prompt"),
+        (["prompts={prompts}", "generation.format=aac"], "generation.format='aac'"),
+        (["prompt=x", "output={tmp}/a.wav", "generation.format=flac"], "disagree"),
         (["prompts={tmp}/missing.txt"], "cannot read it"),
         # nan compares False with everything: it used to pass "<= 0" and generate 8 s.
         (["prompt=x", "duration=nan"], "duration=nan is not allowed"),
@@ -444,7 +450,9 @@ def test_generate_command_bad_input_is_one_error_line(tmp_path, capsys, args, me
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    args = [a.format(tmp=tmp_path, blocker=blocker) for a in args]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\n")
+    args = [a.format(tmp=tmp_path, blocker=blocker, prompts=prompts) for a in args]
     assert main(["generate", "model=tiny", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("musicgen-train: error:") and message in err[0]

@@ -20,6 +20,7 @@ ENV_THREADS = "MUSICGEN_GENERATION_THREADS"
 ENV_CUDA_GRAPHS = "MUSICGEN_GENERATION_CUDA_GRAPHS"
 ENV_WINDOW = "MUSICGEN_GENERATION_WINDOW_SECONDS"
 ENV_STRIDE = "MUSICGEN_GENERATION_EXTEND_STRIDE"
+CLIP_FORMATS = ("wav", "flac", "ogg", "mp3")  # what `generate` writes (libsndfile)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -55,6 +56,11 @@ def validate(cfg: DictConfig) -> None:
     batch = OmegaConf.select(gen, "batch_size", default=1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"generation.batch_size={batch!r} is not allowed: an integer >= 1")
+    fmt = OmegaConf.select(gen, "format")
+    if fmt is not None and fmt not in CLIP_FORMATS:
+        raise ConfigError(
+            f"generation.format={fmt!r} is not allowed: null or one of {list(CLIP_FORMATS)}"
+        )
     for key in ("prompt", "prompts", "output", "audio_prompt"):
         value = OmegaConf.select(gen, key)
         if value is not None and not isinstance(value, str | int | float):

@@ -50,8 +50,9 @@ def read_melody(loaded, melody, sample_rate: int | None = None) -> np.ndarray:
             from musicgen_train.audio import resample
 
             audio = resample(audio, int(sample_rate), extractor.sampling_rate)
-    if audio.shape[-1] == 0:
-        raise UserError("melody holds no audio (0 samples)")
+    if audio.shape[-1] == 0:  # name the file: a script passes many
+        name = f"={melody}" if isinstance(melody, str | Path) else ""
+        raise UserError(f"melody{name} holds no audio (0 samples)")
     return audio
 
 

@@ -9,6 +9,7 @@ thread count follows the smaller of the two; ``generation.threads`` overrides it
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from musicgen_train.errors import ConfigError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+log = logging.getLogger(__name__)
 
 
 def affinity_cpus() -> int:
@@ -91,6 +93,15 @@ def configure_threads(threads: int | None = None) -> int:
     on purpose, such as ``serve.worker.torch_threads``, is kept)."""
     if threads is not None:
         count = resolve_threads(threads)
+        cpus = available_cpus()
+        if count > cpus:  # said once per engine: an oversubscribed step is slower, not faster
+            log.warning(
+                "generation.threads=%d is more than the %d CPU(s) this process may use: the "
+                "threads wait for each other and every step is slower; null uses %d",
+                count,
+                cpus,
+                cpus,
+            )
     else:
         count = min(torch.get_num_threads(), available_cpus())
     if torch.get_num_threads() != count:
