@@ -74,25 +74,36 @@ def test_generation_processes_fork_from_the_fork_server(client):
     assert parent_of(child_of(client).pid) == server
 
 
-FORK_SERVER_IGNORES_SIGTERM = """
-import multiprocessing.forkserver, re, signal
-from musicgen_train.serve.process_start import start_fork_server
+def takes_sigterm(status: str) -> bool:
+    """Whether SIGTERM would end the process whose /proc/PID/status is ``status``: neither
+    blocked nor ignored."""
+    masks = [
+        int(re.search(rf"^{n}:\s+(\w+)", status, re.M).group(1), 16) for n in ("SigBlk", "SigIgn")
+    ]
+    return not (masks[0] | masks[1]) & (1 << (signal.SIGTERM - 1))
+
+
+FORK_SERVER_STATUS = """
+import multiprocessing.forkserver, signal
+from musicgen_train.serve import process_start
+process_start.PRELOAD[:] = []  # only its signals are looked at: no imports to wait for
 def handler(*_): pass
 signal.signal(signal.SIGTERM, handler)
-start_fork_server()
+process_start.start_fork_server()
 pid = multiprocessing.forkserver._forkserver._forkserver_pid
-ignored = int(re.search(r"SigIgn:\\s+(\\w+)", open(f"/proc/{pid}/status").read()).group(1), 16)
-print(bool(ignored & (1 << (signal.SIGTERM - 1))), signal.getsignal(signal.SIGTERM) is handler)
+print(signal.getsignal(signal.SIGTERM) is handler)
+print(open(f"/proc/{pid}/status").read())
 """
 
 
 def test_the_fork_server_outlives_a_sigterm_to_the_process_group():
-    # Started from the main thread (the lifespan's), it ignores SIGTERM, and the service gets
-    # its own handler back; tests/test_serve_signals.py sends the group SIGTERM for real.
+    # Started from the main thread (the lifespan's), it does not take SIGTERM, and the service
+    # keeps its own handler; tests/test_serve_signals.py sends the group SIGTERM for real.
     done = subprocess.run(
-        [sys.executable, "-c", FORK_SERVER_IGNORES_SIGTERM], capture_output=True, text=True
+        [sys.executable, "-c", FORK_SERVER_STATUS], capture_output=True, text=True
     )
-    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+    handler_kept, _, status = done.stdout.partition("\n")
+    assert handler_kept == "True" and not takes_sigterm(status), done.stderr[-2000:]
 
 
 def test_audio_streams_across_the_process_boundary(client):
@@ -190,3 +201,27 @@ def test_readiness_is_503_while_a_replacement_child_loads(client):
     assert refused.json()["detail"] == "not ready: the generation process is restarting"
     wait_ready(client)
     assert generator.loaded and child_of(client).pid == process.pid
+
+
+def test_a_fork_server_started_again_after_it_died_outlives_sigterm_too(client):
+    """The OOM killer ends the fork server: the generation process's end reads as a death
+    (multiprocessing reads its status from the server), and the worker thread that replaces it
+    starts a new server. multiprocessing started that one from the worker thread as it was,
+    taking SIGTERM (only the main thread may ignore a signal), so a supervisor's stop killed
+    it and failed the jobs the service was re-queueing. Now it does not take SIGTERM either."""
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    os.kill(server, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while multiprocessing.forkserver._forkserver._forkserver_pid in (None, server):
+        assert time.monotonic() < deadline, "the fork server was not started again"
+        time.sleep(0.05)
+    wait_ready(client)
+    again = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert parent_of(child_of(client).pid) == again and not takes_sigterm(
+        Path(f"/proc/{again}/status").read_text()
+    )
+    child = child_of(client)
+    os.kill(again, signal.SIGTERM)  # a supervisor's stop, as far as the server sees it
+    job = client.post("/v1/generations", json={"prompt": "b", "duration": 0.2}).json()
+    assert wait_for(client, job["id"])["status"] == "succeeded"
+    assert child_of(client) is child and child.is_alive()  # not read as a death

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from musicgen_train.generation import GenerationEngine
 from musicgen_train.serve import jobs as states
 from musicgen_train.serve.auth import caller, owner_of
+from musicgen_train.serve.deletion import add_deletion_routes
 from musicgen_train.serve.errors import (
     database_unavailable,
     http_error,
@@ -126,7 +127,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors.allow_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
             expose_headers=[*EXPOSED_HEADERS],
         )
@@ -142,6 +143,7 @@ def create_app(
     _add_routes(app)
     add_upload_routes(app, request_caller)
     add_listing_route(app, request_caller)
+    add_deletion_routes(app, request_caller)
     return app
 
 

@@ -41,7 +41,7 @@ from musicgen_train.serve.batch import (
 )
 from musicgen_train.serve.continuous import JobSpec, Scheduler, collect
 from musicgen_train.serve.models import ModelFacts
-from musicgen_train.serve.process_start import start_context
+from musicgen_train.serve.process_start import start_context, start_fork_server
 from musicgen_train.serve.settings import ModelSpec, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class ProcessGenerator:
         self.stop()
         self.loaded = False
         context = start_context()
+        start_fork_server()  # again if it died: multiprocessing's own restart would take SIGTERM
         self.conn, child_end = context.Pipe()
         self.process = context.Process(
             target=child_main,
@@ -330,6 +331,7 @@ def child_main(
     # has re-queued the running jobs. A service that died outright closes the pipe: EOF, exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the fork server's block
     setup_logging()
     if nice:
         os.nice(nice)

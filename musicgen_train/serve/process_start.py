@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import signal
-import threading
 
 # What a generation process imports before it loads a model; the fork server imports it once.
 PRELOAD = [
@@ -34,21 +34,27 @@ def start_context():
 
 
 def start_fork_server() -> None:
-    """Start the fork server now, from the main thread, so that it ignores SIGTERM.
+    """Start the fork server unless it runs, with SIGTERM blocked in it for good; any thread.
 
     A supervisor's stop is SIGTERM to the whole process group. The server would die of it, and
     its generation processes' ends would then read as deaths (exit code 255), failing the jobs
-    the service re-queues. An ignored signal stays ignored through fork and exec, and only the
-    main thread may change a handler: SIGTERM is ignored for the moment the server takes to
-    start (a fork and an exec), then the service's handler is back. The server exits when the
-    service does; its processes ignore SIGTERM anyway (``child_main``)."""
+    the service re-queues. So the server must not take SIGTERM, whichever thread starts it: the
+    lifespan's at start-up, or a worker thread that replaces a generation process after the
+    server itself died (the OOM killer), where multiprocessing starts a new one. Ignoring the
+    signal (what this did before) can be set only from the main thread, so a server started
+    again from a worker thread died of the next stop. A blocked signal can be set from any
+    thread: the calling thread's mask passes through fork and exec, and the server never
+    unblocks it (the stdlib's resource tracker starts the same way). The service misses
+    nothing meanwhile: only this thread blocks it, and a pending SIGTERM arrives when the mask
+    is restored. The server exits when the service does; its processes ignore SIGTERM and
+    unblock it (``child_main``)."""
     if start_context().get_start_method() != "forkserver":
         return
-    if threading.current_thread() is not threading.main_thread():
-        multiprocessing.forkserver.ensure_running()  # e.g. TestClient's lifespan thread
-        return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The resource tracker first: its start blocks SIGINT and SIGTERM around its own spawn and
+    # then unblocks both, which inside the block below would undo ours.
+    multiprocessing.resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

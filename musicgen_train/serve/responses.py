@@ -124,7 +124,7 @@ def wav_stream(svc: Service, job: Job, cancel_on_disconnect: bool = False) -> St
         if svc.stopping.is_set():  # the server is stopping: its job goes back to the queue
             return True
         job_now = await svc.read(svc.store.get, job.id)
-        return job_now.status in states.FINISHED
+        return job_now is None or job_now.status in states.FINISHED  # None: deleted
 
     async def body():
         yield header
@@ -138,7 +138,11 @@ def wav_stream(svc: Service, job: Job, cancel_on_disconnect: bool = False) -> St
         # Not streamed live (finished already, or running without a live stream): the file.
         final = await wait_finished(svc, job.id)
         if final is not None and final.status == states.SUCCEEDED and final.audio_key:
-            audio, _ = read_audio(await asyncio.to_thread(svc.audio.get, final.audio_key))
+            try:
+                data = await asyncio.to_thread(svc.audio.get, final.audio_key)
+            except FileNotFoundError:  # deleted or expired since: the stream ends here
+                return
+            audio, _ = read_audio(data)
             step = int(STORED_CHUNK_SECONDS * sample_rate)
             for start in range(0, audio.shape[-1], step):
                 yield to_pcm16(audio[:, start : start + step])
@@ -172,10 +176,11 @@ def cancel_abandoned(svc: Service, job: Job) -> None:
 
 
 async def wait_finished(svc: Service, job_id: str) -> Job | None:
-    """The job once finished; None if the server stops first (it is re-queued, not run)."""
+    """The job once finished; None if the server stops first (it is re-queued, not run) or
+    the job was deleted."""
     while True:
         job = await asyncio.to_thread(svc.store.get, job_id)
-        if job.status in states.FINISHED:
+        if job is None or job.status in states.FINISHED:
             return job
         if svc.stopping.is_set():
             return None
@@ -199,6 +204,8 @@ async def events(svc: Service, job_id: str):
     last = None
     while True:
         job = await asyncio.to_thread(svc.store.get, job_id)
+        if job is None:  # deleted (DELETE /v1/generations/{id}) while a client listened
+            return
         event = {
             "id": job.id,
             "status": job.status,

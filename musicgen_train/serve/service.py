@@ -23,7 +23,6 @@ from musicgen_train.serve.generator import InlineGenerator, ProcessGenerator
 from musicgen_train.serve.jobs import JobStore
 from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.models import ModelFacts, ServedModel, model_info
-from musicgen_train.serve.process_start import start_fork_server
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import AudioStore, delete_expired_audio
 from musicgen_train.serve.streaming import StreamBroker
@@ -62,8 +61,6 @@ class Service:
         if self.engines is not None:  # loaded already: serve them from this process
             self._start_generators()
         else:
-            if self.settings.worker.isolation == "process":
-                start_fork_server()  # now, from the lifespan's (main) thread: see why there
             loader = threading.Thread(target=self._start_generators, name="model-loader")
             loader.daemon = True
             loader.start()

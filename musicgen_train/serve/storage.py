@@ -84,6 +84,14 @@ class AudioStore:
         with self.fs.open(path, "rb") as handle:
             return handle.read()
 
+    def delete_upload(self, upload_id: str, owner: str | None = None) -> bool:
+        """Delete ``owner``'s upload ``upload_id``; False if that owner has none of that id."""
+        path = self._upload_path(upload_id, owner)
+        if not self.fs.exists(path):
+            return False
+        self.fs.rm(path)
+        return True
+
     def delete_uploads(self, older_than: float) -> int:
         """Delete uploads (every owner's) last written before ``older_than`` (a timestamp);
         how many went."""
