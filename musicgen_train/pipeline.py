@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
@@ -88,10 +89,17 @@ def _print_summary(outputs: dict) -> None:
     numbers = {k: v for k, v in outputs.items() if isinstance(v, int | float)}
     log.info("done. Everything this run wrote:")
     for key, value in outputs.items():
-        if key not in numbers:
-            log.info("  %-16s %s", key, value)
+        if key not in numbers and value is not None:  # no best checkpoint without validation
+            log.info("  %-16s %s", key, _shown(value))
     if numbers:
         log.info("  %s", ", ".join(f"{k}={_number(v)}" for k, v in numbers.items()))
+
+
+def _shown(value) -> str:
+    """A path that exists, absolute (each line can be pasted from any folder); else as it is
+    (a registry URI)."""
+    path = Path(str(value))
+    return str(path.resolve()) if path.exists() else str(value)
 
 
 def _number(value) -> str:
