@@ -567,3 +567,26 @@ def test_a_float_file_louder_than_full_scale_is_scaled_to_fit_and_reported(tmp_p
 
     reader = ShardReader(output)
     assert np.array_equal(reader.codes(segments["loud.wav"]), reader.codes(segments["scaled.wav"]))
+
+
+def test_a_cache_is_not_turned_over_to_another_folder_under_the_same_name(tmp_path, capsys):
+    # data.name=mine for one collection, then for another: the second prepare dropped every file
+    # of the first from the shared cache ("no longer in the source"), and its codes were gone.
+    first, second, output = tmp_path / "first", tmp_path / "second", tmp_path / "cache"
+    write(first / "a.wav", seed=1)
+    write(second / "b.wav", seed=2)
+    assert main(prepare_args(first, output)) == 0
+    held = report_of(output)
+    assert held["source_path"] == str(first.resolve())
+    capsys.readouterr()
+    assert main(prepare_args(second, output)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"holds {first.resolve()}, not data.source={second}" in err[0]
+    assert "data.name" in err[0] and "data.overwrite=true" in err[0]
+    assert report_of(output) == held  # untouched
+    assert main(prepare_args(second, output, "data.overwrite=true")) == 0
+    assert report_of(output)["source_path"] == str(second.resolve())
+    # A folder moved or renamed (its old path gone) is the same collection: codes are reused.
+    second.rename(tmp_path / "moved")
+    assert main(prepare_args(tmp_path / "moved", output)) == 0
+    assert report_of(output)["files_reused"] == 1

@@ -264,3 +264,16 @@ def test_lightning_resumes_mid_epoch_exactly(cache_dir, tmp_path):
     )
     assert len(straight.seen) == 7
     assert first.seen[:3] + resumed.seen == straight.seen
+
+
+def test_loader_workers_live_across_epochs_only_when_there_are_workers():
+    # A collection of a few files makes epochs of one or two steps: workers started again at
+    # every epoch doubled recipe=custom's time (40.9 s vs 21.8 s for 40 steps).
+    from musicgen_train.data.datamodule import TokenDataModule
+
+    module = TokenDataModule.__new__(TokenDataModule)
+    module.batch_size, module.num_workers = 2, 2
+    dataset = type("D", (), {"pad_id": 0})()
+    assert module._loader_options(dataset)["persistent_workers"] is True
+    module.num_workers = 0
+    assert module._loader_options(dataset)["persistent_workers"] is False

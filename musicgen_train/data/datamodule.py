@@ -255,7 +255,10 @@ class TokenDataModule(LightningDataModule):
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "collate_fn": _Collate(dataset.pad_id),
-            "persistent_workers": False,
+            # Workers live across epochs: a small collection (an epoch of one or two steps)
+            # otherwise started them again at every epoch, 40 steps of recipe=custom in 40.9 s
+            # against 21.8 s with num_workers=0. Crops come from the sampler, not the workers.
+            "persistent_workers": self.num_workers > 0,
         }
 
     def train_dataloader(self) -> StatefulDataLoader:

@@ -33,6 +33,7 @@ from musicgen_train.data.encode import CodecEncoder
 from musicgen_train.data.items import AudioItem, SkippedItem
 from musicgen_train.data.paths import NotReadable
 from musicgen_train.data.reuse import KnownSegments, complete
+from musicgen_train.data.same_source import check_same_source
 from musicgen_train.data.segment import SegmentPlan, frames_for
 from musicgen_train.data.splits import assign_splits, build_report, final_entries, log_summary
 from musicgen_train.data.stream import (
@@ -118,6 +119,7 @@ def _prepare_into(cache: TokenCache, cfg: DictConfig, items, encoder: CodecEncod
     data = cfg.data
     # data.overwrite rebuilds once per process: the pipeline and training both ensure the cache.
     overwrite = bool(data.get("overwrite", False)) and str(cache.root) not in _REBUILT
+    check_same_source(cache.report_path, data.source, overwrite)
     cache.open_for(encoder.identity(), overwrite=overwrite)
     known = cache.recover()  # what an earlier run finished, killed or not
     previous_keys = {e["key"]: e["source"] for e in cache.manifest()}

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 import numpy as np
 from omegaconf import DictConfig
 
+from musicgen_train.data.same_source import local_source
+
 log = logging.getLogger("musicgen_train.data.prepare")
 
 
@@ -65,6 +67,7 @@ def build_report(cfg, cache, encoder, files, skipped, removed, entries, counts) 
     return {
         "cache": str(cache.root),
         "source": str(cfg.data.source),
+        "source_path": local_source(cfg.data.source),  # same_source.py compares it
         "codec": cache.info()["codec"],
         "files_ok": len(files),
         "files_skipped": len(skipped),
