@@ -55,6 +55,18 @@ def _serve(app):
     thread.join(30)
 
 
+def _csp_violations(page) -> list[str]:
+    """What the page's Content-Security-Policy blocked, as the console reports it."""
+    blocked = []
+    page.on(
+        "console",
+        lambda message: (
+            blocked.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    return blocked
+
+
 def _browser(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
 
@@ -65,9 +77,10 @@ def test_web_page_generates_and_plays(server_url):
         browser = _browser(playwright)
         try:
             page = browser.new_page()
+            blocked = _csp_violations(page)
             page.goto(server_url + "/")
             assert page.title() == "musicgen-train"
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            page.wait_for_function("() => document.querySelector('#model').options.length > 0")
             assert page.locator("#model").input_value() == "tiny"
             assert page.locator("#duration").get_attribute("max") == "2"  # the model's limit
             page.fill("#prompt", "gentle ambient pads")
@@ -93,14 +106,14 @@ def test_web_page_generates_and_plays(server_url):
                 "model": "tiny",
             }
             page.wait_for_function(
-                "document.querySelector('#status').textContent.startsWith('succeeded')",
+                "() => document.querySelector('#status').textContent.startsWith('succeeded')",
                 timeout=120_000,
             )
             assert page.locator("#status").text_content() == (
                 "succeeded: 0.5 s of audio (seed 42, guidance 5.5, temperature 0.8, top-k 50)"
             )
             # The player got the audio and the browser decoded it: its length is known.
-            page.wait_for_function("document.querySelector('#player').duration > 0")
+            page.wait_for_function("() => document.querySelector('#player').duration > 0")
             duration = page.evaluate("document.querySelector('#player').duration")
             assert abs(duration - 0.5) < 0.01
 
@@ -129,10 +142,11 @@ def test_web_page_generates_and_plays(server_url):
             page.fill("#prompt", "   ")
             page.click("#generate")
             page.wait_for_function(
-                "document.querySelector('#status').textContent.startsWith('Error 422')"
+                "() => document.querySelector('#status').textContent.startsWith('Error 422')"
             )
             assert "whitespace" in page.locator("#status").text_content()
             assert not link.is_visible()  # no download for a job that was never made
+            assert blocked == []  # the page's Content-Security-Policy lets all of it run
         finally:
             browser.close()
 
@@ -161,16 +175,16 @@ def test_web_page_shows_queue_position_and_estimate(server_url):
 
             page.route("**/v1/generations/*", as_queued)
             page.goto(server_url + "/")
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            page.wait_for_function("() => document.querySelector('#model').options.length > 0")
             page.fill("#prompt", "queued pads")
             page.locator("#duration").fill("0.5")
             page.click("#generate")
             page.wait_for_function(
-                "document.querySelector('#status').textContent"
+                "() => document.querySelector('#status').textContent"
                 " === 'queued: position 3, starts in about 3 s (estimate)'"
             )
             page.wait_for_function(
-                "document.querySelector('#status').textContent.startsWith('succeeded')",
+                "() => document.querySelector('#status').textContent.startsWith('succeeded')",
                 timeout=120_000,
             )
             assert replies[0] == "queued" and replies[-1] == "succeeded"
@@ -197,7 +211,7 @@ def test_docs_render_with_no_network(server_url):
 
             context.route("**/*", only_this_server)
             page = context.new_page()
-            failed = []
+            failed, blocked = [], _csp_violations(page)
             page.on("requestfailed", lambda request: failed.append(request.url))
             page.goto(server_url + "/docs")
             spec = json.loads(page.request.get(server_url + "/openapi.json").text())
@@ -216,7 +230,7 @@ def test_docs_render_with_no_network(server_url):
             assert sorted(shown) == sorted(operations)
             assert len(operations) >= 10
             assert page.title().startswith("musicgen-train inference service")
-            assert elsewhere == [] and failed == []
+            assert elsewhere == [] and failed == [] and blocked == []
         finally:
             browser.close()
 
@@ -240,12 +254,12 @@ def test_web_page_with_an_api_key_lists_models_generates_and_downloads(
                 assert page.locator("#model option").count() == 0  # 401 without the key
                 page.fill("#key", "page-key")
                 page.locator("#key").dispatch_event("change")
-                page.wait_for_function("document.querySelector('#model').options.length > 0")
+                page.wait_for_function("() => document.querySelector('#model').options.length > 0")
                 page.fill("#prompt", "keyed pads")
                 page.locator("#duration").fill("0.5")
                 page.click("#generate")
                 page.wait_for_function(
-                    "document.querySelector('#status').textContent.startsWith('succeeded')",
+                    "() => document.querySelector('#status').textContent.startsWith('succeeded')",
                     timeout=120_000,
                 )
                 link = page.locator("#download")

@@ -162,7 +162,7 @@ def idle(tmp_path, tiny_model_dir, tiny_loaded, melody_loaded):
         tiny_model_dir,
         tiny_loaded,
         melody_loaded,
-        limits={"max_upload_bytes": 200_000, "max_melody_seconds": 2.0},
+        limits={"max_upload_bytes": 200_000, "max_melody_seconds": 1.0},
     )
     with TestClient(app) as client:
         yield client
@@ -216,7 +216,13 @@ def test_bad_audio_is_one_422_naming_the_field(idle):
         ["body", "audio_prompt", "upload_id"],
         "shorter than model 'tiny'",
     )
-    long_melody = _upload(idle, encode_audio_bytes(tone(3.0, 8_000), 8_000, "wav"))
+    # Longer than any use (the melody limit, every model's max_duration): refused at upload.
+    _one_error(
+        idle.post("/v1/uploads", content=encode_audio_bytes(tone(3.0, 8_000), 8_000, "wav")),
+        ["body"],
+        "is longer than 2 s, the longest audio this service uses",
+    )
+    long_melody = _upload(idle, encode_audio_bytes(tone(1.5, 8_000), 8_000, "wav"))
     melody_body = {**body, "model": "melody", "melody": {"upload_id": long_melody}}
     _one_error(
         idle.post("/v1/generations", json=melody_body),

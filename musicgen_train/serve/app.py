@@ -16,7 +16,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
@@ -59,6 +58,7 @@ from musicgen_train.serve.schemas import (
     ModelList,
     error_responses,
 )
+from musicgen_train.serve.security import SecurityHeaders, add_cors
 from musicgen_train.serve.service import Service, service
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import CONTENT_TYPES
@@ -107,38 +107,36 @@ def create_app(
         yield
         await asyncio.to_thread(svc.stop)
 
+    about = {
+        "title": "musicgen-train inference service",
+        "version": "1",
+        "description": "Text-to-music generation jobs, streaming audio, health and metrics.",
+        "lifespan": lifespan,
+    }
     # /docs (Swagger UI) loads its JavaScript and CSS from this server (the copies
     # fastapi-offline ships, under DOCS_ASSETS), not from a CDN: it works offline. No /redoc:
-    # ReDoc fetches its logo from its vendor's CDN on every load.
-    app = FastAPIOffline(
-        title="musicgen-train inference service",
-        version="1",
-        description="Text-to-music generation jobs, streaming audio, health and metrics.",
-        lifespan=lifespan,
-        static_url=DOCS_ASSETS,
-        redoc_url=None,
-    )
+    # ReDoc fetches its logo from its vendor's CDN on every load. serve.docs=false: neither
+    # /docs nor /openapi.json (a public service need not describe itself to everyone).
+    if settings.docs:
+        app = FastAPIOffline(**about, static_url=DOCS_ASSETS, redoc_url=None)
+    else:
+        app = FastAPI(**about, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(Exception, internal_error)
-    if settings.cors.allow_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors.allow_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
-            expose_headers=[*EXPOSED_HEADERS],
-        )
+    add_cors(app, settings, EXPOSED_HEADERS)
     app.add_middleware(QuotaHeaders)  # inside HeadAsGet (it copies the scope auth.caller writes)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.limits.max_body_bytes,
         paths={"/v1/uploads": settings.limits.max_upload_bytes},
+        timeout=settings.limits.body_timeout,
     )
     app.add_middleware(JsonByDefault, paths={"/v1/generations", "/v1/generations/stream"})
     app.add_middleware(HeadAsGet)
+    app.add_middleware(SecurityHeaders)  # outside the others: their own answers get it too
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
     _add_routes(app)
     add_upload_routes(app, request_caller)

@@ -22,6 +22,7 @@ from limits import parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from musicgen_train.serve.security import SECRET_QUERY
 from musicgen_train.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Guard:
             self.limiter.hit(failed, "failed_keys", address)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
-                "missing API key: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+                _missing_key_message(request),
                 headers={"WWW-Authenticate": "Bearer"},
             )
         # Compare against every key, always, so timing says nothing about which one nearly matched.
@@ -171,6 +172,15 @@ def owner_of(identity: str) -> str | None:
 def presented_key(
     api_key: str | None, credentials: HTTPAuthorizationCredentials | None
 ) -> str | None:
-    if api_key:
-        return api_key
-    return credentials.credentials if credentials else None
+    """The key of a request's headers, without the spaces around it (a header value's edges
+    are not part of it, RFC 9110 5.5; some servers pass trailing spaces on)."""
+    key = api_key or (credentials.credentials if credentials else None)
+    return key.strip() if key else None
+
+
+def _missing_key_message(request: Request) -> str:
+    how = "send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
+    if any(SECRET_QUERY.search(f"?{name}=") for name in request.query_params):
+        # Never read from the URL: URLs land in access logs, proxies and browser history.
+        return f"API keys in the URL are not accepted (URLs are logged): {how}"
+    return f"missing API key: {how}"

@@ -18,6 +18,7 @@ from musicgen_train.errors import UserError
 from musicgen_train.model import ModelNotFoundError
 from musicgen_train.serve.app import create_app
 from musicgen_train.serve.models import model_info
+from musicgen_train.serve.security import redact_server_logs
 from musicgen_train.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def run(cfg: DictConfig) -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=30,
     )
+    redact_server_logs()  # after uvicorn.Config, which configures its loggers
     server = GracefulServer(config, on_exit=app.state.service.drain)
     server.run(sockets=[listener])  # the socket bound above: no race for it
 

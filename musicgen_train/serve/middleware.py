@@ -39,10 +39,14 @@ class RequestMetrics:
 
 class BodySizeLimit:
     """413 for bodies above ``max_bytes``, whether announced by Content-Length or streamed;
-    ``paths``: other limits for some paths (uploads: ``serve.limits.max_upload_bytes``)."""
+    ``paths``: other limits for some paths (uploads: ``serve.limits.max_upload_bytes``). 408
+    for a body that stalls ``timeout`` seconds between two chunks (uvicorn waits for ever)."""
 
-    def __init__(self, app, max_bytes: int, paths: dict[str, int] | None = None):
+    def __init__(
+        self, app, max_bytes: int, paths: dict[str, int] | None = None, timeout: float = 30.0
+    ):
         self.app, self.max_bytes, self.paths = app, max_bytes, dict(paths or {})
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -51,11 +55,17 @@ class BodySizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await self._reject(send, limit)
-        received = 0
+        received, body_done = 0, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # a response listening for the client to leave: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, self._stalled()) from None
+            body_done = not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
                 # FastAPI re-raises HTTPExceptions from body reading as they are.
@@ -63,6 +73,12 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+    def _stalled(self) -> str:
+        return (
+            f"the request body stalled for {self.timeout:g} s (serve.limits.body_timeout): "
+            "send it at once"
+        )
 
     def _detail(self, limit: int) -> str:
         key = "max_body_bytes" if limit == self.max_bytes else "max_upload_bytes"

@@ -224,6 +224,13 @@ async def events(svc: Service, job_id: str):
 
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_BEYOND_ANY_FILE = 10**18
+
+
+def _offset(digits: str) -> int:
+    """A Range offset as a number; one of more than 18 digits is past any file (Python refuses
+    to convert over 4300 digits: ``bytes=<5000 nines>-`` was a 500)."""
+    return int(digits) if len(digits) <= 18 else _BEYOND_ANY_FILE
 
 
 def ranged(data: bytes, range_header: str | None, media_type: str, headers: dict) -> Response:
@@ -238,17 +245,17 @@ def ranged(data: bytes, range_header: str | None, media_type: str, headers: dict
         return Response(data, media_type=media_type, headers=headers)
     first, last = match.group(1), match.group(2)
     if first == "":  # the last N bytes
-        start, end = max(0, size - int(last)), size - 1
-        if int(last) == 0:
+        start, end = max(0, size - _offset(last)), size - 1
+        if _offset(last) == 0:
             start = size  # nothing: unsatisfiable
     else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:  # not a valid range: ignored
+        start = _offset(first)
+        end = min(_offset(last), size - 1) if last else size - 1
+        if last and _offset(last) < start:  # not a valid range: ignored
             return Response(data, media_type=media_type, headers=headers)
     if start >= size:
         return JSONResponse(
-            {"detail": f"range {range_header!r} is outside the file's {size} bytes"},
+            {"detail": f"range {excerpt(range_header)!r} is outside the file's {size} bytes"},
             status_code=416,
             headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
         )

@@ -119,6 +119,12 @@ class RequestLimits(_Section):
     # POST /v1/uploads: an audio file (a melody reference or an audio prompt) as the body
     max_upload_bytes: int = Field(default=16 * 2**20, ge=1024)
     max_melody_seconds: float = Field(default=60.0, gt=0)
+    # Uploads one API key (or, on an open service, everyone) may keep at once: each is stored
+    # until serve.retention_hours, and the request rate alone let a key fill the disk.
+    max_uploads_per_key: int = Field(default=100, ge=1)
+    # Seconds a request body may stall between two of its chunks before a 408: a client that
+    # opens a body and stops holds a connection and a worker slot for nothing.
+    body_timeout: float = Field(default=30.0, gt=0)
 
 
 class ServeSettings(_Section):
@@ -143,6 +149,7 @@ class ServeSettings(_Section):
     # row's tokens do not depend on its batch companions.
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "int4"] = "auto"
     log_level: str = "info"
+    docs: bool = True  # /docs and /openapi.json; false hides the API's description
 
     def torch_device(self) -> str:
         """``auto`` = the first GPU when there is one, else the CPU."""

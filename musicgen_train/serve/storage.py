@@ -84,6 +84,16 @@ class AudioStore:
         with self.fs.open(path, "rb") as handle:
             return handle.read()
 
+    def count_uploads(self, owner: str | None = None) -> int:
+        """How many uploads ``owner`` has stored now."""
+        folder = self._uploads_folder(owner)
+        if not self.fs.exists(folder):
+            return 0
+        names = (
+            str(path).rstrip("/").rsplit("/", 1)[-1] for path in self.fs.ls(folder, detail=False)
+        )
+        return sum(1 for name in names if is_job_id(name))  # not .part files, nor key folders
+
     def delete_upload(self, upload_id: str, owner: str | None = None) -> bool:
         """Delete ``owner``'s upload ``upload_id``; False if that owner has none of that id."""
         path = self._upload_path(upload_id, owner)

@@ -23,12 +23,13 @@ import binascii
 import re
 
 import numpy as np
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
-from musicgen_train.audio import read_audio, unreadable_format
+from musicgen_train.audio import unreadable_format
 from musicgen_train.serve.auth import owner_of
 from musicgen_train.serve.batch import AUDIO_FIELDS
+from musicgen_train.serve.decode import AudioTooLarge, read_audio_bounded
 from musicgen_train.serve.jobs import new_job_id
 from musicgen_train.serve.schemas import Upload, error_responses
 from musicgen_train.serve.service import Service, service
@@ -48,12 +49,22 @@ def rejected(loc: tuple, message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
 
 
-def check_audio(data: bytes, loc: tuple) -> tuple[np.ndarray, int]:
-    """Decode ``data`` as the CLI reads a file; a 422 at ``loc`` when it is no usable audio."""
+def longest_audio_seconds(settings) -> float:
+    """The longest audio any request can use: a melody (``max_melody_seconds``) or an audio
+    prompt (shorter than its model's ``max_duration``). Longer uploads are refused."""
+    longest_prompt = max(spec.max_duration for spec in settings.models)
+    return max(settings.limits.max_melody_seconds, longest_prompt)
+
+
+def check_audio(data: bytes, loc: tuple, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Decode ``data`` as the CLI reads a file, stopping past ``max_seconds``; a 422 at
+    ``loc`` when it is no usable audio."""
     if not data:
         raise rejected(loc, "the audio file is empty (0 bytes)")
     try:
-        audio, rate = read_audio(bytes(data))
+        audio, rate = read_audio_bounded(bytes(data), max_seconds)
+    except AudioTooLarge as err:
+        raise rejected(loc, f"the audio {err}") from None
     except Exception as err:  # soundfile: LibsndfileError, RuntimeError, ...
         what = unreadable_format(bytes(data[:16]))
         if what:
@@ -98,7 +109,7 @@ def job_audio(svc: Service, body, name: str, owner: str | None) -> dict:
             data = svc.audio.get_upload(upload_id, owner)
             if data is None:
                 raise rejected(loc, f"no upload {upload_id} (POST /v1/uploads first)")
-        audio, rate = check_audio(data, loc)
+        audio, rate = check_audio(data, loc, longest_audio_seconds(svc.settings))
         _check_length(svc, served, body, field, loc, audio.shape[-1] / rate)
         if upload_id is None:
             upload_id = new_job_id()
@@ -142,7 +153,14 @@ def add_upload_routes(app, caller) -> None:
         openapi_extra=UPLOAD_BODY,
         responses={
             422: {"description": "Not audio this service can read"},
-            **error_responses(401, 403, 413, 429, e413="Larger than serve.limits.max_upload_bytes"),
+            **error_responses(
+                401,
+                403,
+                413,
+                429,
+                e413="Larger than serve.limits.max_upload_bytes",
+                e429="Rate limit exceeded, or serve.limits.max_uploads_per_key uploads stored",
+            ),
         },
     )
     async def upload_audio(
@@ -151,10 +169,20 @@ def add_upload_routes(app, caller) -> None:
         """Upload an audio file (wav, flac, ogg, mp3, ...: the raw file as the body) to use as
         a request's ``melody`` or ``audio_prompt`` (``{"upload_id": id}``). With API keys, only
         requests with the key that uploaded it can use it."""
+        owner = owner_of(_caller)
+        stored = await asyncio.to_thread(svc.audio.count_uploads, owner)
+        if stored >= svc.settings.limits.max_uploads_per_key:
+            raise HTTPException(
+                429,
+                f"{stored} uploads are stored for this key, the most it may keep "
+                "(serve.limits.max_uploads_per_key): delete some (DELETE /v1/uploads/{id}) or "
+                "wait until they expire (serve.retention_hours)",
+            )
         data = await request.body()
-        audio, rate = await asyncio.to_thread(check_audio, data, ())
+        longest = longest_audio_seconds(svc.settings)
+        audio, rate = await asyncio.to_thread(check_audio, data, (), longest)
         upload_id = new_job_id()
-        await asyncio.to_thread(svc.audio.put_upload, upload_id, data, owner_of(_caller))
+        await asyncio.to_thread(svc.audio.put_upload, upload_id, data, owner)
         return Upload(
             id=upload_id,
             bytes=len(data),
