@@ -73,12 +73,6 @@ class ExportResult:
 def run(cfg: DictConfig) -> ExportResult:
     result = export_checkpoint(cfg, cfg.checkpoint)
     print(f"model folder: {result.model_dir}")
-    if result.reused:
-        name = result.uri.split("/")[1]
-        print(
-            f"already registered as {name} version {result.version} (same checkpoint content "
-            "and export settings); export.new_version=true registers a new version"
-        )
     print(f"registered:   {result.uri}")
     if result.alias:
         print(f"alias:        {result.alias_uri}")
@@ -113,6 +107,8 @@ def export_checkpoint(
             return _already_registered(cfg, registry, existing, dest)
         log.info("exporting %s as %s", path, name)
         module = load_checkpoint(pinned)
+    if not all(bool(p.isfinite().all()) for p in module.model.parameters()):
+        raise UserError(f"{path} holds NaN or inf weights (training diverged): export another")
     train_cfg = module.cfg
     facts = _export_facts(module, train_cfg, path, options)
     readme = render_model_card(
@@ -171,7 +167,12 @@ def _already_registered(cfg: DictConfig, registry, version, dest: Path) -> Expor
     """The result of an export that ``version`` already holds: its alias set as asked, its
     folder at ``dest`` (copied from the registry unless ``dest`` already holds it)."""
     name, number = version.name, int(version.version)
-    log.info("already registered as %s version %s: nothing new to export", name, number)
+    log.info(
+        "already registered as %s version %s (same checkpoint content and export settings): "
+        "nothing new to export; export.new_version=true registers a new version",
+        name,
+        number,
+    )
     if cfg.registry.alias:
         registry.set_alias(name, cfg.registry.alias, number)
     if not (

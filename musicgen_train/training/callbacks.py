@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 
 from musicgen_train.logs import is_terminal
 from musicgen_train.sources.checkpoint import checkpoint_dir
+from musicgen_train.training.divergence import DivergenceGuard, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,30 @@ class OneLineSummary(ModelSummary):
         )
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """The best checkpoints by ``callbacks.checkpoint.monitor``, never by a NaN or inf value:
+    Lightning keeps the first value it sees however bad, so a run whose first validation was
+    NaN had ``best-step=N-val_ce=nan.ckpt`` as its best, which ``python train.py`` exported."""
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's own key ("ModelCheckpoint{...}"): what last.ckpt files record the best
+        # under, read back by resume and by ckpt_path=best.
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        if current is not None and not bool(torch.isfinite(current)):
+            if trainer.is_global_zero:
+                log.warning(
+                    "step %d: %s is %s, so this checkpoint is not kept as a best one",
+                    trainer.global_step,
+                    self.monitor,
+                    float(current),
+                )
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """The one writer of ``last.ckpt``: after every validation, every ``every_n_train_steps``
     optimizer steps when set (for resuming long epochs), and at ``max_steps``, so the file
@@ -205,7 +231,11 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         self._started_at = _batches_begun(trainer)
 
-    def on_exception(self, trainer, *args, **kwargs) -> None:
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, TrainingDiverged):
+            # Weights about to diverge are no point to go on from: the message names the
+            # checkpoints written before it (and ckpt_path=last must not pick a newer one).
+            return
         if self._started_at is None or _batches_begun(trainer) <= self._started_at:
             log.info("nothing trained in this run yet, so no on_exception.ckpt is written")
             return
@@ -253,7 +283,7 @@ def sample_prompts(cfg: DictConfig) -> list[str]:
 def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     ccfg = cfg.callbacks
     folder = checkpoint_dir(run_dir)
-    best = ModelCheckpoint(
+    best = BestCheckpoint(
         dirpath=folder,
         filename=BEST_FILENAME,
         monitor=ccfg.checkpoint.monitor,
@@ -269,6 +299,7 @@ def build_callbacks(cfg: DictConfig, run_dir: str | Path) -> list[Callback]:
     # Ctrl-C, SIGTERM or a crash once a batch trained writes on_exception.ckpt; ckpt_path=last
     # picks the newest checkpoint.
     callbacks.append(ExceptionCheckpoint(dirpath=folder))
+    callbacks.append(DivergenceGuard())  # stops at a NaN/inf loss; warns about loss spikes
     if ccfg.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.trainer.enable_progress_bar:

@@ -115,6 +115,13 @@ def validate_optim(cfg: DictConfig) -> None:
     check_range(cfg, "optim.lr", 0.0, 1.0)
     check_range(cfg, "optim.weight_decay", 0.0)
     check_range(cfg, "optim.eps", 0.0)
+    if cfg.optim.eps == 0:
+        # AdamW divides by sqrt(v) + eps: a weight whose gradient has been 0 so far (the
+        # embedding of a code no batch held) becomes 0/0 = NaN at the first step.
+        raise ConfigError(
+            "optim.eps=0 is not allowed: it must be > 0 (AdamW divides by it where a gradient "
+            "is 0, which makes those weights NaN); 1e-8 is the default"
+        )
     betas = cfg.optim.betas
     if not (isinstance(betas, ListConfig) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
         shown = OmegaConf.to_container(betas) if isinstance(betas, ListConfig) else betas

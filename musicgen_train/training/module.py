@@ -30,6 +30,11 @@ from musicgen_train.model.ema import EMA
 from musicgen_train.model.families import is_melody
 from musicgen_train.model.finetune import configure_trainable, trainable_parameters
 from musicgen_train.sources import attach_codec, load_codec, load_options, load_without_codec
+from musicgen_train.training.divergence import (
+    check_finite_weights,
+    check_gradients,
+    clip_gradients,
+)
 
 
 def step_seed(seed: int, *parts: int) -> int:
@@ -279,6 +284,16 @@ class MusicgenLightningModule(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # The global gradient norm before clipping (clipping computes it anyway), on the
+        # dashboards as train/grad_norm; a non-finite one stops before the optimizer step.
+        norm = clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if norm is not None:
+            self.log("train/grad_norm", norm.detach(), on_step=True, on_epoch=False)
+            check_gradients(self.trainer, self, norm)
+
     def on_before_zero_grad(self, optimizer) -> None:
         # Called right after each optimizer step (once per accumulated batch group).
         if self.ema is not None:
@@ -294,6 +309,8 @@ class MusicgenLightningModule(pl.LightningModule):
             checkpoint["state_dict"] = {
                 k: v for k, v in state.items() if k.removeprefix("model.") in trainable
             }
+            if self._trainer is not None:  # (a module saved outside a fit is not checked)
+                check_finite_weights(checkpoint["state_dict"], self.trainer, self)
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
