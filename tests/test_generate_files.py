@@ -153,3 +153,29 @@ def test_an_empty_melody_file_is_named(tmp_path, capsys):
     assert main([*args, f"output={tmp_path / 'a.wav'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"musicgen-train: error: melody={empty} holds no audio (0 samples)"]
+
+
+def test_a_model_saved_with_nan_weights_is_one_line_at_load(tmp_path, tiny_loaded, capsys):
+    # A checkpoint from a diverged run (before training stopped at a NaN loss) failed at its
+    # first generation with int8's "min should be less than or equal to max" traceback.
+    import copy
+
+    model = copy.deepcopy(tiny_loaded.model)
+    weight = model.decoder.model.decoder.layers[0].fc1.weight
+    weight.data[0, :3] = float("nan")
+    model.save_pretrained(tmp_path / "diverged")
+    tiny_loaded.processor.save_pretrained(tmp_path / "diverged")
+    capsys.readouterr()  # transformers' own progress while saving
+    code = main(
+        [
+            "generate",
+            f"model={tmp_path / 'diverged'}",
+            "prompt=x",
+            "duration=0.2",
+            f"output={tmp_path / 'out.wav'}",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "holds 3 NaN or infinite value(s) in decoder.model.decoder.layers.0.fc1.weight" in err[0]
+    assert not (tmp_path / "out.wav").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-from musicgen_train.errors import ModelNotFoundError
+from musicgen_train.errors import ModelNotFoundError, UserError
 from musicgen_train.model.families import Family, audio_channels, family_of, model_class
 from musicgen_train.model.hub_access import hub_kwargs, hub_offline
 from musicgen_train.model.lora import merge_saved_adapter
@@ -58,8 +58,24 @@ def load_pretrained(
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(missing_message(source, path, hub_offline())) from err
     model = merge_saved_adapter(model, path)  # exports with export.merge_lora=false
+    check_finite_weights(model, source)
     model.to(device).eval()
     return LoadedModel(model=model, processor=processor, source=source, path=str(path))
+
+
+def check_finite_weights(model, source: str) -> None:
+    """One line for a model holding NaN or inf weights (saved from a diverged training run):
+    every stage would otherwise fail much later and far away (int8 quantisation raises
+    "min should be less than or equal to max"; fp32 generates NaN audio). Reading every
+    weight once costs little beside reading it from disk."""
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            bad = int((~torch.isfinite(parameter)).sum())
+            raise UserError(
+                f"model {source} holds {bad} NaN or infinite value(s) in {name}: it was saved "
+                "from a training run that diverged; use a checkpoint from before it (training "
+                "now stops at the first non-finite loss: docs/training.md)"
+            )
 
 
 def load_processor(path: str, family: Family, **hub):
