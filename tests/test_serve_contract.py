@@ -161,6 +161,21 @@ def test_the_job_list_pages_newest_first_and_shows_only_the_callers_jobs(keyed):
         bad = client.get(f"/v1/generations?after={after}", headers=KEYS["alice"])
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "after"]
     assert client.get("/v1/generations?limit=101", headers=KEYS["alice"]).status_code == 422
+    # "Delete all my jobs": a client deleting each page before following `next` reaches the end
+    # (a cursor naming the deleted last job of the page was a 422).
+    from musicgen_train.serve.deletion import delete_finished
+
+    for job_id in ids:
+        svc.store.cancel(job_id)  # finished, so deletable
+    deleted, url = [], "/v1/generations?limit=2&status=canceled"
+    while url:
+        page = client.get(url, headers=KEYS["alice"])
+        assert page.status_code == 200, page.text
+        for job in page.json()["data"]:
+            assert delete_finished(svc.store, job["id"])
+            deleted.append(job["id"])
+        url = page.json()["next"]
+    assert deleted == ids[::-1]
 
 
 def test_readiness_while_models_load_says_when_to_retry_and_metrics_say_it_too(settings, client):
