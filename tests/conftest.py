@@ -21,7 +21,7 @@ os.environ.pop("HF_TOKEN", None)
 import pytest  # noqa: E402
 
 # Real PostgreSQL and Redis servers for the service's shared-backend tests.
-pytest_plugins = ["backend_servers"]
+pytest_plugins = ["backend_servers", "serve_helpers"]  # fixtures every test may use
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Shared pieces of the service tests: settings for a temporary service, a waiting helper, and
-fixtures. A test module imports the fixtures it uses: ``from serve_helpers import
-client_fixture  # noqa: F401``; each is named without ``_fixture`` (``client``), so a test's
-argument does not shadow the import."""
+fixtures (``settings``, ``client``, ``idle_app``, ``database_url``, ``one_torch_thread``),
+registered for every test by ``conftest.pytest_plugins``."""
 
 from __future__ import annotations
 

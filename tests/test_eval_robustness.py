@@ -44,9 +44,14 @@ def test_prompt_ids_that_slug_alike_get_their_own_files(tiny_loaded, tmp_path):
     assert not np.array_equal(first, second)  # two generations, not one written twice
 
 
-def test_nan_generations_are_silence_with_a_warning(tiny_model_dir, tmp_path):
-    """A codec that outputs NaN was written as full-scale -1 samples and scored, no warning."""
+def test_nan_generations_are_silence_with_a_warning(tiny_model_dir, tmp_path, monkeypatch):
+    """A codec that outputs NaN was written as full-scale -1 samples and scored, no warning.
+    NaN weights make one here; loading refuses such a model now (test_generate_files), so that
+    check is switched off: finite weights can still overflow into NaN output."""
+    from musicgen_train.model import loader
     from musicgen_train.sources import load_musicgen
+
+    monkeypatch.setattr(loader, "check_finite_weights", lambda model, source: None)
 
     folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "broken"))
     model = load_musicgen(str(folder)).model

@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - fixtures
-    client_fixture,
-    idle_app_fixture,
+from serve_helpers import (
     make_settings,
-    one_torch_thread,
     served,
-    settings_fixture,
     wait_for,
 )
 

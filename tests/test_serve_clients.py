@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - fixtures
-    client_fixture,
-    one_torch_thread,
+from serve_helpers import (
     served,
-    settings_fixture,
     wait_for,
 )
 from test_serve_stream import parse_wav_stream

@@ -8,8 +8,7 @@ import threading
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - fixtures
-    database_url_fixture,
+from serve_helpers import (
     make_settings,
     served,
     wait_for,

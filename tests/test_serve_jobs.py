@@ -7,10 +7,8 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - fixtures
-    database_url_fixture,
+from serve_helpers import (
     make_settings,
-    one_torch_thread,
     served,
     wait_for,
 )

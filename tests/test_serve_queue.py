@@ -8,13 +8,9 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import (  # noqa: F401 - fixtures
-    database_url_fixture,
-    idle_app_fixture,
+from serve_helpers import (
     make_settings,
-    one_torch_thread,
     served,
-    settings_fixture,
     wait_for,
 )
 
