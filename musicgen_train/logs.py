@@ -20,9 +20,12 @@ NOISE = {
         r"`Trainer\(\w+=1(\.0)?\)` was configured so ",
         r"💡 Tip:",
         r"Trainer already configured with model summary callbacks",  # ours: one line
+        r"-{20,}\ndistributed_backend=",  # DDP's banner (rank_zero_info logs through this one)
     ),
     # DeepSpeed, imported to read DeepSpeed checkpoints, on a machine without a GPU.
     "DeepSpeed": (r"Setting accelerator to CPU\.",),
+    # Each DDP process announcing itself.
+    "lightning.fabric.utilities.distributed": (r"Initializing distributed: ",),
 }
 # Loggers that speak at INFO about their own housekeeping (MLflow creating its SQLite tables,
 # alembic migrating them): warnings and errors only.
@@ -57,9 +60,21 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
+def process_rank() -> int:
+    """This process's global rank in a distributed run (0 when there is none), from the variables
+    torchrun, SLURM and Lightning's launcher set before the process starts."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def setup_logging() -> None:
+    # Every process of a distributed run prepares, loads and trains alike: only rank 0 says so
+    # (two CPU processes printed every line twice); the others still print errors.
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.INFO if process_rank() == 0 else logging.ERROR,
         format="[musicgen-train] %(message)s",
         handlers=[StderrHandler()],
         force=True,

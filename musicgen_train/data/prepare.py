@@ -49,6 +49,7 @@ from musicgen_train.data.validate import judge_level, validate_stream
 from musicgen_train.data.writer import SegmentWriter
 from musicgen_train.errors import UserError
 from musicgen_train.locks import exclusive
+from musicgen_train.logs import process_rank
 
 # tqdm.auto draws a widget in Jupyter, but without ipywidgets (JupyterLab does not install it) it
 # warns "IProgress not found" and falls back to the text bar: take the text bar directly then.
@@ -134,7 +135,8 @@ def _prepare_into(cache: TokenCache, cfg: DictConfig, items, encoder: CodecEncod
     counts = {"encoded": 0, "reused": 0}
     firsts: dict[str, str] = {}  # content hash -> the item that brought it first
 
-    bar = tqdm(items, desc="prepare", unit="file", disable=not data.get("progress", True))
+    quiet = not data.get("progress", True) or process_rank() != 0  # DDP: rank 0 draws it
+    bar = tqdm(items, desc="prepare", unit="file", disable=quiet)
     previous_sigterm = _sigterm_as_interrupt()
     previous_threads = torch.get_num_threads()
     if data.get("encode_threads"):

@@ -89,6 +89,9 @@ _QUIET = (
     # A dataset of a few batches an epoch: Lightning logs every n *global* steps
     # (``_batches_that_stepped``), so the metrics still reach the loggers; the advice misleads.
     r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
+    # DDP validation before training pads each rank's share with repeated samples: val/ce_start
+    # moves by a rounding, which the advice (validate on one device) would not be worth.
+    r".*Using `DistributedSampler` with the dataloaders\. During `trainer\.validate\(\)`.*",
 )
 
 
