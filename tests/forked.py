@@ -114,6 +114,9 @@ def _child(target: Callable, args: tuple, log: str, threads: int, env: dict | No
         os.environ.update(env)
         tempfile.tempdir = None  # found again from TMPDIR
     torch.set_num_threads(threads)
+    # A fork server the service started keeps SIGTERM blocked (serve/process_start.py), and its
+    # children inherit the mask: a child here behaves like a process a user started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(handle, 1)
     os.dup2(handle, 2)
