@@ -1,4 +1,10 @@
-"""A Hugging Face dataset (hub id or ``save_to_disk`` folder), its audio left undecoded."""
+"""A Hugging Face dataset (hub id or ``save_to_disk`` folder), its audio left undecoded.
+
+With ``data.hf.streaming`` a hub dataset (or a downloaded repository) is read row by row as
+prepare goes, never downloaded whole. Rows are keyed ``<split>/<row index>`` either way: a
+dataset's row order is fixed, so a re-run (after Ctrl-C too) finds the codes of the rows it has
+already encoded (their bytes are read again, to check they have not changed).
+"""
 
 from __future__ import annotations
 
@@ -35,26 +41,46 @@ def _is_dataset_repo(folder: Path) -> bool:
 
 
 def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
-    """The chosen split of a dataset from disk or the hub, its audio left undecoded."""
+    """The chosen split of a dataset from disk or the hub, its audio left undecoded; with
+    ``data.hf.streaming`` an ``IterableDataset`` that reads the rows as they are iterated."""
+    dataset, split, _column = _open(hf_cfg, source)
+    return dataset, split
+
+
+def _open(hf_cfg: Mapping, source: str | Path):
+    """``(dataset, split, audio column)``, the columns checked."""
     import datasets
 
     split = hf_cfg.get("split") or "train"
+    streaming = bool(hf_cfg.get("streaming"))
     # From the cache only, at once, when the hub cannot be reached (see model/hub_access.py):
     # datasets would otherwise retry the dataset card for half a minute.
     cache_only = not isinstance(source, Path) and bool(hub_kwargs(str(source)))
+    if cache_only and streaming:  # streaming reads the hub's files; it never uses the cache
+        why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the hub cannot be reached"
+        raise UserError(
+            f"data.hf.streaming=true reads data.source={str(source)!r} from the hub, but {why}: "
+            "set data.hf.streaming=false to read it from the Hugging Face cache"
+        )
     offline = (
         mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True)
         if cache_only
         else contextlib.nullcontext()
     )
+    stream = {"streaming": True} if streaming else {}
     try:
         if isinstance(source, Path) and _is_saved_hf_dataset(source):
+            # memory-mapped, read row by row whether streamed or not: nothing to download
             dataset = datasets.load_from_disk(str(source))
         elif isinstance(source, Path):  # a downloaded dataset repository
-            dataset = datasets.load_dataset(str(source), hf_cfg.get("config_name"), split=split)
+            dataset = datasets.load_dataset(
+                str(source), hf_cfg.get("config_name"), split=split, **stream
+            )
         else:
             with offline:
-                dataset = datasets.load_dataset(source, hf_cfg.get("config_name"), split=split)
+                dataset = datasets.load_dataset(
+                    source, hf_cfg.get("config_name"), split=split, **stream
+                )
     except Exception as err:  # the hub, the cache and the loaders raise many types
         if cache_only:
             why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the hub cannot be reached"
@@ -74,47 +100,66 @@ def load_hf_dataset(hf_cfg: Mapping, source: str | Path):
                 f"choose one of {sorted(dataset)}"
             )
         dataset = dataset[split]
+    columns = _columns(dataset)
     named = hf_cfg.get("audio_column") or "audio"
-    column = _audio_column(dataset, named)
+    column = _audio_column(columns, named)
     if column != named:
         log.info("data.hf.audio_column=%r is not a column: reading its Audio column %r", named,
                  column)  # fmt: skip
-    if column not in dataset.column_names:
+    if column not in columns:
         raise UserError(
             f"data.hf.audio_column={column!r} is not a column of {source}: "
-            f"columns are {dataset.column_names}"
+            f"columns are {list(columns)}"
         )
     text_column = hf_cfg.get("text_column")
-    if text_column and text_column not in dataset.column_names:
+    if text_column and text_column not in columns:
         raise UserError(
             f"data.hf.text_column={text_column!r} is not a column of {source}: "
-            f"columns are {dataset.column_names}"
+            f"columns are {list(columns)}"
         )
     if not text_column:
-        _warn_without_captions(dataset, source, column)
-    if isinstance(dataset.features[column], datasets.Audio):
+        _warn_without_captions(columns, source, column)
+    if dataset.features is not None and isinstance(columns[column], datasets.Audio):
         # Decoding here would need torchcodec; prepare decodes the bytes with soundfile.
         dataset = dataset.cast_column(column, datasets.Audio(decode=False))
-    return dataset, split
+    return dataset, split, column
 
 
-def _audio_column(dataset, column: str) -> str:
+def _columns(dataset) -> dict:
+    """Column name -> feature. A streamed dataset may not know its features (``None``) until
+    it is read: they are then guessed from its first row (audio as ``{"bytes", "path"}`` or
+    raw bytes, text as str), at the cost of reading that row twice."""
+    if dataset.features is not None:
+        return dict(dataset.features)
+    first = next(iter(dataset), None) or {}
+    return {name: _feature_of(value) for name, value in first.items()}
+
+
+def _feature_of(value):
+    import datasets
+
+    if isinstance(value, bytes) or (isinstance(value, dict) and "bytes" in value):
+        return datasets.Audio(decode=False)
+    return datasets.Value("string") if isinstance(value, str) else None
+
+
+def _audio_column(columns: dict, column: str) -> str:
     """``column``, or, when the dataset has no such column, its one ``Audio`` column (many
     datasets call it song, wav, mp3 or audio_file)."""
     import datasets
 
-    audio = [name for name, f in dataset.features.items() if isinstance(f, datasets.Audio)]
-    return column if column in dataset.column_names or len(audio) != 1 else audio[0]
+    audio = [name for name, f in columns.items() if isinstance(f, datasets.Audio)]
+    return column if column in columns or len(audio) != 1 else audio[0]
 
 
-def _warn_without_captions(dataset, source, audio_column: str) -> None:
+def _warn_without_captions(columns: dict, source, audio_column: str) -> None:
     """Every clip would be captioned data.caption.default ("music"): say which text columns
     there are, since a dataset's caption column is often called otherwise (main_caption,
     tags, ...)."""
-    if any(c in dataset.column_names for c in TEXT_COLUMNS):
+    if any(c in columns for c in TEXT_COLUMNS):
         return
     strings = ("string", "large_string")
-    texts = [name for name, f in dataset.features.items()
+    texts = [name for name, f in columns.items()
              if name != audio_column and getattr(f, "dtype", None) in strings]  # fmt: skip
     log.warning(
         "%s has no caption column (%s): captions are made of its other columns, else "
@@ -125,15 +170,14 @@ def _warn_without_captions(dataset, source, audio_column: str) -> None:
 
 def iter_hf_dataset(data_cfg: Mapping, source: str | Path) -> Iterator[Item]:
     hf_cfg = data_cfg.get("hf") or {}
-    dataset, split = load_hf_dataset(hf_cfg, source)  # errors now, not at the first item
-    column = _audio_column(dataset, hf_cfg.get("audio_column") or "audio")
+    dataset, split, column = _open(hf_cfg, source)  # errors now, not at the first item
     return _hf_items(dataset, split, source, column, hf_cfg.get("text_column"))
 
 
 def _hf_items(dataset, split: str, source, column: str, text_column: str | None) -> Iterator[Item]:
-    for index, row in enumerate(dataset):
+    for index, row in enumerate(_rows(dataset, source)):
         where = f"{source}[{split}][{index}]"
-        audio = row.pop(column)
+        audio = row.pop(column, None)  # a streamed row need not have every column
         metadata = normalize_metadata(row, text_column)
         if isinstance(audio, dict):
             data, path = audio.get("bytes"), audio.get("path")
@@ -146,3 +190,22 @@ def _hf_items(dataset, split: str, source, column: str, text_column: str | None)
             yield AudioItem(key=key, source=where, path=Path(path), metadata=metadata)
         else:
             yield SkippedItem(source=where, reason=f"no audio bytes and no readable file {path!r}")
+
+
+def _rows(dataset, source) -> Iterator[dict]:
+    """The dataset's rows; a read that fails midway (a dropped connection while streaming, a
+    damaged data file) is one line saying so, not a traceback from inside ``datasets``."""
+    rows, index = iter(dataset), 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as err:  # fsspec, aiohttp, pyarrow and datasets raise many types
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise UserError(
+                f"reading data.source={str(source)!r} failed at row {index} ({reason}): the rows "
+                "before it are encoded and kept; re-run prepare to resume"
+            ) from err
+        yield row
+        index += 1

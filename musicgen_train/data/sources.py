@@ -106,3 +106,6 @@ def validate_source_config(cfg) -> None:
         if not isinstance(value, str) or not value.strip():
             what = "a column name" if "column" in key else "a name"
             raise ConfigError(f"data.hf.{key}={value!r} is not allowed: give {what}")
+    streaming = OmegaConf.select(cfg, "data.hf.streaming")
+    if streaming is not None and not isinstance(streaming, bool):
+        raise ConfigError(f"data.hf.streaming={streaming!r} is not allowed: give true or false")
