@@ -31,6 +31,7 @@ from musicgen_train.serve.errors import (
     internal_error,
     invalid_request,
 )
+from musicgen_train.serve.health import READY_RETRY_SECONDS, add_health_routes
 from musicgen_train.serve.jobs import Job
 from musicgen_train.serve.listing import add_listing_route
 from musicgen_train.serve.middleware import (
@@ -54,7 +55,6 @@ from musicgen_train.serve.schemas import (
     AUTH_ERRORS,
     GenerationRequest,
     GenerationStatus,
-    Health,
     ModelList,
     error_responses,
 )
@@ -62,15 +62,13 @@ from musicgen_train.serve.security import SecurityHeaders, add_cors
 from musicgen_train.serve.service import Service, service
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import CONTENT_TYPES
+from musicgen_train.serve.stream_slots import HeldStreamingResponse, held_stream
 from musicgen_train.serve.uploads import add_upload_routes, job_audio
 
 log = logging.getLogger(__name__)
 
 INDEX_HTML = Path(__file__).parent / "static" / "index.html"
 DOCS_ASSETS = "/static/docs"  # Swagger UI's and ReDoc's files
-EVENTS_POLL_SECONDS = 0.25
-STORED_CHUNK_SECONDS = 0.5
-READY_RETRY_SECONDS = 10  # while models load or a generation process restarts
 AUTH = AUTH_ERRORS  # every /v1 route: 401, 403, 429
 SUBMIT = (*AUTH, 413, 415, 503)
 JOB = (*AUTH, 404)
@@ -138,6 +136,7 @@ def create_app(
     app.add_middleware(HeadAsGet)
     app.add_middleware(SecurityHeaders)  # outside the others: their own answers get it too
     app.add_middleware(RequestMetrics, metrics=svc.metrics)
+    add_health_routes(app)
     _add_routes(app)
     add_upload_routes(app, request_caller)
     add_listing_route(app, request_caller)
@@ -149,32 +148,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
         return INDEX_HTML.read_text()
-
-    @app.get("/health", response_model=Health, tags=["health"])
-    async def health() -> Health:
-        """Liveness: the process answers."""
-        return Health(status="ok")
-
-    @app.get(
-        "/health/ready",
-        response_model=Health,
-        tags=["health"],
-        responses={503: {"model": Health, "description": "Not ready (detail says why)"}},
-    )
-    async def ready(response: Response, svc: Service = Depends(service)) -> Health:
-        """Readiness: models loaded, worker alive, database reachable."""
-        detail = {
-            "models_loaded": sorted(svc.models),
-            "models_expected": [m.name for m in svc.settings.models],
-            "worker_alive": svc.worker.alive,
-            "load_error": svc.load_error,
-        }
-        detail["database"] = await svc.database_status()
-        ok = svc.ready and detail["database"] == "ok"
-        response.status_code = 200 if ok else 503
-        if not ok:  # when to ask again, as a refused generation says
-            response.headers["Retry-After"] = str(READY_RETRY_SECONDS)
-        return Health(status="ready" if ok else "not ready", detail=detail)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(svc: Service = Depends(service)) -> Response:
@@ -236,8 +209,13 @@ def _add_routes(app: FastAPI) -> None:
     ) -> StreamingResponse:
         """Queue a generation and stream its audio while it is generated: a WAV header with
         unknown sizes, then 16-bit PCM. Progress: the job's events link (X-Generation-Id)."""
-        job = _submit(svc, body, stream=True, caller=_caller)
-        return wav_stream(svc, job, cancel_on_disconnect=svc.settings.stream.cancel_on_disconnect)
+        cancel = svc.settings.stream.cancel_on_disconnect
+
+        def respond(release) -> StreamingResponse:
+            job = _submit(svc, body, stream=True, caller=_caller)
+            return wav_stream(svc, job, cancel_on_disconnect=cancel, release=release)
+
+        return held_stream(svc.stream_slots, _caller, respond)
 
     @app.get(
         "/v1/generations/{job_id}",
@@ -298,7 +276,9 @@ def _add_routes(app: FastAPI) -> None:
             require_audio(job)
             if not svc.audio.exists(job.audio_key):  # checked before the 200 is sent
                 raise HTTPException(410, f"the audio of generation {job.id} is gone")
-        return wav_stream(svc, job)
+        return held_stream(
+            svc.stream_slots, _caller, lambda release: wav_stream(svc, job, release=release)
+        )
 
     @app.get(
         "/v1/generations/{job_id}/events",
@@ -314,7 +294,12 @@ def _add_routes(app: FastAPI) -> None:
     ) -> StreamingResponse:
         """Server-sent events with status and progress until the job finishes."""
         job = job_or_404(svc, job_id, _caller)
-        return StreamingResponse(events(svc, job.id), media_type="text/event-stream")
+
+        def respond(release) -> StreamingResponse:
+            content = events(svc, job.id)
+            return HeldStreamingResponse(content, release=release, media_type="text/event-stream")
+
+        return held_stream(svc.stream_slots, _caller, respond)
 
     @app.post(
         "/v1/generations/{job_id}/cancel",

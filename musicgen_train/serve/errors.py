@@ -112,11 +112,11 @@ DATABASE_RETRY_SECONDS = 5
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The job database cannot be reached or used (down, locked, restarting): 503 with
-    Retry-After, as readiness says, rather than a 500 that tells a client nothing."""
+    Retry-After, as readiness says, rather than a 500 that tells a client nothing. The driver's
+    message (it may name an internal host, user or file) goes to the log, not to the client."""
     log.error("database error on %s %s: %s", request.method, request.url.path, exc)
-    why = excerpt(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
     return JSONResponse(
-        {"detail": f"the job database is unavailable: {why}"},
+        {"detail": f"the job database is unavailable: retry in {DATABASE_RETRY_SECONDS} s"},
         status_code=503,
         headers={"Retry-After": str(DATABASE_RETRY_SECONDS)},
     )

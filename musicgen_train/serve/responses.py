@@ -18,6 +18,7 @@ from musicgen_train.serve.errors import excerpt
 from musicgen_train.serve.jobs import Job
 from musicgen_train.serve.schemas import Links, Timings
 from musicgen_train.serve.service import Service
+from musicgen_train.serve.stream_slots import HeldStreamingResponse
 from musicgen_train.serve.streaming import to_pcm16, wav_stream_header
 
 EVENTS_POLL_SECONDS = 0.25
@@ -112,10 +113,13 @@ def _stream_format(svc: Service, job: Job) -> tuple[int, int]:
     raise HTTPException(409, f"model {job.model!r} of generation {job.id} is not served here")
 
 
-def wav_stream(svc: Service, job: Job, cancel_on_disconnect: bool = False) -> StreamingResponse:
+def wav_stream(
+    svc: Service, job: Job, cancel_on_disconnect: bool = False, release=lambda: None
+) -> StreamingResponse:
     """``job``'s audio as a WAV stream; ``cancel_on_disconnect``: the client that asked for the
     job by streaming it leaves before its end (Ctrl-C on curl, a closed player): the job is
-    canceled, so the worker stops generating for nobody (``serve.stream.cancel_on_disconnect``)."""
+    canceled, so the worker stops generating for nobody (``serve.stream.cancel_on_disconnect``).
+    ``release`` gives the caller's stream slot back when the stream ends (``stream_slots``)."""
     sample_rate, channels = _stream_format(svc, job)
     header = wav_stream_header(sample_rate, channels)
     live = svc.broker.open(job.id) if job.status == states.QUEUED else svc.broker.get(job.id)
@@ -164,7 +168,9 @@ def wav_stream(svc: Service, job: Job, cancel_on_disconnect: bool = False) -> St
         "Link": links,
         "Cache-Control": "no-store",
     }
-    return StreamingResponse(body_or_cancel(), media_type="audio/wav", headers=headers)
+    return HeldStreamingResponse(
+        body_or_cancel(), release=release, media_type="audio/wav", headers=headers
+    )
 
 
 def cancel_abandoned(svc: Service, job: Job) -> None:

@@ -25,6 +25,7 @@ from musicgen_train.serve.metrics import ServiceMetrics
 from musicgen_train.serve.models import ModelFacts, ServedModel, model_info
 from musicgen_train.serve.settings import ServeSettings
 from musicgen_train.serve.storage import AudioStore, delete_expired_audio
+from musicgen_train.serve.stream_slots import StreamSlots
 from musicgen_train.serve.streaming import StreamBroker
 from musicgen_train.serve.worker import Worker
 
@@ -47,6 +48,7 @@ class Service:
         )
         self.guard = Guard(settings)
         self.broker = StreamBroker()
+        self.stream_slots = StreamSlots(settings.limits.max_streams_per_key)
         self.models: dict[str, ServedModel] = {}
         self.worker = Worker(
             settings, self.store, self.audio, self.models, self.metrics, self.broker
@@ -147,7 +149,9 @@ class Service:
         return await asyncio.to_thread(function, *args)
 
     async def database_status(self) -> str:
-        """``ok`` or the error; probed at most once a second, so probes under load stay cheap."""
+        """``ok`` or ``unavailable (<error type>)``; probed at most once a second, so probes
+        under load stay cheap. The driver's message may name an internal host: it goes to the
+        log (once per change), not into answers."""
         now = time.monotonic()
         if now - self._db_checked_at > 1.0:
             self._db_status = await asyncio.to_thread(self._ping_database)
@@ -159,7 +163,12 @@ class Service:
             with self.store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as err:
-            return f"{type(err).__name__}: {err}"
+            status = f"unavailable ({type(err).__name__})"
+            if self._db_status != status:
+                log.error("the job database is unavailable: %s", err)
+            return status
+        if self._db_status.startswith("unavailable"):
+            log.info("the job database is reachable again")
         return "ok"
 
     @property

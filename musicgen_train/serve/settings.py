@@ -122,6 +122,9 @@ class RequestLimits(_Section):
     # Uploads one API key (or, on an open service, everyone) may keep at once: each is stored
     # until serve.retention_hours, and the request rate alone let a key fill the disk.
     max_uploads_per_key: int = Field(default=100, ge=1)
+    # Streams (events, audio streams) one API key (or, on an open service, one client address)
+    # keeps open at once; each asks the job store about its job several times a second.
+    max_streams_per_key: int = Field(default=32, ge=1)
     # Seconds a request body may stall between two of its chunks before a 408: a client that
     # opens a body and stops holds a connection and a worker slot for nothing.
     body_timeout: float = Field(default=30.0, gt=0)
