@@ -41,6 +41,7 @@ from musicgen_train.registry.model_card import (
 from musicgen_train.registry.pyfunc import pyfunc_flavor
 from musicgen_train.sources import load_checkpoint
 from musicgen_train.sources.checkpoint import (
+    converted_name,
     pin_checkpoint,
     resolve_checkpoint,
     write_checkpoint_folder,
@@ -93,14 +94,16 @@ def export_checkpoint(
     check_output_folder(dest, "export.output")  # never replace a folder of the user's files
     path = resolve_checkpoint(str(checkpoint), cfg.run_dir)
     if eval_report is None:
-        eval_report = find_eval_report(cfg, path)
+        eval_report = given_eval_report(cfg)  # a bad path fails before the checkpoint is hashed
     options = {
         "merge_lora": bool(cfg.export.merge_lora),
         "use_ema": bool(cfg.export.use_ema),
         "generation": OmegaConf.to_container(cfg.export.generation, resolve=True),
     }
-    metrics = report_metrics(eval_report)
     with pin_checkpoint(path) as pinned:
+        if eval_report is None:
+            eval_report = find_eval_report(cfg, path, pinned.sha256)
+        metrics = report_metrics(eval_report)
         key = export_key(pinned.sha256, options, metrics)
         existing = registry.find_version(name, EXPORT_KEY_TAG, key)
         if existing is not None and not OmegaConf.select(cfg, "export.new_version", default=False):
@@ -227,27 +230,53 @@ def _push(cfg: DictConfig, result: ExportResult) -> ExportResult:
     return replace(result, hub_url=url)
 
 
-def find_eval_report(cfg: DictConfig, checkpoint: Path) -> dict | None:
-    """``export.eval_report``, else the newest report of the run that evaluated this checkpoint."""
-    if cfg.export.eval_report:
-        path = Path(cfg.export.eval_report).expanduser()
-        report = _read_json(path)
-        if report is None:
-            raise UserError(f"export.eval_report={path}: no readable JSON report there")
-        return report
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+def given_eval_report(cfg: DictConfig) -> dict | None:
+    """The report named by ``export.eval_report``, if one is."""
+    if not cfg.export.eval_report:
+        return None
+    path = Path(cfg.export.eval_report).expanduser()
+    report = _read_json(path)
+    if report is None:
+        raise UserError(f"export.eval_report={path}: no readable JSON report there")
+    return report
+
+
+def find_eval_report(cfg: DictConfig, checkpoint: Path, sha256: str) -> dict | None:
+    """``export.eval_report``, else the newest report under the run's ``eval/`` folder whose
+    model is this checkpoint's content (``sha256``)."""
+    given = given_eval_report(cfg)
+    if given is not None:
+        return given
     found = sorted(
-        (run_dir / "eval").rglob("eval_report.json") if run_dir else [],
+        (p for folder in _eval_folders(cfg, checkpoint) for p in folder.rglob("eval_report.json")),
         key=lambda p: p.stat().st_mtime,
     )
-    reports = [r for r in map(_read_json, found) if r and _evaluated(r, checkpoint)]
+    reports = [r for r in map(_read_json, found) if r and _evaluated(r, checkpoint, sha256)]
     return reports[-1] if reports else None
 
 
-def _evaluated(report: dict, checkpoint: Path) -> bool:
-    """Whether the report's (first) model is this checkpoint, not a base model or another one."""
-    models = report.get("models") or [{}]
-    source = str(models[0].get("source", ""))
+def _eval_folders(cfg: DictConfig, checkpoint: Path) -> list[Path]:
+    """Where evaluate writes a report of ``checkpoint``: the ``eval/`` of its run folder (also
+    for ``checkpoints-<date>/``, where a later fresh run moved them) and of ``run_dir``."""
+    folders = [Path(str(cfg.run_dir)).expanduser() / "eval"]
+    parent = checkpoint.parent.name
+    if parent == "checkpoints" or parent.startswith("checkpoints-"):
+        folders.insert(0, checkpoint.parent.parent / "eval")
+    unique = {folder.resolve(): folder for folder in folders if folder.is_dir()}
+    return list(unique.values())
+
+
+def _evaluated(report: dict, checkpoint: Path, sha256: str) -> bool:
+    """Whether the report's (first) model is this checkpoint, not a base model or another one.
+
+    Evaluate records the folder it loaded, named after the checkpoint's content digest: that
+    matches wherever the file has moved since, and never matches another file that now has its
+    old path (a later run's checkpoint of the same name). A report without it (written by
+    hand) is matched by the path it names."""
+    model = (report.get("models") or [{}])[0]
+    if model.get("path"):
+        return Path(str(model["path"])).name == converted_name(checkpoint, sha256)
+    source = str(model.get("source", ""))
     return bool(source) and Path(source).expanduser().resolve() == checkpoint.resolve()
 
 

@@ -353,13 +353,18 @@ def write_checkpoint_folder(
     }
 
 
+def converted_name(path: Path, sha256: str) -> str:
+    """The name of a checkpoint's converted folder: its name and content digest. An evaluation
+    report records the folder it loaded, so export can tell which bytes were evaluated."""
+    return f"{path.stem}-{sha256[:16]}"
+
+
 def checkpoint_to_pretrained(path: str | Path, load_base: LoadBase) -> Path:
     """A cached HF folder (EMA weights, LoRA merged) of a checkpoint, keyed by its content."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    key = content_hash(path)[:16]
-    folder = cache_root() / "checkpoints" / f"{path.stem}-{key}"
+    folder = cache_root() / "checkpoints" / converted_name(path, content_hash(path))
     if verified_conversion(folder, path):
         return folder
     log.info("converting checkpoint %s into a model folder (once)", path)
