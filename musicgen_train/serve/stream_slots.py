@@ -38,13 +38,13 @@ class StreamSlots:
                     headers={"Retry-After": str(RETRY_SECONDS)},
                 )
             self.open[identity] = held + 1
-        released = threading.Event()
+        released = [False]  # under the lock: two callers (the body's end, a disconnect) race
 
         def release() -> None:
-            if released.is_set():
-                return
-            released.set()
             with self.lock:
+                if released[0]:
+                    return
+                released[0] = True
                 left = self.open.get(identity, 1) - 1
                 if left > 0:
                     self.open[identity] = left
